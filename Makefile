@@ -1,0 +1,39 @@
+# `make run` and `make test` do all set-up on a fresh Debian 12 box (as root, or with sudo).
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+ARGS   ?=
+
+.PHONY: run test lint bench setup system-deps clean
+
+run: setup
+	$(BIN)/dicom-router run $(ARGS)
+
+test: setup system-deps
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check router tests bench
+	$(BIN)/mypy router
+
+bench: setup system-deps
+	$(BIN)/python bench/store_throughput.py
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# DCMTK and Orthanc are the real peers the tests talk to.
+system-deps:
+	@if ! command -v storescu >/dev/null || ! command -v Orthanc >/dev/null; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk orthanc >/dev/null; \
+	fi
+
+clean:
+	rm -rf $(VENV) dicom-router-data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,254 @@
+"""From a received file to the status its sender gets: decide, then run the actions.
+
+The contract (design §5): 0x0000 only once every action is done and durable (stores
+fsync'd and renamed, queued forwards spooled and committed); a `warn`, or a `modify`
+without one, answers its warning; `reject` answers its code and keeps nothing; a full or
+unwritable target answers 0xA700; a dataset whose SOP Class UID is not the request's
+answers 0xA900; an unparsable dataset 0xC210; a sync forward the destination's status
+(0xA700 when unreachable); any other exception 0xC211, logged, and the daemon serves on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+from pydicom.dataset import Dataset
+
+from router import dataset, store
+from router.config import (
+    Action,
+    FilesystemDestination,
+    ForwardAction,
+    ModifyAction,
+    RejectAction,
+    StoreAction,
+)
+from router.errors import ActionError, OutOfResources, SOPClassMismatch
+from router.loader import LoadedConfig
+from router.rules import Decision, Facts, NeedsTags, decide, wanted_tags
+
+log = logging.getLogger("router.store")
+
+
+@dataclass(frozen=True)
+class Received:
+    """One C-STORE as the SCP saw it: the file on disk and the association's facts."""
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    calling_ae: str
+    called_ae: str
+    peer: str
+    transfer_syntax: str
+
+    def facts(self) -> Facts:
+        """The rule engine's view of this C-STORE (no tags yet)."""
+        return Facts(
+            self.sop_class_uid, self.calling_ae, self.called_ae, self.peer, self.transfer_syntax
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one C-STORE: the status answered and why."""
+
+    status: int
+    rule: str
+    actions: tuple[str, ...]
+    config_version: str
+    comment: str | None = None
+    study_uid: str = ""
+    series_uid: str = ""
+    forwards: tuple[str, ...] = ()
+
+
+class Forwarding(Protocol):
+    """The seam to the spool and forwarders."""
+
+    def enqueue(
+        self, file: Path, destinations: Sequence[str], received: Received, identity: Dataset
+    ) -> None:
+        """Durably queue `file` for each destination before returning."""
+
+    def send_now(self, destination: str, file: Path) -> tuple[int, str | None]:
+        """Send `file` and return the destination's status and comment (sync mode)."""
+
+
+@dataclass
+class _Plan:
+    """What a rule set needs from every header: computed once per config version."""
+
+    up_to: int
+    templates: Mapping[str, tuple[Path, str, str]] = field(default_factory=dict)
+
+
+def action_names(actions: Sequence[Action]) -> tuple[str, ...]:
+    """Short text for each action, for logs and `explain`."""
+    out = []
+    for action in actions:
+        ((kind, spec),) = action.model_dump(exclude_none=True).items()
+        if isinstance(spec, dict) and "to" in spec:
+            mode = spec.get("mode")
+            out.append(f"{kind}:{spec['to']}" + (f"({mode})" if mode == "sync" else ""))
+        elif isinstance(spec, int) and not isinstance(spec, bool):
+            out.append(f"{kind}:0x{spec:04X}")
+        else:
+            out.append(kind)
+    return tuple(out)
+
+
+class Pipeline:
+    """Runs decisions on received files; thread-safe, one instance per daemon."""
+
+    def __init__(
+        self, current: Callable[[], LoadedConfig], forwarding: Forwarding | None, work_dir: Path
+    ) -> None:
+        self._current = current
+        self._forwarding = forwarding
+        self._work_dir = work_dir
+        self._plans: dict[str, _Plan] = {}
+
+    def process(self, received: Received) -> Outcome:
+        """Decide and act on one received instance; never raises."""
+        loaded = self._current()  # the rules current when this C-STORE arrived
+        header: Dataset | None = None
+        decision: Decision | None = None
+        try:
+            _check_free_space(loaded)
+            decision, header = self.evaluate(loaded, received)
+            status, comment = self._run(loaded, decision, received, header)
+        except ActionError as exc:
+            status, comment = exc.status, str(exc)
+        except Exception as exc:  # a bug: answer 0xC211 and keep serving
+            log.exception(
+                "internal error on %s from %s", received.sop_instance_uid, received.calling_ae
+            )
+            status, comment = 0xC211, f"internal error: {type(exc).__name__}"
+        return Outcome(
+            status=status,
+            rule=decision.rule if decision else "-",
+            actions=action_names(decision.actions) if decision else (),
+            config_version=loaded.version,
+            comment=comment,
+            study_uid=str(header.get("StudyInstanceUID", "")) if header else "",
+            series_uid=str(header.get("SeriesInstanceUID", "")) if header else "",
+            forwards=tuple(decision.forwards) if decision else (),
+        )
+
+    def evaluate(self, loaded: LoadedConfig, received: Received) -> tuple[Decision, Dataset]:
+        """Read the header as far as needed, check its SOP class, and decide."""
+        plan = self._plan(loaded)
+        header = dataset.read_header(received.path, plan.up_to)
+        found = str(header.get("SOPClassUID", ""))
+        if found and found != received.sop_class_uid:
+            raise SOPClassMismatch(
+                f"dataset SOP Class UID {found} differs from the request's {received.sop_class_uid}"
+            )
+        facts = received.facts()
+        result = decide(loaded.config, facts)
+        if isinstance(result, NeedsTags):
+            tags = dataset.tag_values(header, wanted_tags(loaded.config))
+            result = decide(loaded.config, replace(facts, tags=tags))
+            assert not isinstance(result, NeedsTags)
+        return result, header
+
+    def _plan(self, loaded: LoadedConfig) -> _Plan:
+        plan = self._plans.get(loaded.version)
+        if plan is None:
+            keywords = set(wanted_tags(loaded.config))
+            templates = {}
+            for name, dest in loaded.config.destinations.items():
+                if isinstance(dest, FilesystemDestination):
+                    fields = store.template_fields(dest.path)
+                    keywords.update(fields)
+                    templates[name] = (loaded.base_dir, dest.path, dest.on_exists)
+            plan = _Plan(dataset.tags_up_to(keywords), templates)
+            self._plans = {loaded.version: plan}  # only the current version is kept
+        return plan
+
+    def _run(
+        self, loaded: LoadedConfig, decision: Decision, received: Received, header: Dataset
+    ) -> tuple[int, str | None]:
+        actions = decision.actions
+        if any(isinstance(a, RejectAction) for a in actions):
+            return decision.status, None
+        work, synced, temps = received.path, False, []
+        queued: list[tuple[Path, Dataset, list[str]]] = []
+        status: int = decision.status
+        comment: str | None = None
+        try:
+            for action in actions:
+                if isinstance(action, ModifyAction):
+                    target = self._work_dir / f"{uuid.uuid4().hex}.dcm"
+                    temps.append(target)
+                    dataset.apply_modify(work, action.modify, target)
+                    work, synced = target, False
+                    header = dataset.read_header(work, self._plan(loaded).up_to)
+                elif isinstance(action, StoreAction | ForwardAction) and not synced:
+                    _fsync_durable(work)
+                    synced = True
+                if isinstance(action, StoreAction):
+                    base, template, on_exists = self._plan(loaded).templates[action.store.to]
+                    target = store.target_path(base, template, _lookup(header))
+                    store.place(work, target, action.store.on_exists or on_exists, synced=True)
+                elif isinstance(action, ForwardAction):
+                    if self._forwarding is None:
+                        raise ActionError("forwarding is not running", status=0xA700)
+                    if action.forward.mode == "sync":
+                        got, comment = self._forwarding.send_now(action.forward.to, work)
+                        if got != 0x0000:
+                            status = got
+                            if not is_warning(got):
+                                return status, comment
+                    elif queued and queued[-1][0] == work:
+                        queued[-1][2].append(action.forward.to)
+                    else:
+                        queued.append((work, header, [action.forward.to]))
+            for file, identity, names in queued:
+                assert self._forwarding is not None
+                self._forwarding.enqueue(file, names, received, identity)
+            return status, comment
+        finally:
+            for temp in temps:
+                temp.unlink(missing_ok=True)
+
+
+def is_warning(code: int) -> bool:
+    """PS3.7 Annex C warning statuses."""
+    return code in (0x0001, 0x0107, 0x0116) or 0xB000 <= code <= 0xBFFF
+
+
+def _lookup(header: Dataset) -> Callable[[str], str | None]:
+    def value(keyword: str) -> str | None:
+        items = dataset.text_values(header.data_element(keyword))
+        return "\\".join(items) if items else None
+
+    return value
+
+
+def _fsync_durable(path: Path) -> None:
+    try:
+        store.fsync_file(path)
+    except OSError as exc:
+        raise OutOfResources(f"cannot sync the received file: {exc.strerror}") from exc
+
+
+def _check_free_space(loaded: LoadedConfig) -> None:
+    spool = loaded.spool
+    try:
+        st = os.statvfs(spool)
+    except OSError as exc:
+        raise OutOfResources(f"spool {spool} unusable: {exc.strerror}") from exc
+    free = st.f_bavail * st.f_frsize
+    if free < loaded.config.spool_min_free:
+        raise OutOfResources(
+            f"spool has {free // 2**20} MiB free, below spool_min_free "
+            f"({loaded.config.spool_min_free // 2**20} MiB)"
+        )

@@ -1,0 +1,203 @@
+"""The `dicom-router` command line; the only module that exits.
+
+Exit codes: 0 success, 1 invalid input (config, arguments), 2 runtime failure. Errors are
+one line each on stderr; `--debug` adds tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from pydicom import dcmread
+
+from router import logs
+from router.actions import Pipeline, Received, action_names
+from router.config import Config, DicomDestination, FilesystemDestination
+from router.errors import ActionError, ConfigError, RouterError, UsageError
+from router.fixtures import describe
+from router.loader import LoadedConfig, load
+from router.sopclass import sop_class_name
+
+EXIT_OK, EXIT_INVALID, EXIT_RUNTIME = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dicom-router", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        help="rule file (default: $DICOM_ROUTER_CONFIG or the embedded config/router.yaml)",
+    )
+    run.add_argument("--log-format", choices=("text", "json"), default="text")
+    run.add_argument("--no-watch", action="store_true", help="reload on SIGHUP only")
+    check = sub.add_parser("check", help="validate a rule file and run its fixtures")
+    check.add_argument("file", type=Path)
+    explain = sub.add_parser("explain", help="dry run: which rule, why, what status")
+    explain.add_argument("file", type=Path)
+    explain.add_argument("dicom_files", type=Path, nargs="+")
+    explain.add_argument("--calling-ae", default="EXPLAIN")
+    explain.add_argument("--called-ae", default=None)
+    explain.add_argument("--peer", default="127.0.0.1")
+    sub.add_parser("schema", help="print the rule file's JSON Schema")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script and `python -m router`."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(_COMMANDS[args.command](args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_INVALID
+    except UsageError as exc:
+        print(f"dicom-router: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except (RouterError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"dicom-router: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return EXIT_RUNTIME
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"dicom-router: internal error: {type(exc).__name__}: {exc} "
+            "(run with --debug for a traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
+
+
+def load_for_run(path: Path | None) -> LoadedConfig:
+    """-c FILE, else $DICOM_ROUTER_CONFIG, else the embedded default (paths from the cwd)."""
+    if path is None and os.environ.get("DICOM_ROUTER_CONFIG"):
+        path = Path(os.environ["DICOM_ROUTER_CONFIG"])
+    if path is not None:
+        if not path.exists():
+            raise UsageError(f"{path}: no such rule file")
+        return load(path)
+    embedded = resources.files("router") / "data" / "router.yaml"
+    return load(
+        Path("config/router.yaml (embedded)"),
+        base_dir=Path.cwd(),
+        text=embedded.read_text(encoding="utf-8"),
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from router.daemon import Daemon  # pynetdicom is imported only for commands that need it
+
+    logs.setup(args.log_format, args.debug)
+    loaded = load_for_run(args.config)
+    if loaded.fixture_failures:
+        raise ConfigError(loaded.fixture_failures)
+    daemon = Daemon(loaded, watch=not args.no_watch)
+    daemon.install_signal_handlers()
+    daemon.startup()
+    try:
+        daemon.run()
+    finally:
+        daemon.shutdown()
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    if not args.file.exists():
+        raise UsageError(f"{args.file}: no such rule file")
+    loaded = load(args.file)
+    cfg = loaded.config
+    print(f"{args.file}: syntax ok, config version {loaded.version}")
+    _print_summary(cfg, loaded)
+    for warning in loaded.warnings:
+        print(f"warning: {warning}")
+    for result in loaded.fixtures:
+        mark = "ok  " if result.passed else "FAIL"
+        shown = ", ".join(
+            f"{k}={describe(v, k)}"
+            + ("" if result.got.get(k) == v else f" (got {describe(result.got.get(k), k)})")
+            for k, v in result.expected.items()
+        )
+        print(f"  fixture {mark} {result.name}: {shown}")
+    for failure in loaded.fixture_failures:
+        print(failure, file=sys.stderr)
+    return EXIT_INVALID if loaded.fixture_failures else EXIT_OK
+
+
+def _print_summary(cfg: Config, loaded: LoadedConfig) -> None:
+    listen = cfg.listen
+    print(
+        f"  listen    {listen.ae_title} on {listen.host}:{listen.port}"
+        f"{' (TLS)' if listen.tls else ''}, spool {loaded.spool}"
+    )
+    for name, dest in cfg.destinations.items():
+        if isinstance(dest, DicomDestination):
+            print(f"  dest      {name}: DICOM {dest.ae_title}@{dest.host}:{dest.port}")
+        elif isinstance(dest, FilesystemDestination):
+            print(f"  dest      {name}: folder {loaded.resolve(dest.path)}")
+    for i, rule in enumerate(cfg.rules, 1):
+        print(
+            f"  rule {i:<4} {rule.name}: "
+            f"{', '.join(rule.match.model_dump(exclude_none=True, by_alias=True)) or 'always'}"
+            f" -> {', '.join(action_names(rule.actions))}"
+        )
+    print(f"  default   -> {', '.join(action_names(cfg.default))}")
+
+
+def _explain(args: argparse.Namespace) -> int:
+    if not args.file.exists():
+        raise UsageError(f"{args.file}: no such rule file")
+    loaded = load(args.file)
+    pipeline = Pipeline(lambda: loaded, None, loaded.spool / "work")
+    worst = EXIT_OK
+    for path in args.dicom_files:
+        try:
+            meta = dcmread(path, stop_before_pixels=True)
+        except Exception as exc:
+            print(f"{path}: not a DICOM file: {exc}", file=sys.stderr)
+            worst = EXIT_INVALID
+            continue
+        received = Received(
+            path=path,
+            sop_class_uid=str(
+                meta.file_meta.get("MediaStorageSOPClassUID", meta.get("SOPClassUID", ""))
+            ),
+            sop_instance_uid=str(meta.get("SOPInstanceUID", "")),
+            calling_ae=args.calling_ae,
+            called_ae=args.called_ae or loaded.config.listen.ae_title,
+            peer=args.peer,
+            transfer_syntax=str(meta.file_meta.get("TransferSyntaxUID", "")),
+        )
+        print(f"{path}: {sop_class_name(received.sop_class_uid)} {received.sop_instance_uid}")
+        try:
+            decision, _ = pipeline.evaluate(loaded, received)
+        except ActionError as exc:
+            print(f"  status  0x{exc.status:04X} ({exc})")
+            continue
+        print(f"  rule    {decision.rule}")
+        for reason in decision.reasons:
+            print(f"  why     {reason}")
+        print(f"  actions {', '.join(action_names(decision.actions))}")
+        print(f"  status  0x{decision.status:04X}")
+    return worst
+
+
+def _schema(_args: argparse.Namespace) -> int:
+    print(json.dumps(Config.model_json_schema(by_alias=True), indent=2))
+    return EXIT_OK
+
+
+_COMMANDS = {"run": _run, "check": _check, "explain": _explain, "schema": _schema}

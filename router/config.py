@@ -1,0 +1,664 @@
+"""The rule file: one Pydantic model tree, the single source of truth.
+
+Everything is validated when the file loads, nothing at routing time: SOP classes and
+transfer syntaxes resolve to UIDs, destinations and groups must exist, status codes must
+belong to their action's class. `load()` (in `router.loader`) adds FILE:LINE:COL to every
+error. The JSON Schema (`dicom-router schema`) is generated from these models.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from ipaddress import IPv4Network, IPv6Network
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    IPvAnyNetwork,
+    Tag,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from pydicom.datadict import keyword_dict
+
+from router import sopclass
+
+# --- reusable field types -------------------------------------------------------------
+
+
+def _ae_title(value: str) -> str:
+    # PS3.5 VR AE, as pynetdicom validates it: <= 16 ASCII chars, no backslash or control.
+    value = value.strip()
+    if not value:
+        raise ValueError("an AE title cannot be empty or all spaces")
+    if len(value) > 16:
+        raise ValueError(f"AE title {value!r} is longer than 16 characters")
+    if not value.isascii() or "\\" in value or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"AE title {value!r} may hold only ASCII without backslash or control")
+    return value
+
+
+AETitle = Annotated[
+    str,
+    AfterValidator(_ae_title),
+    WithJsonSchema({"type": "string", "maxLength": 16, "pattern": r"^[^\\\x00-\x1f]{1,16}$"}),
+]
+AEPattern = Annotated[
+    str,
+    AfterValidator(_ae_title),
+    Field(description="an AE title, or a glob such as 'MR*'"),
+]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if not m:
+            raise ValueError(f"{value!r} is not a duration: write e.g. 500ms, 2s, 5m, 1h")
+        return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    return value
+
+
+Seconds = Annotated[
+    float,
+    BeforeValidator(_duration),
+    Field(ge=0),
+    WithJsonSchema(
+        {"anyOf": [{"type": "number"}, {"type": "string", "pattern": _DURATION.pattern}]}
+    ),
+]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+
+
+def _byte_size(value: Any) -> Any:
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if not m:
+            raise ValueError(f"{value!r} is not a size: write e.g. 500MiB, 2GiB")
+        unit = (m.group(2) or "B").upper()
+        power = "BKMGT".index(unit[0])
+        base = 1024 if "I" in unit or unit == "B" else 1000
+        return int(float(m.group(1)) * base**power)
+    return value
+
+
+ByteSize = Annotated[
+    int,
+    BeforeValidator(_byte_size),
+    Field(ge=0),
+    WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string", "pattern": _SIZE.pattern}]}),
+]
+
+# --- status codes -----------------------------------------------------------------------
+
+# PS3.4 B.2.3 / PS3.7 C: the failure codes a Storage SCP may answer.
+_GENERAL_FAILURES = frozenset({0x0112, 0x0117, 0x0122, 0x0124, 0x0210, 0x0211, 0x0212})
+_FAILURE_RANGES = ((0xA700, 0xA7FF), (0xA900, 0xA9FF), (0xC000, 0xCFFF))
+WARNINGS = frozenset({0xB000, 0xB006, 0xB007})
+
+
+def is_failure(code: int) -> bool:
+    """True for the C-STORE failure statuses a `reject` may answer."""
+    return code in _GENERAL_FAILURES or any(lo <= code <= hi for lo, hi in _FAILURE_RANGES)
+
+
+def _parse_code(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("a status code is written in hex, e.g. 0x0124")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"0[xX][0-9A-Fa-f]{1,4}", value.strip()):
+        return int(value, 16)
+    raise ValueError(f"{value!r} is not a status code: write it in hex, e.g. 0x0124")
+
+
+def _failure(value: Any) -> int:
+    code = _parse_code(value)
+    if not is_failure(code):
+        raise ValueError(
+            f"0x{code:04X} is not a C-STORE failure status (use 0x0112, 0x0117, 0x0122, "
+            "0x0124, 0x0210-0x0212, 0xA700-0xA7FF, 0xA900-0xA9FF or 0xC000-0xCFFF)"
+        )
+    return code
+
+
+def _warning(value: Any) -> int:
+    code = _parse_code(value)
+    if code not in WARNINGS:
+        raise ValueError(
+            f"0x{code:04X} is not a C-STORE warning status (use 0xB000, 0xB006 or 0xB007)"
+        )
+    return code
+
+
+def _any_status(value: Any) -> int:
+    code = _parse_code(value)
+    if code != 0 and code not in WARNINGS and not is_failure(code):
+        raise ValueError(f"0x{code:04X} is not a C-STORE status")
+    return code
+
+
+_STATUS_SCHEMA = {
+    "anyOf": [{"type": "integer"}, {"type": "string", "pattern": "^0x[0-9A-Fa-f]{4}$"}]
+}
+FailureStatus = Annotated[int, BeforeValidator(_failure), WithJsonSchema(_STATUS_SCHEMA)]
+WarningStatus = Annotated[int, BeforeValidator(_warning), WithJsonSchema(_STATUS_SCHEMA)]
+Status = Annotated[int, BeforeValidator(_any_status), WithJsonSchema(_STATUS_SCHEMA)]
+
+# --- names that refer to other parts of the file or to DICOM --------------------------
+
+
+def _context(info: ValidationInfo, key: str) -> Any:
+    return (info.context or {}).get(key, {})
+
+
+def _keyword(value: str) -> str:
+    if value not in keyword_dict:
+        hint = sopclass.suggest(value, set(keyword_dict))
+        raise ValueError(str(sopclass.UnknownName("DICOM keyword", value, hint)))
+    return value
+
+
+Keyword = Annotated[str, AfterValidator(_keyword)]
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+StrList = Annotated[list[str], BeforeValidator(_one_or_many), Field(min_length=1)]
+
+
+def _scalar_text(value: Any) -> Any:
+    # YAML turns 3 into int and 1.5 into float; DICOM values are text.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_scalar_text)]
+
+
+class Strict(BaseModel):
+    """Base of every rule-file model: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = {f.alias or n for n, f in cls.model_fields.items()}
+            for key in data:
+                if key not in allowed:
+                    hint = sopclass.suggest(str(key), allowed)
+                    raise PydanticCustomError(
+                        "unknown_key",
+                        "unknown key '{key}'{hint}",
+                        {"key": key, "hint": f"; did you mean {hint[0]!r}?" if hint else ""},
+                    )
+        return data
+
+
+# --- listen, callers -------------------------------------------------------------------
+
+
+class TLS(Strict):
+    """TLS for the listener; relative paths resolve against the rule file's folder."""
+
+    certificate: str
+    private_key: str
+    ca_certificates: str | None = None
+    require_client_certificate: bool = True
+
+
+class Listen(Strict):
+    """Where and as whom the router accepts associations."""
+
+    ae_title: AETitle = Field(description="our AE title (1-16 chars)")
+    host: str = Field("0.0.0.0", description="address to listen on")
+    port: int = Field(11112, ge=1, le=65535)
+    max_associations: int = Field(32, ge=1, le=1000)
+    max_pdu: int = Field(262144, ge=0, description="our maximum PDU length; 0 = unlimited")
+    network_timeout: Seconds = Field(
+        60.0, gt=0, description="a sender silent this long (idle or mid-transfer) is dropped"
+    )
+    tls: TLS | None = None
+
+
+class Caller(Strict):
+    """One sender allowed to associate: AE title or glob, optionally from given hosts only."""
+
+    ae_title: AEPattern
+    hosts: list[IPvAnyNetwork] | None = Field(None, description="IPs or CIDRs")
+
+
+# --- destinations ----------------------------------------------------------------------
+
+Policy = Literal["delivered", "retry", "dead_letter"]
+_RANGE = re.compile(r"^0x([0-9A-Fa-f]{4})(?:-0x([0-9A-Fa-f]{4}))?$")
+
+
+class Retry(Strict):
+    """Exponential backoff with jitter between delivery attempts."""
+
+    max_attempts: int = Field(10, ge=1)
+    initial_delay: Seconds = 2.0
+    max_delay: Seconds = 300.0
+
+
+def _on_status(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, policy in value.items():
+        text = f"0x{key:04X}" if isinstance(key, int) and not isinstance(key, bool) else str(key)
+        if text not in ("success", "warning", "failure") and not _RANGE.match(text):
+            raise ValueError(
+                f"on_status key {key!r}: write warning, failure, a code (0x0124) "
+                "or a range (0xA900-0xA9FF)"
+            )
+        out[text] = policy
+    return out
+
+
+class DicomDestination(Strict):
+    """A DICOM node (PACS, AI node...) that receives C-STOREs from the router."""
+
+    ae_title: AETitle
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: AETitle | None = Field(None, description="default: listen.ae_title")
+    retry: Retry = Retry()
+    on_status: Annotated[dict[str, Policy], BeforeValidator(_on_status)] = Field(
+        default_factory=dict,
+        description="warning / failure / 0xCODE / 0xLOW-0xHIGH -> delivered|retry|dead_letter",
+    )
+    associations: int = Field(1, ge=1, le=16, description="parallel associations")
+    idle_timeout: Seconds = Field(10.0, description="close the association after this idle time")
+    connect_timeout: Seconds = 10.0
+    dimse_timeout: Seconds = 60.0
+    max_pdu: int = Field(262144, ge=0)
+
+
+OnExists = Literal["overwrite", "keep", "rename"]
+
+
+def _template(value: str) -> str:
+    try:
+        fields = [f for _, f, spec, conv in string.Formatter().parse(value) if f is not None]
+        specs = [(spec, conv) for _, f, spec, conv in string.Formatter().parse(value) if f]
+    except ValueError as exc:
+        raise ValueError(f"bad path template {value!r}: {exc}") from None
+    if any(spec or conv for spec, conv in specs):
+        raise ValueError("path template fields take no format spec or conversion: {Keyword}")
+    for name in fields:
+        if not name:
+            raise ValueError("empty {} in path template: write a DICOM keyword, e.g. {PatientID}")
+        _keyword(name)
+    return value
+
+
+class FilesystemDestination(Strict):
+    """A folder; `path` is a template of DICOM keywords below it."""
+
+    path: Annotated[str, AfterValidator(_template)] = Field(
+        description="e.g. archive/{PatientID}/{StudyInstanceUID}/{SOPInstanceUID}.dcm"
+    )
+    on_exists: OnExists = "overwrite"
+
+
+def _destination_kind(value: Any) -> str:
+    return "filesystem" if isinstance(value, dict) and "path" in value else "dicom"
+
+
+Destination = Annotated[
+    Annotated[DicomDestination, Tag("dicom")] | Annotated[FilesystemDestination, Tag("filesystem")],
+    Discriminator(_destination_kind),
+]
+
+# --- match -----------------------------------------------------------------------------
+
+
+class TagTest(Strict):
+    """One of glob, regex or present."""
+
+    glob: str | None = None
+    regex: re.Pattern[str] | None = None
+    present: bool | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TagTest:
+        if sum(v is not None for v in (self.glob, self.regex, self.present)) != 1:
+            raise ValueError("write exactly one of glob, regex, present")
+        return self
+
+
+TagCondition = Text | list[Text] | TagTest
+
+
+def _sop_classes(value: list[str], groups: dict[str, list[str]]) -> tuple[str, ...]:
+    uids: list[str] = []
+    for name in value:
+        if name in groups:
+            uids.extend(groups[name])
+            continue
+        try:
+            uids.append(sopclass.resolve_sop_class(name))
+        except sopclass.UnknownName:
+            choices = set(sopclass._keywords("SOP Class")) | set(groups)
+            raise ValueError(
+                str(
+                    sopclass.UnknownName(
+                        "SOP class or group", name, sopclass.suggest(name, choices)
+                    )
+                )
+            ) from None
+    return tuple(dict.fromkeys(uids))
+
+
+def _sop_class_name(value: str, info: ValidationInfo) -> str:
+    _sop_classes([value], _context(info, "groups"))
+    return value
+
+
+def _storage_name(value: str) -> str:
+    try:
+        sopclass.resolve_sop_class(value)
+    except sopclass.UnknownName as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+GroupMembers = Annotated[
+    list[Annotated[str, AfterValidator(_storage_name)]],
+    BeforeValidator(_one_or_many),
+    Field(min_length=1),
+]
+
+SopClassNames = Annotated[
+    list[Annotated[str, AfterValidator(_sop_class_name)]],
+    BeforeValidator(_one_or_many),
+    Field(min_length=1),
+]
+
+
+class Match(Strict):
+    """Conditions on one C-STORE; all keys must hold, a list means any of."""
+
+    sop_class: SopClassNames | None = Field(None, description="keywords, UIDs or group names")
+    calling_ae: StrList | None = Field(None, description="AE titles or globs")
+    called_ae: StrList | None = None
+    peer: Annotated[list[IPvAnyNetwork], BeforeValidator(_one_or_many)] | None = None
+    transfer_syntax: StrList | None = None
+    tags: dict[Keyword, TagCondition] | None = None
+    not_: Match | None = Field(None, alias="not", description="a nested match that must not hold")
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    @field_validator("sop_class")
+    @classmethod
+    def _resolve_sop_class(cls, value: list[str] | None, info: ValidationInfo) -> Any:
+        return None if value is None else list(_sop_classes(value, _context(info, "groups")))
+
+    @field_validator("transfer_syntax")
+    @classmethod
+    def _resolve_ts(cls, value: list[str] | None) -> Any:
+        return None if value is None else [sopclass.resolve_transfer_syntax(v) for v in value]
+
+    def uses_tags(self) -> bool:
+        """True when this match (or its `not`) reads dataset tags."""
+        return bool(self.tags) or (self.not_ is not None and self.not_.uses_tags())
+
+
+Network = IPv4Network | IPv6Network
+
+# --- actions ---------------------------------------------------------------------------
+
+
+def _ref(kind: str, label: str) -> Any:
+    def check(value: str, info: ValidationInfo) -> str:
+        names: set[str] = _context(info, kind)
+        if value not in names:
+            others = sorted(names)
+            hint = sopclass.suggest(value, names)
+            tail = (
+                f"; did you mean {hint[0]!r}?"
+                if hint
+                else f" (defined: {', '.join(others) or 'none'})"
+            )
+            raise ValueError(f"no {label} named {value!r}{tail}")
+        return value
+
+    return check
+
+
+def _to(value: Any) -> Any:
+    return {"to": value} if isinstance(value, str) else value
+
+
+class StoreSpec(Strict):
+    """`store: NAME` or `store: {to: NAME, on_exists: ...}`."""
+
+    to: str
+    on_exists: OnExists | None = Field(None, description="default: the destination's")
+
+    _check_to = field_validator("to")(_ref("filesystem", "filesystem destination"))
+
+
+class ForwardSpec(Strict):
+    """`forward: NAME` or `forward: {to: NAME, mode: queued|sync}`."""
+
+    to: str
+    mode: Literal["queued", "sync"] = "queued"
+
+    _check_to = field_validator("to")(_ref("dicom", "DICOM destination"))
+
+
+class ModifySpec(Strict):
+    """Remove `private` or keywords, set keywords to values."""
+
+    remove: list[Literal["private"] | Keyword] = Field(default_factory=list)
+    set: dict[Keyword, Text | list[Text]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ModifySpec:
+        if not self.remove and not self.set:
+            raise ValueError("modify needs remove or set")
+        return self
+
+
+class StoreAction(Strict):
+    store: Annotated[StoreSpec, BeforeValidator(_to)]
+
+
+class ForwardAction(Strict):
+    forward: Annotated[ForwardSpec, BeforeValidator(_to)]
+
+
+class RejectAction(Strict):
+    reject: FailureStatus
+
+
+class WarnAction(Strict):
+    warn: WarningStatus
+
+
+class ModifyAction(Strict):
+    modify: ModifySpec
+
+
+class DiscardAction(Strict):
+    discard: Literal[True] = True
+
+
+ACTION_KINDS = ("store", "forward", "reject", "warn", "modify", "discard")
+
+
+def _action_kind(value: Any) -> str | None:
+    if value == "discard":
+        return "discard"
+    if isinstance(value, dict) and len(value) == 1:
+        key = next(iter(value))
+        return key if key in ACTION_KINDS else None
+    if isinstance(value, BaseModel):
+        return next(iter(type(value).model_fields))
+    return None
+
+
+def _bare_discard(value: Any) -> Any:
+    if value == "discard":
+        return {"discard": True}
+    key = next(iter(value)) if isinstance(value, dict) and len(value) == 1 else value
+    if isinstance(key, str) and key not in ACTION_KINDS:
+        hint = sopclass.suggest(key, set(ACTION_KINDS))
+        raise ValueError(
+            f"unknown action {key!r}"
+            + (f"; did you mean {hint[0]!r}?" if hint else f" (one of: {', '.join(ACTION_KINDS)})")
+        )
+    return value
+
+
+Action = Annotated[
+    Annotated[StoreAction, Tag("store")]
+    | Annotated[ForwardAction, Tag("forward")]
+    | Annotated[RejectAction, Tag("reject")]
+    | Annotated[WarnAction, Tag("warn")]
+    | Annotated[ModifyAction, Tag("modify")]
+    | Annotated[DiscardAction, Tag("discard")],
+    Discriminator(
+        _action_kind,
+        custom_error_type="unknown_action",
+        custom_error_message="an action is one of: store, forward, reject, warn, modify, discard",
+    ),
+    BeforeValidator(_bare_discard),
+]
+
+
+def _check_actions(actions: list[Any]) -> list[Any]:
+    kinds = [_action_kind(a) for a in actions]
+    if "reject" in kinds and len(kinds) > 1:
+        raise ValueError("reject keeps nothing: it must be the rule's only action")
+    if "discard" in kinds and set(kinds) - {"discard", "warn"}:
+        raise ValueError("discard keeps nothing: only a warn may go with it")
+    if kinds.count("warn") > 1:
+        raise ValueError("at most one warn per action list")
+    return actions
+
+
+Actions = Annotated[list[Action], Field(min_length=1), AfterValidator(_check_actions)]
+
+# --- rules and fixtures ----------------------------------------------------------------
+
+
+class Rule(Strict):
+    """A named match and the actions run when it is the first to hold."""
+
+    name: Name
+    match: Match = Match()
+    actions: Actions
+
+
+class FixtureInstance(Strict):
+    """A made-up C-STORE for a fixture."""
+
+    sop_class: str = "CTImageStorage"
+    calling_ae: AETitle = "FIXTURE"
+    called_ae: AETitle | None = Field(None, description="default: listen.ae_title")
+    peer: str = "127.0.0.1"
+    transfer_syntax: str = "ExplicitVRLittleEndian"
+    tags: dict[Keyword, Text | list[Text]] = Field(default_factory=dict)
+
+    @field_validator("sop_class")
+    @classmethod
+    def _sop(cls, value: str, info: ValidationInfo) -> str:
+        return _sop_classes([value], _context(info, "groups"))[0]
+
+    @field_validator("transfer_syntax")
+    @classmethod
+    def _ts(cls, value: str) -> str:
+        return sopclass.resolve_transfer_syntax(value)
+
+
+class Expect(Strict):
+    """What must happen to a fixture instance; keys left out are not checked."""
+
+    rule: str | None = None
+    status: Status | None = None
+    forward: list[str] | None = None
+    store: list[str] | None = None
+
+
+class Fixture(Strict):
+    """A `tests:` entry: `check` and every reload run it."""
+
+    name: str
+    instance: FixtureInstance
+    expect: Expect
+
+
+class Config(Strict):
+    """A version-1 rule file."""
+
+    version: Literal[1]
+    listen: Listen
+    spool: str = Field("spool", description="received instances and queues")
+    spool_min_free: ByteSize = Field(2 * 1024**3, description="below it, new instances get 0xA700")
+    callers: list[Caller] | None = Field(None, description="when present, only these may associate")
+    destinations: dict[Name, Destination] = Field(default_factory=dict)
+    sop_class_groups: dict[Name, GroupMembers] = Field(default_factory=dict)
+    rules: list[Rule] = Field(default_factory=list)
+    default: Actions
+    tests: list[Fixture] = Field(default_factory=list)
+
+    @field_validator("sop_class_groups")
+    @classmethod
+    def _groups(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {name: list(_sop_classes(names, {})) for name, names in value.items()}
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, rules: list[Rule]) -> list[Rule]:
+        seen: set[str] = set()
+        for rule in rules:
+            if rule.name in seen or rule.name == "default":
+                raise ValueError(f"rule name {rule.name!r} is used twice (or is 'default')")
+            seen.add(rule.name)
+        return rules
+
+    def destination_names(self, kind: type[BaseModel]) -> list[str]:
+        """Names of the destinations of one kind."""
+        return [n for n, d in self.destinations.items() if isinstance(d, kind)]
+
+
+def validation_context(data: Any) -> dict[str, Any]:
+    """Names that fields refer to, taken from raw data before validation."""
+    ctx: dict[str, Any] = {"filesystem": set(), "dicom": set(), "groups": {}}
+    if not isinstance(data, dict):
+        return ctx
+    dests = data.get("destinations")
+    if isinstance(dests, dict):
+        for name, body in dests.items():
+            ctx[_destination_kind(body)].add(name)
+    groups = data.get("sop_class_groups")
+    if isinstance(groups, dict):
+        for name, members in groups.items():
+            try:
+                ctx["groups"][name] = list(_sop_classes(_one_or_many(members), {}))
+            except (ValueError, TypeError):
+                ctx["groups"][name] = []
+    return ctx

@@ -1,0 +1,168 @@
+"""The daemon: start-up, the main loop (reloads, watchdog), and graceful shutdown.
+
+Signal handlers only put a word on the main loop's queue; the main loop does the work.
+The current rules live in one reference (`current()`), swapped whole by a reload, so a
+C-STORE uses the rules that were current when it arrived.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from router.actions import Pipeline
+from router.errors import ConfigError, StartupError
+from router.loader import LoadedConfig, load
+from router.reload import RuleFileWatcher
+from router.scp import StorageSCP, configure_pynetdicom, tls_context
+from router.systemd import Notifier
+
+log = logging.getLogger("router.daemon")
+
+DRAIN_SECONDS = 10.0  # in-flight associations get this long after SIGTERM
+
+
+class Daemon:
+    """One running router: `startup()`, `run()` until SIGTERM/SIGINT, `shutdown()`."""
+
+    def __init__(self, loaded: LoadedConfig, *, watch: bool = True) -> None:
+        self._loaded = loaded
+        self._watch = watch and loaded.path.exists()
+        self._events: queue.Queue[str] = queue.Queue()
+        self.notifier = Notifier()
+        self.failed_reloads = 0
+        self.scp: StorageSCP | None = None
+        self._watcher: RuleFileWatcher | None = None
+
+    def current(self) -> LoadedConfig:
+        """The rules in force now."""
+        return self._loaded
+
+    def startup(self) -> None:
+        """Prepare the spool, bind the listener, start the watcher; then READY=1."""
+        loaded = self._loaded
+        spool = loaded.spool
+        incoming, work = spool / "incoming", spool / "work"
+        try:
+            for folder in (incoming, work):
+                folder.mkdir(parents=True, exist_ok=True)
+                # Leftovers are partial receives or modify outputs of a crashed run: never acked.
+                for stale in folder.iterdir():
+                    stale.unlink(missing_ok=True) if stale.is_file() else shutil.rmtree(stale)
+        except OSError as exc:
+            raise StartupError(f"spool {spool}: {exc}") from exc
+        # pynetdicom receives into tempfile's folder: on the spool's filesystem, a
+        # received file is then linked into place, never copied.
+        tempfile.tempdir = str(incoming)
+        configure_pynetdicom()
+        listen = loaded.config.listen
+        tls = tls_context(listen.tls, loaded.resolve) if listen.tls else None
+        pipeline = Pipeline(self.current, None, work)
+        self.scp = StorageSCP(listen, pipeline, lambda: self._loaded.config, tls)
+        self.scp.start()
+        if self._watch:
+            self._watcher = RuleFileWatcher(loaded.path, lambda: self._events.put("reload"))
+            self._watcher.start()
+        log.info(
+            "listening on %s:%d as %s, config %s version %s",
+            listen.host,
+            self.scp.port,
+            listen.ae_title,
+            loaded.path,
+            loaded.version,
+            extra={"event": "started", "config_version": loaded.version},
+        )
+        self.notifier.ready(f"listening on port {self.scp.port}, config {loaded.version}")
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop, SIGHUP reloads; the handlers only enqueue."""
+
+        def put(word: str):  # type: ignore[no-untyped-def]
+            def handler(_signum: int, _frame: FrameType | None) -> None:
+                self._events.put(word)
+
+            return handler
+
+        signal.signal(signal.SIGTERM, put("stop"))
+        signal.signal(signal.SIGINT, put("stop"))
+        signal.signal(signal.SIGHUP, put("reload"))
+
+    def request(self, word: str) -> None:
+        """Ask the main loop to 'reload' or 'stop' (for tests and embedding)."""
+        self._events.put(word)
+
+    def run(self) -> None:
+        """The main loop: reloads and watchdog pings until asked to stop."""
+        tick = self.notifier.watchdog_interval or 1.0
+        while True:
+            try:
+                word = self._events.get(timeout=tick)
+            except queue.Empty:
+                word = "tick"
+            if word == "stop":
+                return
+            if word == "reload":
+                self.reload()
+            self.notifier.watchdog()
+
+    def reload(self) -> bool:
+        """Load, validate and test the rule file; swap it in only if all is well."""
+        old = self._loaded
+        self.notifier.reloading()
+        try:
+            try:
+                new = load(old.path)
+            except ConfigError as exc:
+                return self._refuse(exc.problems)
+            if new.fixture_failures:
+                return self._refuse(new.fixture_failures)
+            if new.version == old.version:
+                return True
+            for key in ("listen", "spool"):
+                if getattr(new.config, key) != getattr(old.config, key):
+                    log.warning("%s changed: it takes effect on restart", key)
+            self._loaded = new
+            log.info(
+                "reloaded %s: config version %s (was %s)",
+                new.path,
+                new.version,
+                old.version,
+                extra={"event": "reloaded", "config_version": new.version},
+            )
+            return True
+        finally:
+            self.notifier.ready(
+                f"config {self._loaded.version}, {self.failed_reloads} failed reloads"
+            )
+
+    def _refuse(self, problems: Sequence[object]) -> bool:
+        self.failed_reloads += 1
+        for problem in problems:
+            log.error("%s", problem, extra={"event": "reload-failed"})
+        log.error(
+            "reload refused, keeping config version %s (%d failed reloads)",
+            self._loaded.version,
+            self.failed_reloads,
+            extra={"event": "reload-failed", "failed_reloads": self.failed_reloads},
+        )
+        return False
+
+    def shutdown(self) -> None:
+        """Stop accepting, let in-flight C-STOREs finish (bounded), then stop."""
+        self.notifier.stopping()
+        if self._watcher:
+            self._watcher.stop()
+        if self.scp:
+            self.scp.stop_accepting()
+            start = time.monotonic()
+            if not self.scp.drain(DRAIN_SECONDS):
+                log.warning("associations still open after %.0f s: aborting them", DRAIN_SECONDS)
+                self.scp.abort_all()
+                self.scp.drain(5.0)
+            log.info("stopped after %.1f s drain", time.monotonic() - start)

@@ -1,0 +1,72 @@
+"""The one error tree of dicom-router.
+
+Modules raise these; only `cli.py` turns them into exit codes and one-line messages:
+`ConfigError` and `UsageError` exit 1, every other `RouterError` exits 2.
+Action failures carry the DIMSE status the sender gets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class RouterError(Exception):
+    """Base of every error the router raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Located:
+    """One problem in a rule file, pointing at FILE:LINE:COL (1-based)."""
+
+    file: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+class ConfigError(RouterError):
+    """The rule file is invalid; `problems` holds every located message."""
+
+    def __init__(self, problems: list[Located]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class UsageError(RouterError):
+    """Bad command-line input (a missing file, an unreadable DICOM file...)."""
+
+
+class StartupError(RouterError):
+    """The daemon could not start (port in use, spool not writable...)."""
+
+
+class ActionError(RouterError):
+    """An action failed; `status` is the failure status the sender gets."""
+
+    status: int = 0xC211
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class OutOfResources(ActionError):
+    """Disk full, quota, unwritable target: 0xA700, nothing half-written."""
+
+    status = 0xA700
+
+
+class SOPClassMismatch(ActionError):
+    """The dataset's SOP Class UID differs from the C-STORE's: 0xA900."""
+
+    status = 0xA900
+
+
+class CannotUnderstand(ActionError):
+    """A rule needs tags and the dataset cannot be parsed: 0xC210."""
+
+    status = 0xC210

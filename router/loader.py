@@ -1,0 +1,218 @@
+"""Reading a rule file: YAML with source marks, validation, FILE:LINE:COL errors.
+
+PyYAML keeps line numbers only on nodes, so the file is composed once into a node tree,
+constructed from it, validated, and each Pydantic error's `loc` is walked back through
+the nodes to the line and column that caused it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from router import sopclass
+from router.config import Config, FilesystemDestination, validation_context
+from router.errors import ConfigError, Located
+from router.fixtures import FixtureResult, describe, run_all
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                first = seen[key].start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first at line {first})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated rule file and what was derived from its text."""
+
+    config: Config
+    path: Path
+    text: str
+    version: str
+    base_dir: Path
+    warnings: list[Located] = field(default_factory=list)
+    fixtures: list[FixtureResult] = field(default_factory=list)
+    fixture_failures: list[Located] = field(default_factory=list)
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the rule file, resolved against the rule file's folder."""
+        return (
+            (self.base_dir / relative).resolve()
+            if not Path(relative).is_absolute()
+            else Path(relative)
+        )
+
+    @property
+    def spool(self) -> Path:
+        """The spool folder."""
+        return self.resolve(self.config.spool)
+
+
+def config_version(text: str) -> str:
+    """The config version: a short hash of the rule file's text."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def load(path: Path, *, base_dir: Path | None = None, text: str | None = None) -> LoadedConfig:
+    """Read and validate a rule file; raise ConfigError listing every problem."""
+    name = str(path)
+    if text is None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError([Located(name, 1, 1, f"cannot read the rule file: {exc}")]) from None
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        message = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        raise ConfigError([Located(name, line, col, message)]) from None
+    finally:
+        loader.dispose()
+    if root is None or not isinstance(data, dict):
+        raise ConfigError([Located(name, 1, 1, "the rule file must be a mapping with version: 1")])
+    try:
+        config = Config.model_validate(data, context=validation_context(data))
+    except ValidationError as exc:
+        raise ConfigError(_locate_all(name, root, exc)) from None
+    folder = base_dir if base_dir is not None else path.resolve().parent
+    results = run_all(config)
+    return LoadedConfig(
+        config=config,
+        path=path,
+        text=text,
+        version=config_version(text),
+        base_dir=folder,
+        warnings=_warnings(name, root, config),
+        fixtures=results,
+        fixture_failures=[
+            _at(
+                name,
+                root,
+                ["tests", i, "expect"],
+                f"tests.{i}: fixture {r.name!r} failed: "
+                + ", ".join(
+                    f"{k} expected {describe(v, k)} got {describe(r.got.get(k), k)}"
+                    for k, v in r.expected.items()
+                    if r.got.get(k) != v
+                ),
+            )
+            for i, r in enumerate(results)
+            if not r.passed
+        ],
+    )
+
+
+def _at(name: str, root: yaml.Node, loc: list[Any], message: str) -> Located:
+    node, _ = _walk(root, loc, point_at_key=False)
+    return Located(name, node.start_mark.line + 1, node.start_mark.column + 1, message)
+
+
+def _locate_all(name: str, root: yaml.Node, exc: ValidationError) -> list[Located]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = list(err["loc"])
+        if err["type"] == "unknown_key":
+            loc.append(err["ctx"]["key"])
+        node, key_path = _walk(root, loc, point_at_key=err["type"] == "unknown_key")
+        message = _message(err, node)
+        path = ".".join(str(p) for p in key_path) or "(top)"
+        line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        problems.append(Located(name, line, col, f"{path}: {message}"))
+    return sorted(set(problems), key=lambda p: (p.line, p.column))
+
+
+def _walk(node: yaml.Node, loc: list[Any], *, point_at_key: bool) -> tuple[yaml.Node, list[Any]]:
+    """Follow a Pydantic `loc` through the YAML nodes; union tags are skipped."""
+    path: list[Any] = []
+    for i, part in enumerate(loc):
+        if part == "[key]":
+            continue
+        last = i == len(loc) - 1
+        want_key = (last and point_at_key) or loc[i + 1 : i + 2] == ["[key]"]
+        if isinstance(node, yaml.MappingNode):
+            hit = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if hit is None:
+                continue  # a union tag, or a key that is missing: stay on the parent
+            path.append(part)
+            node = hit[0] if want_key else hit[1]
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            path.append(part)
+            node = node.value[part]
+    return node, path
+
+
+def _message(err: Any, node: yaml.Node) -> str:
+    kind, msg, ctx = err["type"], str(err["msg"]), err.get("ctx") or {}
+    msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind == "missing":
+        msg = f"missing required key {err['loc'][-1]!r}"
+    elif kind == "extra_forbidden":
+        msg = f"unknown key {err['loc'][-1]!r}"
+    elif kind == "literal_error":
+        msg = f"expected {ctx.get('expected', msg)}, got {err['input']!r}"
+    value = err.get("input")
+    shown = isinstance(value, int | float | str) and not isinstance(value, bool)
+    if shown and kind not in ("missing", "unknown_key") and str(value) not in msg:
+        msg += f" (got {value!r})"
+    if isinstance(node, yaml.ScalarNode) and re.fullmatch(r"0[0-7]+", node.value):
+        msg = msg.removesuffix(f" (got {value!r})")
+        msg += (
+            f" (YAML reads {node.value} as the octal number {int(node.value, 8)}:"
+            f" write 0x{node.value.lstrip('0').zfill(4)})"
+        )
+    return msg
+
+
+def _warnings(name: str, root: yaml.Node, config: Config) -> list[Located]:
+    """Things `check` points out without refusing the file."""
+    out: list[Located] = []
+    for i, rule in enumerate(config.rules):
+        for uid in rule.match.sop_class or ():
+            if not sopclass.is_storage_class(uid):
+                out.append(
+                    _at(
+                        name,
+                        root,
+                        ["rules", i, "match", "sop_class"],
+                        f"rules.{i}.match.sop_class: {uid} is not a known storage SOP "
+                        "class (fine for a private class)",
+                    )
+                )
+    for dname, dest in config.destinations.items():
+        if isinstance(dest, FilesystemDestination) and "{" not in dest.path:
+            out.append(
+                _at(
+                    name,
+                    root,
+                    ["destinations", dname, "path"],
+                    f"destinations.{dname}.path: no {{Keyword}} in the template: every "
+                    "instance goes to the same file",
+                )
+            )
+    return out

@@ -1,0 +1,214 @@
+"""The Storage SCP: pynetdicom set up for a router, and thin event handlers.
+
+C-STORE contract: the instance arrives chunked into a temporary file in the spool's
+`incoming/` folder (memory stays flat whatever its size); the handler hands that file and
+the association's facts to `Pipeline.process`, logs one line, and answers the status it
+returns (see `router.actions` for every status and when). The handler never raises.
+
+Every storage SOP class is accepted, known, unknown or private, with the first transfer
+syntax the sender proposes; C-ECHO is answered. `callers` is enforced when the
+association is requested. Each accepted socket gets TCP_NODELAY (Nagle costs ~40 ms per
+instance) and a timeout so that a sender stalling mid-transfer is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from fnmatch import fnmatchcase
+from ipaddress import ip_address
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from router.actions import Pipeline, Received
+from router.config import TLS, Config, Listen
+from router.errors import StartupError
+from router.sopclass import sop_class_name
+
+log = logging.getLogger("router.scp")
+
+# A-ASSOCIATE-RJ: rejected-permanent, service-user, calling AE title not recognized (PS3.8).
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+
+
+def configure_pynetdicom() -> None:
+    """Set pynetdicom's process-global switches; call once before any AE exists."""
+    _config.LOG_HANDLER_LEVEL = "none"  # per-PDU logging takes the AE-wide lock
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    _config.UNRESTRICTED_STORAGE_SERVICE = True  # first proposed TS, any SOP class
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+
+
+def caller_allowed(config: Config, calling_ae: str, peer: str) -> bool:
+    """True when `callers` is absent or one entry matches this AE title and address."""
+    if config.callers is None:
+        return True
+    address = ip_address(peer)
+    for caller in config.callers:
+        if fnmatchcase(calling_ae, caller.ae_title) and (
+            caller.hosts is None or any(address in net for net in caller.hosts)
+        ):
+            return True
+    return False
+
+
+class _Server(ThreadedAssociationServer):
+    """Accepts in one thread, prepares each socket (and TLS handshake) in its own."""
+
+    stall_timeout: float = 60.0
+    tls: ssl.SSLContext | None = None
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        # pynetdicom wraps TLS here, in the single accept thread: one silent client would
+        # block every later accept. Only accept here.
+        assert self.socket is not None
+        return self.socket.accept()
+
+    def process_request_thread(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+    ) -> None:
+        assert isinstance(request, socket.socket)  # TCP: never a datagram tuple
+        try:
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            request.settimeout(self.stall_timeout)
+            if self.tls is not None:
+                request = self.tls.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("connection from %s dropped: %s", client_address[0], exc)
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
+
+
+def tls_context(tls: TLS, resolve: Callable[[str], Any]) -> ssl.SSLContext:
+    """The server's TLS context from the rule file's `listen.tls`."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(resolve(tls.certificate), resolve(tls.private_key))
+        if tls.ca_certificates:
+            ctx.load_verify_locations(resolve(tls.ca_certificates))
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"listen.tls: {exc}") from exc
+    ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_NONE
+    return ctx
+
+
+class StorageSCP:
+    """The listening AE; reads the current config through `current` for every event."""
+
+    def __init__(
+        self,
+        listen: Listen,
+        pipeline: Pipeline,
+        current: Callable[[], Config],
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self._pipeline = pipeline
+        self._current = current
+        self.ae = AE(ae_title=listen.ae_title)
+        self.ae.maximum_associations = listen.max_associations
+        self.ae.maximum_pdu_size = listen.max_pdu
+        self.ae.network_timeout = listen.network_timeout
+        self.ae.acse_timeout = 30
+        self.ae.dimse_timeout = listen.network_timeout
+        self.ae.add_supported_context(Verification)
+        handlers: list[Any] = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        try:
+            server = self.ae.make_server(
+                (listen.host, listen.port), evt_handlers=handlers, server_class=_Server
+            )
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {listen.host}:{listen.port}: {exc}") from exc
+        assert isinstance(server, _Server)
+        self.server = server
+        self.server.stall_timeout = listen.network_timeout
+        self.server.tls = tls
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, name="scp-accept", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        return int(self.server.server_address[1])
+
+    def start(self) -> None:
+        """Start accepting associations."""
+        self._thread.start()
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; running associations go on."""
+        self.server.shutdown()
+        self.server.server_close()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for running associations to end; True when none is left."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.server.active_associations:
+                return True
+            time.sleep(0.05)
+        return not self.server.active_associations
+
+    def abort_all(self) -> None:
+        """Abort whatever association is still running."""
+        for assoc in list(self.server.active_associations):
+            assoc.abort()
+
+    def _on_requested(self, event: Event) -> None:
+        primitive = event.assoc.requestor.primitive
+        assert primitive is not None  # set once the A-ASSOCIATE-RQ arrived
+        calling = primitive.calling_ae_title.strip()
+        peer = event.assoc.requestor.address
+        if not caller_allowed(self._current(), calling, peer):
+            log.warning("association from %s@%s rejected: calling AE not in callers", calling, peer)
+            event.assoc.acse.send_reject(*REJECT_CALLING_AE)
+            time.sleep(0.1)  # else the peer may see an abort before the reject arrives
+
+    def _on_store(self, event: Event) -> Dataset:
+        request = event.request
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        assert isinstance(request, C_STORE) and primitive is not None
+        received = Received(
+            path=event.dataset_path,
+            sop_class_uid=str(request.AffectedSOPClassUID),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID),
+            calling_ae=assoc.requestor.ae_title.strip(),
+            called_ae=primitive.called_ae_title.strip(),
+            peer=assoc.requestor.address,
+            transfer_syntax=str(event.context.transfer_syntax),
+        )
+        outcome = self._pipeline.process(received)
+        log.info(
+            "C-STORE from %s@%s %s %s rule=%s actions=%s status=0x%04X config=%s%s",
+            received.calling_ae,
+            received.peer,
+            sop_class_name(received.sop_class_uid),
+            received.sop_instance_uid,
+            outcome.rule,
+            ",".join(outcome.actions) or "-",
+            outcome.status,
+            outcome.config_version,
+            f" ({outcome.comment})" if outcome.comment else "",
+            extra={"event": "c-store", "outcome": outcome, "received": received},
+        )
+        rsp = Dataset()
+        rsp.Status = outcome.status
+        if outcome.comment and outcome.status:
+            rsp.ErrorComment = outcome.comment[:64]
+        return rsp

@@ -1,0 +1,149 @@
+"""Filesystem destinations: path templates and durable, atomic placement.
+
+A file is placed by linking (or copying, across filesystems) it to a temporary name in
+the target folder, fsync'ing it, renaming it over the final name and fsync'ing the
+folder: a reader or a crash sees the old file or the whole new one, never a torn one.
+Disk full, quota, read-only or permission problems become `OutOfResources` (0xA700).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import string
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from router.errors import ActionError, OutOfResources
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
+_MAX_COMPONENT = 128  # bytes; leaves room below NAME_MAX (255) for suffixes
+_RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def sanitize(value: str | None) -> str:
+    """A tag value made safe as one path component; empty becomes UNKNOWN."""
+    text = _UNSAFE.sub("_", value or "").strip()
+    if not text.strip("."):
+        # "", ".", ".." and friends would name this or a parent folder.
+        return "UNKNOWN" if not text else "_" * len(text)
+    encoded = text.encode("utf-8")[:_MAX_COMPONENT]
+    return encoded.decode("utf-8", errors="ignore")
+
+
+def template_root(template: str) -> str:
+    """The folder a template can never leave: its text before the first field's component."""
+    head = template.split("{", 1)[0]
+    return head.rsplit("/", 1)[0] if "/" in head else ""
+
+
+def template_fields(template: str) -> list[str]:
+    """The DICOM keywords a template uses."""
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f]
+
+
+def render(template: str, lookup: Callable[[str], str | None]) -> str:
+    """Fill a `{Keyword}` template with sanitised values (relative to `template_root`)."""
+    parts: list[str] = []
+    for literal, field, _, _ in string.Formatter().parse(template):
+        parts.append(literal)
+        if field:
+            parts.append(sanitize(lookup(field)))
+    return "".join(parts)
+
+
+def target_path(root: Path, template: str, lookup: Callable[[str], str | None]) -> Path:
+    """Where an instance goes; guaranteed to stay inside the template's root folder."""
+    rendered = render(template, lookup)
+    rel = rendered[len(template_root(template)) :].lstrip("/")
+    base = (root / template_root(template)).resolve()
+    target = (base / rel).resolve()
+    if os.path.commonpath([base, target]) != str(base):
+        raise ActionError(f"path {target} would leave {base}")
+    return target
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (new names, renames) durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    """Make a file's data durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs(folder: Path) -> None:
+    # New folders need their parent's entry fsync'd too, or a crash can lose them.
+    missing = []
+    probe = folder
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for created in reversed(missing):
+        fsync_dir(created.parent)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link `source` to the new name `target`, copying across filesystems."""
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        shutil.copyfile(source, target)
+
+
+def place(
+    source: Path, target: Path, on_exists: str = "overwrite", *, synced: bool = False
+) -> Path:
+    """Durably put `source` at `target` (overwrite, keep or rename); return where it went.
+
+    `synced` says the source's data is already fsync'd (a hard link shares it).
+    """
+    try:
+        _makedirs(target.parent)
+        if on_exists == "keep" and target.exists():
+            return target
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            link_or_copy(source, tmp)
+            if not synced or not os.path.samefile(source, tmp):
+                fsync_file(tmp)
+            if on_exists == "rename":
+                final = _claim(tmp, target)
+            else:
+                os.replace(tmp, target)
+                final = target
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(target.parent)
+        return final
+    except OSError as exc:
+        if exc.errno in _RESOURCE_ERRNOS:
+            raise OutOfResources(f"cannot write {target}: {exc.strerror}") from exc
+        raise
+
+
+def _claim(tmp: Path, target: Path) -> Path:
+    """For on_exists=rename: link tmp to the first free name of target, name_1, name_2..."""
+    for n in range(0, 10000):
+        candidate = target if n == 0 else target.with_name(f"{target.stem}_{n}{target.suffix}")
+        try:
+            os.link(tmp, candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise OutOfResources(f"no free name for {target}")
