@@ -2,4 +2,5 @@
 
 from router.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # the forwarder process is spawned: it must not run main() again
+    raise SystemExit(main())

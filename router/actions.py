@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,7 @@ from router.config import (
 from router.errors import ActionError, OutOfResources, SOPClassMismatch
 from router.loader import LoadedConfig
 from router.rules import Decision, Facts, NeedsTags, decide, wanted_tags
+from router.spool import DecisionRecord
 
 log = logging.getLogger("router.store")
 
@@ -81,6 +83,13 @@ class Forwarding(Protocol):
         """Send `file` and return the destination's status and comment (sync mode)."""
 
 
+class Journal(Protocol):
+    """Where decisions are logged for `trace`."""
+
+    def record(self, rec: DecisionRecord) -> None:
+        """Append one decision."""
+
+
 @dataclass
 class _Plan:
     """What a rule set needs from every header: computed once per config version."""
@@ -108,10 +117,15 @@ class Pipeline:
     """Runs decisions on received files; thread-safe, one instance per daemon."""
 
     def __init__(
-        self, current: Callable[[], LoadedConfig], forwarding: Forwarding | None, work_dir: Path
+        self,
+        current: Callable[[], LoadedConfig],
+        forwarding: Forwarding | None,
+        work_dir: Path,
+        journal: Journal | None = None,
     ) -> None:
         self._current = current
         self._forwarding = forwarding
+        self._journal = journal
         self._work_dir = work_dir
         self._plans: dict[str, _Plan] = {}
 
@@ -121,7 +135,7 @@ class Pipeline:
         header: Dataset | None = None
         decision: Decision | None = None
         try:
-            _check_free_space(loaded)
+            _check_free_space(self._work_dir.parent, loaded.config.spool_min_free)
             decision, header = self.evaluate(loaded, received)
             status, comment = self._run(loaded, decision, received, header)
         except ActionError as exc:
@@ -131,7 +145,7 @@ class Pipeline:
                 "internal error on %s from %s", received.sop_instance_uid, received.calling_ae
             )
             status, comment = 0xC211, f"internal error: {type(exc).__name__}"
-        return Outcome(
+        outcome = Outcome(
             status=status,
             rule=decision.rule if decision else "-",
             actions=action_names(decision.actions) if decision else (),
@@ -141,6 +155,32 @@ class Pipeline:
             series_uid=str(header.get("SeriesInstanceUID", "")) if header else "",
             forwards=tuple(decision.forwards) if decision else (),
         )
+        if self._journal is not None:
+            self._record(received, outcome)
+        return outcome
+
+    def _record(self, received: Received, outcome: Outcome) -> None:
+        assert self._journal is not None
+        try:
+            self._journal.record(
+                DecisionRecord(
+                    at=time.time(),
+                    sop_instance_uid=received.sop_instance_uid,
+                    series_uid=outcome.series_uid,
+                    study_uid=outcome.study_uid,
+                    sop_class_uid=received.sop_class_uid,
+                    calling_ae=received.calling_ae,
+                    called_ae=received.called_ae,
+                    peer=received.peer,
+                    rule=outcome.rule,
+                    actions=",".join(outcome.actions),
+                    status=outcome.status,
+                    comment=outcome.comment,
+                    config_version=outcome.config_version,
+                )
+            )
+        except Exception:  # the log is for people; it must never fail a C-STORE
+            log.exception("cannot write the decision log")
 
     def evaluate(self, loaded: LoadedConfig, received: Received) -> tuple[Decision, Dataset]:
         """Read the header as far as needed, check its SOP class, and decide."""
@@ -240,15 +280,13 @@ def _fsync_durable(path: Path) -> None:
         raise OutOfResources(f"cannot sync the received file: {exc.strerror}") from exc
 
 
-def _check_free_space(loaded: LoadedConfig) -> None:
-    spool = loaded.spool
+def _check_free_space(spool: Path, minimum: int) -> None:
     try:
         st = os.statvfs(spool)
     except OSError as exc:
         raise OutOfResources(f"spool {spool} unusable: {exc.strerror}") from exc
     free = st.f_bavail * st.f_frsize
-    if free < loaded.config.spool_min_free:
+    if free < minimum:
         raise OutOfResources(
-            f"spool has {free // 2**20} MiB free, below spool_min_free "
-            f"({loaded.config.spool_min_free // 2**20} MiB)"
+            f"spool has {free // 2**20} MiB free, below spool_min_free ({minimum // 2**20} MiB)"
         )

@@ -10,7 +10,9 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from router.errors import ActionError, ConfigError, RouterError, UsageError
 from router.fixtures import describe
 from router.loader import LoadedConfig, load
 from router.sopclass import sop_class_name
+from router.spool import Spool
 
 EXIT_OK, EXIT_INVALID, EXIT_RUNTIME = 0, 1, 2
 
@@ -49,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--called-ae", default=None)
     explain.add_argument("--peer", default="127.0.0.1")
     sub.add_parser("schema", help="print the rule file's JSON Schema")
+    q = sub.add_parser("queue", help="forwarding queues and dead letters")
+    q.add_argument("file", type=Path)
+    q.add_argument("action", choices=("list", "retry", "purge"), nargs="?", default="list")
+    q.add_argument("--destination", default=None)
+    trace = sub.add_parser("trace", help="where did a study, series or instance go?")
+    trace.add_argument("file", type=Path)
+    trace.add_argument("uid")
     return p
 
 
@@ -105,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
     loaded = load_for_run(args.config)
     if loaded.fixture_failures:
         raise ConfigError(loaded.fixture_failures)
-    daemon = Daemon(loaded, watch=not args.no_watch)
+    daemon = Daemon(loaded, watch=not args.no_watch, log_format=args.log_format, debug=args.debug)
     daemon.install_signal_handlers()
     daemon.startup()
     try:
@@ -200,4 +210,75 @@ def _schema(_args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"run": _run, "check": _check, "explain": _explain, "schema": _schema}
+def _spool(path: Path) -> Spool:
+    if not path.exists():
+        raise UsageError(f"{path}: no such rule file")
+    folder = load(path).spool
+    if not (folder / "queue.db").exists():
+        raise UsageError(f"{folder}: no spool here yet (has the daemon run with this file?)")
+    return Spool(folder)
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _queue(args: argparse.Namespace) -> int:
+    spool = _spool(args.file)
+    if args.action == "retry":
+        print(f"{spool.requeue_dead(args.destination)} dead letters queued again")
+        return EXIT_OK
+    if args.action == "purge":
+        print(f"{spool.purge(args.destination)} dead letters purged")
+        return EXIT_OK
+    now = time.time()
+    rows = spool.entries(args.destination)
+    print(
+        f"{'SOP Instance UID':<64} {'destination':<12} {'state':<8} {'tries':>5} "
+        f"{'age':>6}  last error"
+    )
+    for d in rows:
+        print(
+            f"{d.sop_instance_uid:<64} {d.destination:<12} {d.state:<8} {d.attempts:>5} "
+            f"{_age(now - d.received_at):>6}  {d.last_error or ''}"
+        )
+    for name, (pending, dead) in sorted(spool.depth().items()):
+        if args.destination in (None, name):
+            print(f"{name}: {pending} pending, {dead} dead letters")
+    return EXIT_OK
+
+
+def _trace(args: argparse.Namespace) -> int:
+    spool = _spool(args.file)
+    decisions, deliveries = spool.trace(args.uid)
+    if not decisions and not deliveries:
+        print(f"{args.uid}: not in the decision log")
+        return EXIT_INVALID
+    for rec in decisions:
+        when = datetime.fromtimestamp(rec.at).isoformat(sep=" ", timespec="seconds")
+        print(
+            f"{when} {rec.sop_instance_uid} {sop_class_name(rec.sop_class_uid)} from "
+            f"{rec.calling_ae}@{rec.peer} to {rec.called_ae}: rule {rec.rule} "
+            f"[{rec.actions or '-'}] status 0x{rec.status:04X} config {rec.config_version}"
+            + (f" ({rec.comment})" if rec.comment else "")
+        )
+    for d in deliveries:
+        status = "-" if d.last_status is None else f"0x{d.last_status:04X}"
+        print(
+            f"  -> {d.destination}: {d.sop_instance_uid} {d.state} after {d.attempts} "
+            f"attempt(s), last status {status}" + (f" ({d.last_error})" if d.last_error else "")
+        )
+    return EXIT_OK
+
+
+_COMMANDS = {
+    "run": _run,
+    "check": _check,
+    "explain": _explain,
+    "schema": _schema,
+    "queue": _queue,
+    "trace": _trace,
+}

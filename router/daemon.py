@@ -17,10 +17,12 @@ from collections.abc import Sequence
 from types import FrameType
 
 from router.actions import Pipeline
-from router.errors import ConfigError, StartupError
+from router.delivery import ForwarderProcess, SpoolForwarding
+from router.errors import ConfigError, OutOfResources, StartupError
 from router.loader import LoadedConfig, load
 from router.reload import RuleFileWatcher
 from router.scp import StorageSCP, configure_pynetdicom, tls_context
+from router.spool import Spool
 from router.systemd import Notifier
 
 log = logging.getLogger("router.daemon")
@@ -31,8 +33,18 @@ DRAIN_SECONDS = 10.0  # in-flight associations get this long after SIGTERM
 class Daemon:
     """One running router: `startup()`, `run()` until SIGTERM/SIGINT, `shutdown()`."""
 
-    def __init__(self, loaded: LoadedConfig, *, watch: bool = True) -> None:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        *,
+        watch: bool = True,
+        log_format: str = "text",
+        debug: bool = False,
+    ) -> None:
         self._loaded = loaded
+        self._log_format = log_format
+        self._debug = debug
+        self.forwarder: ForwarderProcess | None = None
         self._watch = watch and loaded.path.exists()
         self._events: queue.Queue[str] = queue.Queue()
         self.notifier = Notifier()
@@ -63,7 +75,14 @@ class Daemon:
         configure_pynetdicom()
         listen = loaded.config.listen
         tls = tls_context(listen.tls, loaded.resolve) if listen.tls else None
-        pipeline = Pipeline(self.current, None, work)
+        try:
+            spool_db = Spool(spool)
+            spool_db.collect_garbage(grace=0)  # files linked by a crashed run before commit
+        except OutOfResources as exc:
+            raise StartupError(str(exc)) from exc
+        self.forwarder = ForwarderProcess(spool, self._log_format, self._debug)
+        self.forwarder.start(loaded)
+        pipeline = Pipeline(self.current, SpoolForwarding(spool_db, self.current), work, spool_db)
         self.scp = StorageSCP(listen, pipeline, lambda: self._loaded.config, tls)
         self.scp.start()
         if self._watch:
@@ -109,6 +128,8 @@ class Daemon:
                 return
             if word == "reload":
                 self.reload()
+            if self.forwarder is not None:
+                self.forwarder.check()
             self.notifier.watchdog()
 
     def reload(self) -> bool:
@@ -128,6 +149,8 @@ class Daemon:
                 if getattr(new.config, key) != getattr(old.config, key):
                     log.warning("%s changed: it takes effect on restart", key)
             self._loaded = new
+            if self.forwarder is not None:
+                self.forwarder.update(new)
             log.info(
                 "reloaded %s: config version %s (was %s)",
                 new.path,
@@ -166,3 +189,5 @@ class Daemon:
                 self.scp.abort_all()
                 self.scp.drain(5.0)
             log.info("stopped after %.1f s drain", time.monotonic() - start)
+        if self.forwarder is not None:
+            self.forwarder.stop(timeout=30)

@@ -1,0 +1,263 @@
+"""Forwarding: sending spooled instances to DICOM destinations, with retries.
+
+Error tree (each failure maps to one of these, once, in `Sender`):
+    ForwardError
+    ├── Unreachable        connect refused / timed out, association rejected or aborted
+    │                      before it was established: the destination as a whole backs
+    │                      off; the instance's attempt count does not move
+    ├── TransientError     timeout or abort during a transfer: retried, attempt counted
+    └── PermanentError     no accepted presentation context, a transfer syntax we cannot
+                           convert: straight to dead letters
+A destination's answer is classified by `policy()` (design §7, `on_status`).
+
+Sending is from the file (`STORE_SEND_CHUNKED_DATASET`) on an exact-transfer-syntax
+context; only when the destination refuses the file's syntax is the dataset loaded and
+converted (uncompressed syntaxes by pynetdicom, compressed ones decompressed by pydicom,
+keeping the SOP Instance UID).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE, build_context, evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext
+
+from router.config import DicomDestination, Retry
+
+log = logging.getLogger("router.forward")
+
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+# Answers that mean "this instance will never be accepted as it is" (design §7).
+PERMANENT_CODES = frozenset({0x0112, 0x0117, 0x0122, 0x0124})
+PERMANENT_RANGES = ((0xA900, 0xA9FF),)
+MAX_SOP_CLASSES = 64  # two contexts each: 128 is the requestor's limit (PS3.8)
+
+
+class ForwardError(Exception):
+    """Base of forwarding failures; `status` is the destination's answer, if any."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Unreachable(ForwardError):
+    """The destination could not be reached or refused the association."""
+
+
+class TransientError(ForwardError):
+    """The transfer broke (timeout, abort); another attempt may succeed."""
+
+
+class PermanentError(ForwardError):
+    """This instance cannot be delivered as it is; it goes to the dead letters."""
+
+
+# --- policy (pure) ---------------------------------------------------------------------
+
+
+def category(code: int) -> str:
+    """success, warning or failure, per PS3.7 Annex C."""
+    if code == 0x0000:
+        return "success"
+    if code in (0x0001, 0x0107, 0x0116) or 0xB000 <= code <= 0xBFFF:
+        return "warning"
+    return "failure"
+
+
+def policy(code: int, on_status: dict[str, str]) -> str:
+    """delivered | retry | dead_letter for a destination's answer `code`.
+
+    Precedence: an exact code in `on_status`, then a range, then the built-in permanent
+    failures (0x0112, 0x0117, 0x0122, 0x0124, 0xA9xx: dead_letter), then the class
+    (`warning` default delivered, `failure` default retry).
+    """
+    exact = on_status.get(f"0x{code:04X}")
+    if exact:
+        return exact
+    for key, value in on_status.items():
+        if "-" in key:
+            low, high = (int(part, 16) for part in key.split("-"))
+            if low <= code <= high:
+                return value
+    kind = category(code)
+    if kind == "success":
+        return "delivered"
+    if kind == "failure" and (
+        code in PERMANENT_CODES or any(lo <= code <= hi for lo, hi in PERMANENT_RANGES)
+    ):
+        return "dead_letter"
+    return on_status.get(kind, "delivered" if kind == "warning" else "retry")
+
+
+def backoff(attempt: int, retry: Retry, rand: Callable[[], float] = random.random) -> float:
+    """Seconds before attempt `attempt + 1`: initial * 2**(attempt-1), capped, jittered.
+
+    The jitter keeps half the delay and randomises the other half, so that instances
+    that failed together do not all come back together.
+    """
+    delay = min(retry.max_delay, retry.initial_delay * 2 ** max(attempt - 1, 0))
+    return float(delay * (0.5 + 0.5 * rand()))
+
+
+# --- one association to one destination ------------------------------------------------
+
+
+def _nodelay(event: Event) -> None:
+    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(event.assoc.dimse_timeout)  # a PACS that stops reading is dropped
+
+
+def contexts_for(pairs: Iterable[tuple[str, str]]) -> list[PresentationContext]:
+    """For each SOP class: the file's own syntax, and the uncompressed ones as fallback."""
+    out: list[PresentationContext] = []
+    seen: set[tuple[str, str]] = set()
+    for sop_class, ts in pairs:
+        if (sop_class, ts) in seen:
+            continue
+        seen.add((sop_class, ts))
+        out.append(build_context(sop_class, [ts]))
+        fallback: list[str | UID] = [t for t in UNCOMPRESSED if t != ts]
+        if fallback and (sop_class, "*") not in seen:
+            seen.add((sop_class, "*"))
+            out.append(build_context(sop_class, fallback))
+    return out[:128]
+
+
+@dataclass
+class Sent:
+    """The destination's answer to one C-STORE."""
+
+    status: int
+    comment: str | None
+
+
+class Sender:
+    """Keeps one association to a destination open while there is work."""
+
+    def __init__(self, name: str, dest: DicomDestination, calling_ae: str) -> None:
+        self.name = name
+        self.dest = dest
+        self.ae = AE(ae_title=dest.calling_ae_title or calling_ae)
+        self.ae.connection_timeout = dest.connect_timeout
+        self.ae.acse_timeout = dest.connect_timeout
+        self.ae.dimse_timeout = dest.dimse_timeout
+        # Our idle close comes first; pynetdicom's own timer is only a backstop.
+        self.ae.network_timeout = max(dest.idle_timeout * 2, 60.0)
+        self.ae.maximum_pdu_size = dest.max_pdu
+        self.assoc: Association | None = None
+        self._classes: set[tuple[str, str]] = set()
+        self.last_used = 0.0
+
+    def _associate(self, pairs: set[tuple[str, str]]) -> Association:
+        self.close()
+        assoc = self.ae.associate(
+            self.dest.host,
+            self.dest.port,
+            contexts=contexts_for(sorted(pairs)),
+            ae_title=self.dest.ae_title,
+            max_pdu=self.dest.max_pdu,
+            evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)],
+        )
+        if not assoc.is_established:
+            why = (
+                "association rejected"
+                if assoc.is_rejected
+                else "no association (refused, timed out or aborted)"
+            )
+            raise Unreachable(f"{why} by {self.dest.ae_title}@{self.dest.host}:{self.dest.port}")
+        self.assoc = assoc
+        self._classes = set(pairs)
+        return assoc
+
+    def ensure(self, pairs: set[tuple[str, str]]) -> Association:
+        """An established association proposing contexts for `pairs` (and what it had)."""
+        if self.assoc is not None and self.assoc.is_established and pairs <= self._classes:
+            return self.assoc
+        wanted = pairs | (self._classes if self.assoc is not None else set())
+        if len({c for c, _ in wanted}) > MAX_SOP_CLASSES:
+            wanted = set(pairs)
+        return self._associate(wanted)
+
+    def send(self, path: Path, sop_class: str, ts: str) -> Sent:
+        """Send one spooled file; raise a ForwardError unless the destination answered."""
+        assoc = self.ensure({(sop_class, ts)})
+        self.last_used = time.monotonic()
+        accepted = {
+            str(cx.transfer_syntax[0])
+            for cx in assoc.accepted_contexts
+            if cx.abstract_syntax == sop_class
+        }
+        if not accepted:
+            raise PermanentError(f"no accepted presentation context for {sop_class}")
+        try:
+            if ts in accepted:
+                rsp = assoc.send_c_store(path)
+            else:
+                rsp = assoc.send_c_store(_converted(path, ts, accepted))
+        except (OSError, RuntimeError) as exc:
+            self.close()
+            raise TransientError(f"transfer failed: {exc}") from exc
+        except ValueError as exc:  # pynetdicom: no usable context after all
+            raise PermanentError(str(exc)) from exc
+        if "Status" not in rsp:
+            self.close()
+            raise TransientError("no response (timeout or abort)")
+        comment = rsp.get("ErrorComment")
+        return Sent(int(rsp.Status), str(comment) if comment else None)
+
+    def close(self) -> None:
+        """Release the association, if any."""
+        if self.assoc is not None:
+            if self.assoc.is_established:
+                self.assoc.release()
+            self.assoc = None
+        self._classes = set()
+
+
+def _converted(path: Path, ts: str, accepted: set[str]) -> Dataset:
+    """The dataset in a syntax the destination accepted (loads it: the slow path)."""
+    ds = dcmread(path)
+    if UID(ts).is_compressed:
+        try:
+            ds.decompress(generate_instance_uid=False)
+        except Exception as exc:
+            raise PermanentError(
+                f"destination refuses {UID(ts).name} and it cannot be decompressed here: {exc}"
+            ) from exc
+    # pynetdicom converts between uncompressed syntaxes of an accepted context.
+    return ds
+
+
+def send_once(
+    name: str, dest: DicomDestination, calling_ae: str, path: Path, sop_class: str, ts: str
+) -> Sent:
+    """One association, one C-STORE, released (sync mode)."""
+    sender = Sender(name, dest, calling_ae)
+    try:
+        return sender.send(path, sop_class, ts)
+    finally:
+        sender.close()
+
+
+def describe_status(code: int | None) -> str:
+    """A status in hex, for logs."""
+    return "-" if code is None else f"0x{code:04X}"
