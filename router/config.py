@@ -261,19 +261,23 @@ class Retry(Strict):
     max_delay: Seconds = 300.0
 
 
-def _on_status(value: Any) -> Any:
-    if not isinstance(value, dict):
-        return value
-    out: dict[str, Any] = {}
-    for key, policy in value.items():
-        text = f"0x{key:04X}" if isinstance(key, int) and not isinstance(key, bool) else str(key)
-        if text not in ("success", "warning", "failure") and not _RANGE.match(text):
-            raise ValueError(
-                f"on_status key {key!r}: write warning, failure, a code (0x0124) "
-                "or a range (0xA900-0xA9FF)"
-            )
-        out[text] = policy
-    return out
+def _status_key(key: Any) -> str:
+    if isinstance(key, int) and not isinstance(key, bool):
+        key = f"0x{key:04X}"
+    text = str(key)
+    if text in ("warning", "failure"):
+        return text
+    m = _RANGE.match(text)
+    if not m:
+        raise ValueError(
+            f"on_status key {key!r}: write warning, failure, a code (0x0124) "
+            "or a range (0xA900-0xA9FF)"
+        )
+    low, high = m.group(1).upper(), (m.group(2) or "").upper()
+    return f"0x{low}-0x{high}" if high else f"0x{low}"
+
+
+StatusKey = Annotated[str, BeforeValidator(_status_key)]
 
 
 class DicomDestination(Strict):
@@ -284,7 +288,7 @@ class DicomDestination(Strict):
     port: int = Field(ge=1, le=65535)
     calling_ae_title: AETitle | None = Field(None, description="default: listen.ae_title")
     retry: Retry = Retry()
-    on_status: Annotated[dict[str, Policy], BeforeValidator(_on_status)] = Field(
+    on_status: dict[StatusKey, Policy] = Field(
         default_factory=dict,
         description="warning / failure / 0xCODE / 0xLOW-0xHIGH -> delivered|retry|dead_letter",
     )
@@ -348,7 +352,18 @@ class TagTest(Strict):
         return self
 
 
-TagCondition = Text | list[Text] | TagTest
+def _condition_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "list"
+    return "test" if isinstance(value, dict | TagTest) else "text"
+
+
+TagCondition = Annotated[
+    Annotated[Text, Tag("text")]
+    | Annotated[list[Text], Tag("list")]
+    | Annotated[TagTest, Tag("test")],
+    Discriminator(_condition_kind),
+]
 
 
 def _sop_classes(value: list[str], groups: dict[str, list[str]]) -> tuple[str, ...]:
@@ -434,6 +449,10 @@ def _ref(kind: str, label: str) -> Any:
     def check(value: str, info: ValidationInfo) -> str:
         names: set[str] = _context(info, kind)
         if value not in names:
+            other = "dicom" if kind == "filesystem" else "filesystem"
+            if value in _context(info, other):
+                shown = "DICOM" if other == "dicom" else other
+                raise ValueError(f"no {label} named {value!r}: it is a {shown} destination")
             others = sorted(names)
             hint = sopclass.suggest(value, names)
             tail = (

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -119,6 +120,25 @@ def backoff(attempt: int, retry: Retry, rand: Callable[[], float] = random.rando
 # --- one association to one destination ------------------------------------------------
 
 
+def bound_send_queue(assoc: Association, limit: int = 16) -> None:
+    """Give pynetdicom's send path backpressure: at most `limit` PDUs waiting to be sent.
+
+    pynetdicom 3.0 puts every P-DATA of a C-STORE on the DUL's unbounded queue as fast as
+    it reads the file, so a chunked send of a 300 MB file to a slower peer buffers
+    ~100-250 MB in RAM. Blocking the producer keeps the buffer at limit * max PDU.
+    """
+    dul = assoc.dul
+    original = dul.send_pdu
+
+    def send_pdu(primitive: Any) -> None:
+        # Stop waiting if the DUL thread is gone (abort): the put then just gets dropped.
+        while dul.to_provider_queue.qsize() >= limit and dul.is_alive():
+            time.sleep(0.0005)
+        original(primitive)
+
+    dul.send_pdu = send_pdu  # type: ignore[method-assign]
+
+
 def _nodelay(event: Event) -> None:
     sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
     if isinstance(sock, socket.socket):
@@ -184,6 +204,7 @@ class Sender:
                 else "no association (refused, timed out or aborted)"
             )
             raise Unreachable(f"{why} by {self.dest.ae_title}@{self.dest.host}:{self.dest.port}")
+        bound_send_queue(assoc)
         self.assoc = assoc
         self._classes = set(pairs)
         return assoc

@@ -21,24 +21,61 @@ from router.config import Config, FilesystemDestination, validation_context
 from router.errors import ConfigError, Located
 from router.fixtures import FixtureResult, describe, run_all
 
+_INT_TAG = "tag:yaml.org,2002:int"
+_STATUS_KEYS = ("reject", "warn", "status")
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, yaml.Node] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                first = seen[key].start_mark.line + 1
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"duplicate key {key!r} (first at line {first})",
-                    key_node.start_mark,
+def _scan(name: str, node: yaml.Node, path: list[str]) -> list[Located]:
+    """What PyYAML would silently get wrong: duplicate keys, octal numbers, decimal statuses."""
+    out: list[Located] = []
+    here = ".".join(path) or "(top)"
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            label = str(key.value)
+            if label in seen:
+                out.append(
+                    _mark(
+                        name,
+                        key,
+                        f"{here}.{label}: duplicate key {label!r} (first at line {seen[label]})",
+                    )
                 )
-            seen[key] = key_node
-        return super().construct_mapping(node, deep=deep)
+            seen.setdefault(label, key.start_mark.line + 1)
+            out += _scan(name, key, [*path, label]) if path[-1:] == ["on_status"] else []
+            out += _scan(name, value, [*path, label])
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out += _scan(name, item, [*path, str(i)])
+    elif isinstance(node, yaml.ScalarNode) and node.tag == _INT_TAG:
+        text = node.value.lstrip("+-")
+        if re.fullmatch(r"0[0-7_]+", text):
+            out.append(
+                _mark(
+                    name,
+                    node,
+                    (
+                        f"{here}: YAML reads {node.value} as the octal number "
+                        f"{int(text.replace('_', ''), 8)}:"
+                        f" write 0x{text.lstrip('0').zfill(4)} for a status code"
+                    ),
+                )
+            )
+        elif ((path[-1:] and path[-1] in _STATUS_KEYS) or path[-2:-1] == ["on_status"]) and not (
+            text.lower().startswith("0x")
+        ):
+            out.append(
+                _mark(
+                    name,
+                    node,
+                    (f"{here}: write status codes in hex, e.g. 0x{int(text.replace('_', '')):04X}"),
+                )
+            )
+    return out
+
+
+def _mark(name: str, node: yaml.Node, message: str) -> Located:
+    return Located(name, node.start_mark.line + 1, node.start_mark.column + 1, message)
 
 
 @dataclass(frozen=True)
@@ -81,7 +118,7 @@ def load(path: Path, *, base_dir: Path | None = None, text: str | None = None) -
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError([Located(name, 1, 1, f"cannot read the rule file: {exc}")]) from None
-    loader = _Loader(text)
+    loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
@@ -94,10 +131,23 @@ def load(path: Path, *, base_dir: Path | None = None, text: str | None = None) -
         loader.dispose()
     if root is None or not isinstance(data, dict):
         raise ConfigError([Located(name, 1, 1, "the rule file must be a mapping with version: 1")])
+    problems = _scan(name, root, [])
     try:
         config = Config.model_validate(data, context=validation_context(data))
     except ValidationError as exc:
-        raise ConfigError(_locate_all(name, root, exc)) from None
+        # One message per place: pydantic's, then the scan's explanation of it.
+        scanned = {(p.line, p.column): p for p in problems}
+        for p in _locate_all(name, root, exc):
+            hint = scanned.get((p.line, p.column))
+            if hint is None:
+                problems.append(p)
+            else:
+                why = hint.message.split(": ", 1)[-1]
+                problems[problems.index(hint)] = Located(
+                    p.file, p.line, p.column, f"{p.message} ({why})"
+                )
+    if problems:
+        raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column)))
     folder = base_dir if base_dir is not None else path.resolve().parent
     results = run_all(config)
     return LoadedConfig(
@@ -178,14 +228,13 @@ def _message(err: Any, node: yaml.Node) -> str:
         msg = f"expected {ctx.get('expected', msg)}, got {err['input']!r}"
     value = err.get("input")
     shown = isinstance(value, int | float | str) and not isinstance(value, bool)
-    if shown and kind not in ("missing", "unknown_key") and str(value) not in msg:
+    if (
+        shown
+        and kind not in ("missing", "unknown_key")
+        and str(value) not in msg
+        and "0x" not in msg
+    ):
         msg += f" (got {value!r})"
-    if isinstance(node, yaml.ScalarNode) and re.fullmatch(r"0[0-7]+", node.value):
-        msg = msg.removesuffix(f" (got {value!r})")
-        msg += (
-            f" (YAML reads {node.value} as the octal number {int(node.value, 8)}:"
-            f" write 0x{node.value.lstrip('0').zfill(4)})"
-        )
     return msg
 
 

@@ -8,10 +8,11 @@ spellings that neither library knows; `SEED_ALIASES` maps only those.
 from __future__ import annotations
 
 import difflib
+import re
 from functools import cache
 
 from pydicom._uid_dict import UID_dictionary
-from pydicom.uid import UID
+from pydicom.uid import RE_VALID_UID
 from pynetdicom.sop_class import _STORAGE_CLASSES
 
 # Older spellings from the seed table -> today's keyword (PS3.6 / pydicom).
@@ -78,7 +79,7 @@ def _resolve(kind: str, label: str, name: str) -> str:
     if name in table:
         return table[name]
     if name[:1].isdigit():
-        if not UID(name).is_valid:
+        if len(name) > 64 or not re.fullmatch(RE_VALID_UID, name):
             raise ValueError(f"{name!r} is not a valid UID")
         return SEED_UID_TYPOS.get(name, name)
     raise UnknownName(label, name, suggest(name, set(table)))

@@ -21,7 +21,6 @@ from router.errors import ActionError, OutOfResources
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
 _MAX_COMPONENT = 128  # bytes; leaves room below NAME_MAX (255) for suffixes
-_RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 def sanitize(value: str | None) -> str:
@@ -132,9 +131,9 @@ def place(
         fsync_dir(target.parent)
         return final
     except OSError as exc:
-        if exc.errno in _RESOURCE_ERRNOS:
-            raise OutOfResources(f"cannot write {target}: {exc.strerror}") from exc
-        raise
+        # Whatever the filesystem says (full, read-only, a file where a folder should be),
+        # the target cannot take the instance: 0xA700, and nothing was left half-written.
+        raise OutOfResources(f"cannot write {target}: {exc.strerror or exc}") from exc
 
 
 def _claim(tmp: Path, target: Path) -> Path:

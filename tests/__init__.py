@@ -1,0 +1,1 @@
+"""Test suite and shared test infrastructure (import as ``tests.peers``, ``tests.dicomgen``)."""

@@ -1,0 +1,38 @@
+"""Generic fixtures: real DICOM peers in per-test temp dirs. No router imports here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.peers import Orthanc, StoreSCP
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register our markers (pyproject is shared; unknown markers would warn -> error)."""
+    config.addinivalue_line("markers", "slow: takes several seconds (big files, many classes)")
+    config.addinivalue_line("markers", "interop: talks to real DCMTK/Orthanc processes")
+
+
+@pytest.fixture
+def store_scp(tmp_path: Path) -> Iterator[StoreSCP]:
+    """A running DCMTK storescp (AE STORESCP) accepting every SOP class; stopped after."""
+    scp = StoreSCP(tmp_path / "storescp")
+    scp.start()
+    try:
+        yield scp
+    finally:
+        scp.stop()
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    """A running Orthanc (AE ORTHANC) with empty storage; stopped after."""
+    server = Orthanc(tmp_path / "orthanc")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,932 @@
+"""Real DICOM peers for interop tests and benchmarks: DCMTK, Orthanc and a pynetdicom SCU.
+
+Everything listens on and connects to 127.0.0.1 only. Every process started here is
+tracked and stopped by PID (SIGTERM, then SIGKILL after a timeout), its descendants
+included, even when a test fails or the interpreter exits early.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import UID
+from pynetdicom import AE, _config, evt
+from pynetdicom.presentation import PresentationContext, build_context
+
+from router.forward import bound_send_queue
+from tests.dicomgen import iter_files
+
+__all__ = [
+    "LOOPBACK",
+    "AssociationAborted",
+    "AssociationFailed",
+    "AssociationRejected",
+    "FileOutcome",
+    "Orthanc",
+    "Proc",
+    "StoreResult",
+    "StoreSCP",
+    "echoscu",
+    "file_contexts",
+    "free_port",
+    "parse_storescu_output",
+    "pyn_store",
+    "storescu",
+    "wait_port",
+]
+
+LOOPBACK = "127.0.0.1"
+# DCMTK enables TCP_NODELAY by default; setting it makes the choice explicit in every run.
+_DCMTK_ENV = {"TCP_NODELAY": "1"}
+# PS3.8: presentation context IDs are odd numbers 1..255, so at most 128 per association.
+MAX_CONTEXTS = 128
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def free_port() -> int:
+    """Return a TCP port that was free on 127.0.0.1 a moment ago (the OS picked it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _listener_inodes(port: int) -> set[str]:
+    """Socket inodes listening on TCP port `port` (any address), from /proc/net/tcp{,6}."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                cols = row.split()
+                # cols[1] = "ADDR:PORT" in hex, cols[3] = state (0A = LISTEN), cols[9] = inode
+                if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(cols[9])
+    return inodes
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    """True if pid holds a socket listening on port (so not someone else's server)."""
+    wanted = {f"socket:[{inode}]" for inode in _listener_inodes(port)}
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                    return True
+    return False
+
+
+def wait_port(port: int, timeout: float = 10.0, *, proc: Proc | None = None) -> None:
+    """Wait until 127.0.0.1:port accepts TCP connections; fail fast if proc has died.
+
+    With proc, readiness means proc (or a descendant) holds a LISTEN socket on port: no
+    probe connection (which would show up in the server's logs), and a stolen port
+    (someone else listening there) is not mistaken for our server being ready.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None:
+            if not proc.alive():
+                raise RuntimeError(
+                    f"{proc.name} exited with {proc.returncode} before listening on {port}:\n"
+                    + proc.log_tail()
+                )
+            if _listens_on(proc.pid, port) or any(
+                _listens_on(pid, port) for pid, _ in _descendants(proc.pid)
+            ):
+                return
+        else:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.settimeout(0.5)
+                if s.connect_ex((LOOPBACK, port)) == 0:
+                    return
+        if time.monotonic() > deadline:
+            tail = proc.log_tail() if proc is not None else ""
+            raise TimeoutError(f"nothing listening on {LOOPBACK}:{port} after {timeout}s\n{tail}")
+        time.sleep(0.02)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _proc_start_time(pid: int) -> int | None:
+    """Kernel start time of pid (field 22 of /proc/PID/stat), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces/parens: split after its closing paren.
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[19])
+
+
+def _descendants(root: int) -> list[tuple[int, int]]:
+    """(pid, start time) of every live descendant of root, found via /proc ppid links."""
+    children: dict[int, list[int]] = {}
+    starts: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # exited while we were scanning
+        fields = stat.rsplit(")", 1)[1].split()
+        pid, ppid = int(entry), int(fields[1])
+        children.setdefault(ppid, []).append(pid)
+        starts[pid] = int(fields[19])
+    found: list[tuple[int, int]] = []
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append((child, starts[child]))
+            stack.append(child)
+    return found
+
+
+def _signal_if_same(pid: int, start: int, sig: signal.Signals) -> bool:
+    """Send sig to pid only if it is still the process we recorded (guards PID reuse)."""
+    if _proc_start_time(pid) != start:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+        return True
+    return False
+
+
+def _wait_gone(procs: Iterable[tuple[int, int]], timeout: float) -> list[tuple[int, int]]:
+    """Wait up to timeout for the recorded processes to exit; return the survivors."""
+    pending = list(procs)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        pending = [(p, s) for p, s in pending if _alive(p, s)]
+        if pending:
+            time.sleep(0.02)
+    return [(p, s) for p, s in pending if _alive(p, s)]
+
+
+def _alive(pid: int, start: int) -> bool:
+    """True if pid is the recorded process and has not exited (zombies count as gone)."""
+    if _proc_start_time(pid) != start:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# Running Proc objects (strong refs: a dropped Proc must still be stopped at exit).
+_LIVE: set[Proc] = set()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Last-resort cleanup of every process still running at interpreter exit."""
+    for proc in list(_LIVE):
+        proc.stop(timeout=2.0)
+
+
+class Proc:
+    """A child process whose stdout+stderr go to a log file; stopped by PID, with children."""
+
+    def __init__(
+        self,
+        argv: Sequence[str | os.PathLike[str]],
+        log_path: str | os.PathLike[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        """Start argv now. env entries are added to (not replacing) os.environ."""
+        self.argv = [os.fspath(a) for a in argv]
+        self.name = name or Path(self.argv[0]).name
+        self.log_path = Path(log_path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        full_env = {**os.environ, **(env or {})}
+        self.popen = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=cwd,
+            # Own session: a Ctrl-C aimed at pytest does not hit peers mid-test; we stop them.
+            start_new_session=True,
+        )
+        self.pid = self.popen.pid
+        _LIVE.add(self)
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status (negative = killed by that signal), None while running."""
+        return self.popen.poll()
+
+    def alive(self) -> bool:
+        """True while the main process runs."""
+        return self.popen.poll() is None
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the main process to exit and return its status."""
+        return self.popen.wait(timeout)
+
+    def _tree(self) -> list[tuple[int, int]]:
+        """Descendants first, so we can still find them before the parent dies."""
+        return _descendants(self.pid) if self.alive() else []
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM the process, SIGKILL it after timeout; then do the same to its descendants."""
+        children = self._tree()
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    self.popen.kill()
+                self.popen.wait(5.0)
+        # Children that outlived the parent (e.g. storescp --fork workers) are orphans now.
+        survivors = [(p, s) for p, s in children if _alive(p, s)]
+        for pid, start in survivors:
+            _signal_if_same(pid, start, signal.SIGTERM)
+        stubborn = _wait_gone(survivors, min(timeout, 3.0))
+        for pid, start in stubborn:
+            _signal_if_same(pid, start, signal.SIGKILL)
+        _wait_gone(stubborn, 5.0)
+        self._close()
+        return self.popen.returncode
+
+    def kill9(self) -> int:
+        """SIGKILL the process and its descendants at once (a crash / power-cut stand-in)."""
+        children = self._tree()
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.kill()
+        for pid, start in children:
+            _signal_if_same(pid, start, signal.SIGKILL)
+        code = self.popen.wait(5.0)
+        _wait_gone(children, 5.0)
+        self._close()
+        return code
+
+    def _close(self) -> None:
+        """Close our handle on the log file and forget the process."""
+        if not self._log.closed:
+            self._log.close()
+        _LIVE.discard(self)
+
+    def log_text(self) -> str:
+        """Everything the process wrote so far (stdout and stderr interleaved)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the log, for error messages."""
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<Proc {self.name} pid={self.pid} rc={self.returncode}>"
+
+
+# --------------------------------------------------------------------------- DCMTK storescp
+
+
+class StoreSCP:
+    """DCMTK ``storescp`` on a free loopback port that accepts any SOP class and syntax.
+
+    Files land in ``out_dir`` as ``<modality>.<SOPInstanceUID>.dcm``; each completed
+    C-STORE appends the file name to ``received.txt`` (written after the file is complete).
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        *,
+        ae_title: str = "STORESCP",
+        port: int | None = None,
+        extra: Sequence[str] = (),
+        fork: bool = False,
+        max_pdu: int | None = None,
+    ) -> None:
+        """Configure (not start). extra: more storescp flags, e.g. ``--sleep-during 5``."""
+        self.workdir = Path(workdir)
+        self.out_dir = self.workdir / "out"
+        self.received_log = self.workdir / "received.txt"
+        self.ae_title = ae_title
+        self._auto_port = port is None  # a port we picked may be stolen: then pick again
+        self.port = port or free_port()
+        self.extra = list(extra)
+        self.fork = fork
+        self.max_pdu = max_pdu
+        self.proc: Proc | None = None
+
+    def argv(self) -> list[str]:
+        """The storescp command line."""
+        # Completion marker: storescp runs this after the file is written and answered.
+        on_reception = f"echo '#f' >> {shlex.quote(str(self.received_log))}"
+        argv = [
+            "storescp",
+            "-v",
+            "--aetitle", self.ae_title,
+            "--output-directory", str(self.out_dir),
+            "+B",   # bit-preserving: stream to disk as received, no re-encoding, flat memory
+            "-pm",  # promiscuous: accept unknown (private/new/typo'd) SOP classes too
+            "+xa",  # accept every transfer syntax DCMTK knows, compressed ones included
+            "-fe", ".dcm",
+            "-dhl",  # no reverse DNS lookups
+            "--exec-on-reception", on_reception,
+        ]  # fmt: skip
+        if self.max_pdu:
+            argv += ["--max-pdu", str(self.max_pdu)]
+        if self.fork:
+            argv.append("--fork")
+        return [*argv, *self.extra, str(self.port)]
+
+    def start(self, timeout: float = 10.0) -> Self:
+        """Start storescp and wait until it listens."""
+        if self.proc is not None and self.proc.alive():
+            raise RuntimeError("storescp already running")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(3):
+            self.proc = Proc(self.argv(), self.workdir / "storescp.log", env=_DCMTK_ENV)
+            try:
+                wait_port(self.port, timeout, proc=self.proc)
+                self._auto_port = False  # a restart must come back on the same port
+                return self
+            except RuntimeError:
+                # Exited early: most likely someone took our free port in the meantime.
+                if not self._auto_port or attempt == 2:
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        """Stop storescp (and any --fork workers); received files stay."""
+        if self.proc is not None:
+            self.proc.stop()
+
+    def received(self) -> list[str]:
+        """File names of completed C-STOREs in arrival order (duplicates kept)."""
+        try:
+            return self.received_log.read_text().split()
+        except FileNotFoundError:
+            return []
+
+    def count(self) -> int:
+        """Number of completed C-STOREs."""
+        return len(self.received())
+
+    def files(self) -> list[Path]:
+        """Completed files on disk, sorted by name."""
+        done = set(self.received())
+        return sorted(p for p in self.out_dir.glob("*.dcm") if p.name in done)
+
+    def wait_count(self, n: int, timeout: float = 30.0) -> int:
+        """Wait until at least n C-STOREs completed; return the count."""
+        return _wait_for(self.count, n, timeout, f"storescp on {self.port}", self.proc)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _wait_for(
+    counter: Callable[[], int], n: int, timeout: float, what: str, proc: Proc | None
+) -> int:
+    """Poll counter() until it reaches n; raise with the peer's log tail on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = counter()
+        if value >= n:
+            return value
+        if time.monotonic() > deadline:
+            tail = proc.log_tail() if proc is not None else ""
+            raise TimeoutError(f"{what}: {value} instances after {timeout}s, wanted {n}\n{tail}")
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- Orthanc
+
+# No proxies: an http_proxy in the environment (CI boxes) must not see loopback calls.
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class Orthanc:
+    """Orthanc with its own config and storage in workdir; DICOM and REST on loopback.
+
+    Orthanc starts in ~0.1 s but a clean SIGTERM shutdown takes ~3.5 s (HTTP and DICOM
+    servers poll at 1-2 s), so stop() waits only stop_timeout (default 0.5 s) before
+    SIGKILL. That is harmless for throwaway storage (SQLite index is crash-safe); pass
+    stop_timeout=10 to get a clean shutdown.
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        *,
+        aet: str = "ORTHANC",
+        dicom_port: int | None = None,
+        http_port: int | None = None,
+        config: Mapping[str, Any] | None = None,
+        stop_timeout: float = 0.5,
+    ) -> None:
+        """Configure (not start). config entries override the defaults in config_dict()."""
+        self.workdir = Path(workdir)
+        self.stop_timeout = stop_timeout
+        self.aet = aet
+        self._auto_ports = dicom_port is None and http_port is None
+        self.dicom_port = dicom_port or free_port()
+        self.http_port = http_port or free_port()
+        self.overrides = dict(config or {})
+        self.proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the REST API."""
+        return f"http://{LOOPBACK}:{self.http_port}"
+
+    def config_dict(self) -> dict[str, Any]:
+        """The Orthanc configuration: isolated, permissive, fast, no plugins."""
+        storage = str(self.workdir / "db")
+        return {
+            "Name": f"test-{self.aet}",
+            "StorageDirectory": storage,
+            "IndexDirectory": storage,
+            "HttpServerEnabled": True,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,  # loopback only; that is all we use
+            "AuthenticationEnabled": False,
+            "DicomServerEnabled": True,
+            "DicomAet": self.aet,
+            "DicomPort": self.dicom_port,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": True,  # any calling AE may store, no DicomModalities
+            "UnknownSopClassAccepted": True,
+            "AcceptedTransferSyntaxes": ["1.2.840.10008.1.*"],
+            "Plugins": [],  # our own file, so Debian's /usr/share/orthanc/plugins is not loaded
+            "LuaScripts": [],
+            "ConcurrentJobs": 1,
+            "SaveJobs": False,
+            "SyncStorageArea": False,  # no fsync per instance: tests do not need durability here
+            "StorageCompression": False,
+            "OrthancExplorerEnabled": False,
+            "WebDavEnabled": False,
+            "MetricsEnabled": False,
+            "HttpThreadsCount": 8,
+            "DicomThreadsCount": 4,
+            "StableAge": 1,
+            **self.overrides,
+        }
+
+    def start(self, timeout: float = 30.0) -> Self:
+        """Write the config, start Orthanc, wait until REST /system and DICOM port answer."""
+        if self.proc is not None and self.proc.alive():
+            raise RuntimeError("Orthanc already running")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(3):
+            try:
+                self._start_once(timeout)
+                self._auto_ports = False  # a restart must come back on the same ports
+                return self
+            except RuntimeError:
+                # Exited early: most likely a port we picked was taken in the meantime.
+                if not self._auto_ports or attempt == 2:
+                    raise
+                self.dicom_port, self.http_port = free_port(), free_port()
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> None:
+        """One start attempt; RuntimeError if Orthanc exits before it is ready."""
+        config_path = self.workdir / "orthanc.json"
+        config_path.write_text(json.dumps(self.config_dict(), indent=2))
+        self.proc = proc = Proc(
+            ["/usr/sbin/Orthanc", str(config_path)],
+            self.workdir / "orthanc.log",
+            cwd=self.workdir,
+            name="Orthanc",
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if not proc.alive():
+                raise RuntimeError(f"Orthanc exited with {proc.returncode}:\n{proc.log_tail()}")
+            with contextlib.suppress(OSError):
+                self.get_json("/system")
+                break
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"Orthanc REST not up after {timeout}s\n{proc.log_tail()}")
+            time.sleep(0.05)
+        wait_port(self.dicom_port, max(1.0, deadline - time.monotonic()), proc=proc)
+
+    def stop(self) -> None:
+        """SIGTERM Orthanc, SIGKILL after stop_timeout; its storage stays in workdir."""
+        if self.proc is not None:
+            self.proc.stop(timeout=self.stop_timeout)
+
+    def _request(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        """One REST call on loopback; raises urllib.error.HTTPError on 4xx/5xx."""
+        req = urllib.request.Request(self.url + path, data=body, method=method)
+        with _HTTP.open(req, timeout=30) as rsp:
+            data: bytes = rsp.read()
+            return data
+
+    def get_json(self, path: str) -> Any:
+        """GET path and decode the JSON answer."""
+        return json.loads(self._request("GET", path))
+
+    def post_json(self, path: str, payload: Any) -> Any:
+        """POST a JSON (or plain string) body and decode the JSON answer."""
+        body = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+        return json.loads(self._request("POST", path, body))
+
+    def instances(self) -> list[str]:
+        """SOP Instance UIDs of every stored instance."""
+        return [i["MainDicomTags"]["SOPInstanceUID"] for i in self.get_json("/instances?expand")]
+
+    def count(self) -> int:
+        """Number of stored instances (cheap: from /statistics)."""
+        return int(self.get_json("/statistics")["CountInstances"])
+
+    def wait_count(self, n: int, timeout: float = 30.0) -> int:
+        """Wait until at least n instances are stored; return the count."""
+        return _wait_for(self.count, n, timeout, f"Orthanc {self.aet}", self.proc)
+
+    def orthanc_id(self, sop_instance_uid: str) -> str:
+        """Orthanc's internal instance ID for a SOP Instance UID (KeyError if absent)."""
+        for hit in self.post_json("/tools/lookup", sop_instance_uid):
+            if hit["Type"] == "Instance":
+                return str(hit["ID"])
+        raise KeyError(sop_instance_uid)
+
+    def tags(self, sop_instance_uid: str) -> dict[str, Any]:
+        """The instance's tags as {Keyword: value} (Orthanc's simplified-tags)."""
+        result: dict[str, Any] = self.get_json(
+            f"/instances/{self.orthanc_id(sop_instance_uid)}/simplified-tags"
+        )
+        return result
+
+    def download(self, sop_instance_uid: str, dest: str | os.PathLike[str]) -> Path:
+        """Stream the stored DICOM file to dest and return dest."""
+        url = f"{self.url}/instances/{self.orthanc_id(sop_instance_uid)}/file"
+        dest = Path(dest)
+        with _HTTP.open(url, timeout=60) as rsp, dest.open("wb") as out:
+            while chunk := rsp.read(1 << 20):
+                out.write(chunk)
+        return dest
+
+    def clear(self) -> None:
+        """Delete every stored patient (and so every instance)."""
+        for pid in self.get_json("/patients"):
+            self._request("DELETE", f"/patients/{urllib.parse.quote(pid)}")
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------- DCMTK SCUs
+
+
+@dataclass
+class FileOutcome:
+    """What storescu reported for one input file."""
+
+    path: str
+    status: int | None = None  # None: no C-STORE-RSP (no context, bad file, abort...)
+    sop_instance_uid: str | None = None  # Affected SOP Instance UID of the response
+    error_comment: str | None = None  # (0000,0902) from the response's status detail
+    error: str | None = None  # storescu's error line when there was no response
+
+
+@dataclass
+class StoreResult:
+    """Outcome of one storescu run: per-file statuses plus the raw log."""
+
+    returncode: int
+    output: str
+    files: list[FileOutcome] = field(default_factory=list)
+    rejected: str | None = None  # e.g. "Result: Rejected Permanent, Source: ...; Reason: ..."
+    request_failed: str | None = None  # no association at all (e.g. connection refused)
+    aborted: bool = False  # the peer aborted / dropped the association mid-way
+
+    @property
+    def statuses(self) -> list[int]:
+        """C-STORE-RSP statuses in send order; files without a response are left out."""
+        return [f.status for f in self.files if f.status is not None]
+
+    @property
+    def ok(self) -> bool:
+        """True if storescu exited 0 and every file got 0x0000."""
+        return self.returncode == 0 and bool(self.files) and all(f.status == 0 for f in self.files)
+
+
+_SENDING = re.compile(r"I: Sending file: (.*)$")
+_STATUS = re.compile(r"DIMSE Status\s*:\s*0x([0-9A-Fa-f]{4})")
+_INSTANCE = re.compile(r"Affected SOP Instance UID\s*:\s*([0-9.]+)")
+_COMMENT = re.compile(r"\(0000,0902\)\s+LO\s+\[(.*)\]")
+_FILE_ERROR = re.compile(r"E: (No presentation context for.*|Store Failed.*|Bad DICOM file.*)$")
+_ABORT = re.compile(r"Peer aborted Association|Connection reset by peer|Broken pipe", re.I)
+
+
+def parse_storescu_output(log: str) -> StoreResult:
+    """Parse ``storescu -d`` stderr (DCMTK 3.6.x) into a StoreResult with returncode -1.
+
+    Per file: the "DIMSE Status : 0xXXXX" of the INCOMING C-STORE-RSP dump, its Affected
+    SOP Instance UID, an ErrorComment from the "Status Detail" dump, or the error lines.
+    """
+    result = StoreResult(returncode=-1, output=log)
+    files = result.files
+    incoming = False  # inside an INCOMING DIMSE dump (the C-STORE-RSP)
+    collecting = False  # appending "E:" continuation lines to the last file's error
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if collecting and line.startswith("E: ") and files:
+            files[-1].error = f"{files[-1].error}\n{line[3:]}"
+            if _ABORT.search(line):
+                result.aborted = True
+            continue
+        collecting = False
+        if m := _SENDING.search(line):
+            files.append(FileOutcome(path=m.group(1)))
+            incoming = False
+        elif "INCOMING DIMSE MESSAGE" in line:
+            incoming = True
+        elif "END DIMSE MESSAGE" in line:
+            incoming = False
+        elif incoming and files and (m := _STATUS.search(line)):
+            files[-1].status = int(m.group(1), 16)
+        elif incoming and files and (m := _INSTANCE.search(line)):
+            files[-1].sop_instance_uid = m.group(1)
+        elif files and (m := _COMMENT.search(line)):
+            files[-1].error_comment = m.group(1)
+        elif files and (m := _FILE_ERROR.search(line)):
+            files[-1].error = m.group(1)
+            collecting = True
+        elif "Association Rejected" in line:
+            # "Result: ..., Source: ..." and "Reason: ..." follow as further F: lines.
+            detail = [x[3:] for x in lines[i + 1 : i + 3] if x.startswith("F: ")]
+            result.rejected = "; ".join(detail) or line
+        elif "Association Request Failed" in line:
+            result.request_failed = line.split(": ", 1)[-1]
+        elif _ABORT.search(line):
+            result.aborted = True
+    return result
+
+
+def file_contexts(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[str, list[str]]]:
+    """(SOP class, [transfer syntaxes]) pairs to propose for these files.
+
+    Per SOP class: one context with each file transfer syntax seen for it (the exact one,
+    so nothing is converted) plus one with Explicit/Implicit VR LE as a fallback.
+    """
+    by_class: dict[str, list[str]] = {}
+    for path in paths:
+        meta = read_file_meta_info(path)
+        syntaxes = by_class.setdefault(str(meta.MediaStorageSOPClassUID), [])
+        ts = str(meta.TransferSyntaxUID)
+        if ts not in syntaxes:
+            syntaxes.append(ts)
+    fallback = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+    contexts: list[tuple[str, list[str]]] = []
+    for sop_class, syntaxes in by_class.items():
+        contexts.extend((sop_class, [ts]) for ts in syntaxes)
+        contexts.append((sop_class, fallback))
+    return contexts
+
+
+def _storescu_profile(path: Path, contexts: list[tuple[str, list[str]]]) -> None:
+    """Write a DCMTK association-negotiation config file with one profile, "FILES"."""
+    if len(contexts) > MAX_CONTEXTS:
+        raise ValueError(
+            f"{len(contexts)} presentation contexts needed, {MAX_CONTEXTS} allowed per "
+            "association: send fewer SOP classes per storescu call"
+        )
+    lines = ["[[TransferSyntaxes]]"]
+    ts_keys: dict[tuple[str, ...], str] = {}
+    for _, syntaxes in contexts:
+        key = tuple(syntaxes)
+        if key not in ts_keys:
+            ts_keys[key] = f"TS{len(ts_keys) + 1}"
+            lines.append(f"[{ts_keys[key]}]")
+            lines += [f"TransferSyntax{i} = {ts}" for i, ts in enumerate(syntaxes, 1)]
+    lines += ["", "[[PresentationContexts]]", "[FILES]"]
+    lines += [
+        f"PresentationContext{i} = {sop_class}\\{ts_keys[tuple(syntaxes)]}"
+        for i, (sop_class, syntaxes) in enumerate(contexts, 1)
+    ]
+    lines += ["", "[[Profiles]]", "[FILES]", "PresentationContexts = FILES", ""]
+    path.write_text("\n".join(lines))
+
+
+def storescu(
+    port: int,
+    files: Iterable[str | os.PathLike[str]],
+    *,
+    calling: str = "STORESCU",
+    called: str = "DICOM_ROUTER",
+    extra: Sequence[str] = (),
+    propose: Literal["files", "required", "default"] = "files",
+    halt: bool = False,
+    timeout: float = 300.0,
+) -> StoreResult:
+    """Send files (or directories) with DCMTK storescu on one association.
+
+    propose="files": contexts built from the files' own SOP classes and transfer syntaxes
+    via a generated ``-xf`` profile, so *any* SOP class UID can be sent (storescu's ``-R``
+    refuses classes DCMTK does not know). "required" = ``-R``; "default" = storescu's
+    built-in 120-class list (a modality that proposes everything). halt=False adds
+    ``--no-halt`` so every file is attempted and reported.
+    """
+    paths = iter_files(files)
+    argv = ["storescu", "-d", "-aet", calling, "-aec", called]
+    with tempfile.TemporaryDirectory(prefix="storescu-") as tmp:
+        if propose == "files":
+            profile = Path(tmp) / "profile.cfg"
+            _storescu_profile(profile, file_contexts(paths))
+            argv += ["-xf", str(profile), "FILES"]
+        elif propose == "required":
+            argv.append("-R")
+        if not halt:
+            argv.append("--no-halt")
+        argv += [*extra, LOOPBACK, str(port), *map(str, paths)]
+        # subprocess.run kills the child by PID if the timeout expires or we are interrupted.
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            env={**os.environ, **_DCMTK_ENV},
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    # The log is on stderr; stdout only carries the "XMIT: ...." progress dots.
+    result = parse_storescu_output(done.stderr)
+    result.returncode = done.returncode
+    result.output = done.stderr + done.stdout
+    return result
+
+
+def echoscu(
+    port: int,
+    calling: str = "ECHOSCU",
+    called: str = "DICOM_ROUTER",
+    *,
+    timeout: float = 30.0,
+) -> subprocess.CompletedProcess[str]:
+    """C-ECHO 127.0.0.1:port with DCMTK echoscu; returncode 0 means success."""
+    return subprocess.run(
+        ["echoscu", "-v", "-aet", calling, "-aec", called, LOOPBACK, str(port)],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+        env={**os.environ, **_DCMTK_ENV},
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+# --------------------------------------------------------------------------- pynetdicom SCU
+
+
+class AssociationRejected(Exception):
+    """The SCP answered A-ASSOCIATE-RJ; result/source/reason are the PS3.8 codes."""
+
+    def __init__(self, result: int, source: int, reason: int, text: str) -> None:
+        super().__init__(
+            f"association rejected: {text} (result={result}, source={source}, reason={reason})"
+        )
+        self.result = result
+        self.source = source
+        self.reason = reason
+
+
+class AssociationFailed(Exception):
+    """No association: connection refused/timed out, or no presentation context accepted."""
+
+
+class AssociationAborted(Exception):
+    """The association ended (abort, timeout) before every file got a response."""
+
+    def __init__(self, statuses: list[int], message: str) -> None:
+        super().__init__(f"{message} after {len(statuses)} responses: {statuses}")
+        self.statuses = statuses
+
+
+def _nodelay(event: evt.Event) -> None:
+    """EVT_CONN_OPEN: disable Nagle; pynetdicom leaves it on, costing ~40 ms per PDU turn."""
+    transport = event.assoc.dul.socket
+    if transport is not None and transport.socket is not None:
+        transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def pyn_store(
+    port: int,
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    calling: str = "PYNSCU",
+    called: str = "DICOM_ROUTER",
+    contexts: Sequence[PresentationContext] | None = None,
+    max_pdu: int = 262144,
+    timeout: float = 60.0,
+) -> list[int]:
+    """Send files with pynetdicom on one association, streamed from disk; return statuses.
+
+    Default contexts: each file's (SOP class, exact transfer syntax), as chunked sending
+    requires. Sets pynetdicom's process-global STORE_SEND_CHUNKED_DATASET and logging off.
+    """
+    files = iter_files(paths)
+    # Global switches: stream files from disk in PDU-sized pieces; skip per-PDU logging.
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    _config.LOG_HANDLER_LEVEL = "none"
+    if contexts is None:
+        pairs = {
+            (str(m.MediaStorageSOPClassUID), str(m.TransferSyntaxUID))
+            for m in map(read_file_meta_info, files)
+        }
+        if len(pairs) > MAX_CONTEXTS:
+            raise ValueError(f"{len(pairs)} (SOP class, TS) pairs > {MAX_CONTEXTS} contexts")
+        contexts = [build_context(UID(c), [UID(ts)]) for c, ts in sorted(pairs)]
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = 10
+    ae.maximum_pdu_size = max_pdu
+    assoc = ae.associate(
+        LOOPBACK,
+        port,
+        contexts=list(contexts),
+        ae_title=called,
+        max_pdu=max_pdu,
+        evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)],
+    )
+    try:
+        if assoc.is_rejected:
+            rsp = assoc.acceptor.primitive
+            if rsp is None:  # cannot happen once is_rejected is set; keeps mypy honest
+                raise AssociationFailed("rejected without an A-ASSOCIATE-RJ primitive")
+            raise AssociationRejected(
+                int(rsp.result or 0),
+                int(rsp.result_source or 0),
+                int(rsp.diagnostic or 0),
+                f"{rsp.result_str}, {rsp.source_str}: {rsp.reason_str}",
+            )
+        if not assoc.is_established:
+            raise AssociationFailed(
+                f"no association with {LOOPBACK}:{port} as {calling}->{called} "
+                "(connection refused, timed out, or no context accepted)"
+            )
+        bound_send_queue(assoc, limit=16)
+        statuses: list[int] = []
+        for path in files:
+            if not assoc.is_established:
+                raise AssociationAborted(statuses, "association no longer established")
+            rsp_ds = assoc.send_c_store(path)
+            if "Status" not in rsp_ds:
+                raise AssociationAborted(statuses, f"no C-STORE-RSP for {path}")
+            statuses.append(int(rsp_ds.Status))
+        assoc.release()
+        return statuses
+    finally:
+        if assoc.is_established:
+            assoc.abort()
+        ae.shutdown()

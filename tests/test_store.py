@@ -1,0 +1,295 @@
+"""Filesystem destinations (design §4 store, §5, §7): safe path templates, durable placement."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from router.errors import OutOfResources
+from router.store import place, render, sanitize, target_path, template_root
+
+TEMPLATE = "archive/{PatientID}/{StudyInstanceUID}/{SOPInstanceUID}.dcm"
+
+
+def lookup_from(values: dict[str, str | None]) -> Callable[[str], str | None]:
+    """A template lookup answering from `values` (None for anything else)."""
+    return lambda keyword: values.get(keyword)
+
+
+def temp_files(folder: Path) -> list[Path]:
+    """Leftover temporary files of place() anywhere below `folder`."""
+    return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    """A received file to place."""
+    path = tmp_path / "incoming" / "received.dcm"
+    path.parent.mkdir()
+    path.write_bytes(b"NEW CONTENT")
+    return path
+
+
+# --- sanitise ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("../", ".._", id="dotdot-slash"),
+        pytest.param("/", "_", id="slash"),
+        pytest.param("a/b", "a_b", id="inner-slash"),
+        pytest.param("\\", "_", id="backslash"),
+        pytest.param("..\\..\\x", ".._.._x", id="windows-traversal"),
+        pytest.param("a\x00b", "a_b", id="nul"),
+        pytest.param("a\nb\tc\x1f\x7f", "a_b_c__", id="control-chars"),
+        pytest.param("..", "__", id="dotdot"),
+        pytest.param(".", "_", id="dot"),
+        pytest.param("...", "___", id="dots"),
+        pytest.param("", "UNKNOWN", id="empty"),
+        pytest.param(None, "UNKNOWN", id="none"),
+        pytest.param("   ", "UNKNOWN", id="spaces"),
+        pytest.param("Müller^Jürgen", "Müller^Jürgen", id="unicode-kept"),
+        pytest.param("山田^太郎", "山田^太郎", id="cjk-kept"),
+        pytest.param("TEST0001", "TEST0001", id="plain"),
+    ],
+)
+def test_sanitize(value: str | None, expected: str) -> None:
+    """Hostile tag values become one harmless path component; empty becomes UNKNOWN."""
+    assert sanitize(value) == expected
+
+
+@pytest.mark.parametrize("value", ["x" * 1000, "é" * 1000, "山" * 1000])
+def test_sanitize_truncates_long_values_to_valid_utf8(value: str) -> None:
+    """A very long value is cut below NAME_MAX without splitting a UTF-8 character."""
+    out = sanitize(value)
+    assert 0 < len(out.encode("utf-8")) <= 128
+    assert value.startswith(out)
+
+
+# --- target paths --------------------------------------------------------------------
+
+HOSTILE_IDS = [
+    "../../../../etc/passwd",
+    "/etc/passwd",
+    "..",
+    ".",
+    "",
+    "..\\..\\windows",
+    "a/../../..",
+    "\x00",
+    "\x00/../..",
+    "~root",
+    "$(rm -rf /)",
+    "../" * 100,
+    "x" * 5000,
+    "\n../\r",
+    " .. ",
+]
+
+
+@pytest.mark.parametrize("patient_id", HOSTILE_IDS)
+def test_target_path_never_leaves_template_root(tmp_path: Path, patient_id: str) -> None:
+    """Whatever the PatientID, the target stays below the template's root folder."""
+    lookup = lookup_from(
+        {"PatientID": patient_id, "StudyInstanceUID": "1.2.3", "SOPInstanceUID": "1.2.3.4"}
+    )
+    target = target_path(tmp_path, TEMPLATE, lookup)
+    root = (tmp_path / "archive").resolve()
+    assert target.is_relative_to(root)
+    assert target.relative_to(root).parts[1:] == ("1.2.3", "1.2.3.4.dcm")
+
+
+@pytest.mark.parametrize("sop_instance_uid", HOSTILE_IDS)
+def test_hostile_file_name_stays_one_component(tmp_path: Path, sop_instance_uid: str) -> None:
+    """A hostile value in the file-name field still yields exactly one file in its folder."""
+    lookup = lookup_from(
+        {"PatientID": "P1", "StudyInstanceUID": "1.2.3", "SOPInstanceUID": sop_instance_uid}
+    )
+    target = target_path(tmp_path, TEMPLATE, lookup)
+    assert target.parent == (tmp_path / "archive" / "P1" / "1.2.3").resolve()
+
+
+def test_missing_values_become_unknown(tmp_path: Path) -> None:
+    """Tags missing from the dataset fill their template field with UNKNOWN."""
+    target = target_path(tmp_path, TEMPLATE, lookup_from({}))
+    assert target == (tmp_path / "archive/UNKNOWN/UNKNOWN/UNKNOWN.dcm").resolve()
+
+
+@pytest.mark.parametrize(
+    ("template", "root"),
+    [
+        ("archive/{PatientID}/{SOPInstanceUID}.dcm", "archive"),
+        ("data/archive/x{PatientID}/{SOPInstanceUID}.dcm", "data/archive"),
+        ("{PatientID}/{SOPInstanceUID}.dcm", ""),
+    ],
+)
+def test_template_root_is_the_text_before_the_first_field_component(
+    template: str, root: str
+) -> None:
+    """template_root is the folder of the template before any field appears."""
+    assert template_root(template) == root
+
+
+def test_render_fills_fields_with_sanitised_values() -> None:
+    """render() substitutes each keyword with its sanitised value."""
+    rendered = render("a/{PatientID}/{Modality}.dcm", lookup_from({"PatientID": "../x"}))
+    assert rendered == "a/.._x/UNKNOWN.dcm"
+
+
+# --- place ---------------------------------------------------------------------------
+
+
+def test_place_creates_missing_folders(tmp_path: Path, source: Path) -> None:
+    """place() creates the target's folders and puts the content there."""
+    target = tmp_path / "out" / "a" / "b" / "x.dcm"
+    assert place(source, target) == target
+    assert target.read_bytes() == b"NEW CONTENT"
+
+
+def test_place_keeps_the_source(tmp_path: Path, source: Path) -> None:
+    """The source file is still there after placing (later actions may need it)."""
+    place(source, tmp_path / "out" / "x.dcm")
+    assert source.read_bytes() == b"NEW CONTENT"
+
+
+def test_place_overwrite_replaces_existing(tmp_path: Path, source: Path) -> None:
+    """on_exists=overwrite replaces an existing file with the new content."""
+    target = tmp_path / "out" / "x.dcm"
+    target.parent.mkdir()
+    target.write_bytes(b"OLD")
+    assert place(source, target, "overwrite") == target
+    assert target.read_bytes() == b"NEW CONTENT"
+
+
+def test_place_default_is_overwrite(tmp_path: Path, source: Path) -> None:
+    """Without on_exists, an existing file is overwritten."""
+    target = tmp_path / "out" / "x.dcm"
+    target.parent.mkdir()
+    target.write_bytes(b"OLD")
+    place(source, target)
+    assert target.read_bytes() == b"NEW CONTENT"
+
+
+def test_place_keep_leaves_existing(tmp_path: Path, source: Path) -> None:
+    """on_exists=keep leaves an existing file untouched and adds no other file."""
+    target = tmp_path / "out" / "x.dcm"
+    target.parent.mkdir()
+    target.write_bytes(b"OLD")
+    assert place(source, target, "keep") == target
+    assert target.read_bytes() == b"OLD"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["x.dcm"]
+
+
+def test_place_rename_adds_numbered_files(tmp_path: Path, source: Path) -> None:
+    """on_exists=rename keeps the existing file and writes name_1, name_2... beside it."""
+    target = tmp_path / "out" / "x.dcm"
+    target.parent.mkdir()
+    target.write_bytes(b"OLD")
+    first = place(source, target, "rename")
+    second = place(source, target, "rename")
+    assert (first.name, second.name) == ("x_1.dcm", "x_2.dcm")
+    assert target.read_bytes() == b"OLD"
+    assert first.read_bytes() == second.read_bytes() == b"NEW CONTENT"
+
+
+def test_place_rename_uses_target_when_free(tmp_path: Path, source: Path) -> None:
+    """on_exists=rename writes the target itself when nothing is there yet."""
+    target = tmp_path / "out" / "x.dcm"
+    assert place(source, target, "rename") == target
+
+
+@pytest.mark.parametrize("on_exists", ["overwrite", "keep", "rename"])
+def test_place_leaves_no_temp_files(tmp_path: Path, source: Path, on_exists: str) -> None:
+    """No temporary file remains after placing, whatever on_exists says."""
+    target = tmp_path / "out" / "x.dcm"
+    place(source, target, on_exists)
+    place(source, target, on_exists)
+    assert temp_files(tmp_path) == []
+
+
+def test_place_synced_source_still_copies_content(tmp_path: Path, source: Path) -> None:
+    """With synced=True the content placed is the source's."""
+    target = tmp_path / "out" / "x.dcm"
+    place(source, target, synced=True)
+    assert target.read_bytes() == b"NEW CONTENT"
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder where creating a file fails with a permission/read-only error, even as root."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        try:
+            yield folder
+        finally:
+            folder.chmod(stat.S_IRWXU)
+        return
+    # Root ignores permissions; sysfs refuses new files to everyone, without any mount.
+    folder = Path("/sys")
+    probe = folder / "dicom-router-probe"
+    try:
+        probe.open("wb").close()
+    except OSError:
+        yield folder
+        return
+    probe.unlink()
+    pytest.skip("no folder refuses root here")
+
+
+def test_place_into_unwritable_folder_is_out_of_resources(
+    unwritable_folder: Path, source: Path
+) -> None:
+    """A folder that refuses writes gives OutOfResources (0xA700) and leaves no file."""
+    target = unwritable_folder / "dicom-router-test.dcm"
+    with pytest.raises(OutOfResources) as caught:
+        place(source, target)
+    assert caught.value.status == 0xA700
+    assert not target.exists()
+    assert not [p for p in unwritable_folder.iterdir() if "dicom-router-test" in p.name]
+
+
+def test_place_below_unwritable_folder_is_out_of_resources(
+    unwritable_folder: Path, source: Path
+) -> None:
+    """A subfolder that cannot be created gives OutOfResources (0xA700)."""
+    target = unwritable_folder / "dicom-router-test" / "x.dcm"
+    with pytest.raises(OutOfResources) as caught:
+        place(source, target)
+    assert caught.value.status == 0xA700
+    assert not target.parent.exists()
+
+
+@pytest.mark.parametrize(
+    "below", ["x.dcm", "sub/x.dcm"], ids=["file-as-parent", "file-as-grandparent"]
+)
+def test_place_where_a_file_blocks_the_folder_is_out_of_resources(
+    tmp_path: Path, source: Path, below: str
+) -> None:
+    """A file where the target's folder should be makes the target unwritable: 0xA700."""
+    blocker = tmp_path / "out"
+    blocker.write_bytes(b"I am a file")
+    with pytest.raises(OutOfResources) as caught:
+        place(source, blocker / below)
+    assert caught.value.status == 0xA700
+
+
+@pytest.mark.parametrize(
+    "below", ["x.dcm", "sub/x.dcm"], ids=["file-as-parent", "file-as-grandparent"]
+)
+def test_place_where_a_file_blocks_the_folder_writes_nothing(
+    tmp_path: Path, source: Path, below: str
+) -> None:
+    """A failed place() leaves the blocking file as it was and no temporary file."""
+    blocker = tmp_path / "out"
+    blocker.write_bytes(b"I am a file")
+    with pytest.raises((OSError, OutOfResources)):
+        place(source, blocker / below)
+    assert blocker.read_bytes() == b"I am a file"
+    assert temp_files(tmp_path) == []
