@@ -10,14 +10,14 @@ ARGS   ?=
 run: setup
 	$(BIN)/dicom-router run $(ARGS)
 
-test: setup system-deps
+test: system-deps setup
 	$(BIN)/python -m pytest -q $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check router tests bench
 	$(BIN)/mypy router
 
-bench: setup system-deps
+bench: system-deps setup
 	$(BIN)/python bench/store_throughput.py
 
 setup: $(VENV)/.installed
@@ -28,11 +28,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-# DCMTK and Orthanc are the real peers the tests talk to.
+# DCMTK and Orthanc are the real peers the tests talk to; systemd-analyze checks the unit.
 system-deps:
-	@if ! command -v storescu >/dev/null || ! command -v Orthanc >/dev/null; then \
+	@if ! command -v storescu >/dev/null || ! test -x /usr/sbin/Orthanc \
+		|| ! command -v systemd-analyze >/dev/null || ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk orthanc >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+			dcmtk orthanc systemd python3-venv >/dev/null; \
 	fi
 
 clean:

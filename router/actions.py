@@ -135,7 +135,6 @@ class Pipeline:
         header: Dataset | None = None
         decision: Decision | None = None
         try:
-            _check_free_space(self._work_dir.parent, loaded.config.spool_min_free)
             decision, header = self.evaluate(loaded, received)
             status, comment = self._run(loaded, decision, received, header)
         except ActionError as exc:
@@ -219,6 +218,8 @@ class Pipeline:
         actions = decision.actions
         if any(isinstance(a, RejectAction) for a in actions):
             return decision.status, None
+        if any(isinstance(a, StoreAction | ForwardAction | ModifyAction) for a in actions):
+            _check_free_space(self._work_dir.parent, loaded.config.spool_min_free)
         work, synced, temps = received.path, False, []
         queued: list[tuple[Path, Dataset, list[str]]] = []
         status: int = decision.status
@@ -267,7 +268,7 @@ def is_warning(code: int) -> bool:
 
 def _lookup(header: Dataset) -> Callable[[str], str | None]:
     def value(keyword: str) -> str | None:
-        items = dataset.text_values(header.data_element(keyword))
+        items = dataset.text_values(dataset.element(header, keyword))
         return "\\".join(items) if items else None
 
     return value

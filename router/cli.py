@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("file", type=Path)
     q.add_argument("action", choices=("list", "retry", "purge"), nargs="?", default="list")
     q.add_argument("--destination", default=None)
+    q.add_argument(
+        "--all",
+        action="store_true",
+        help="purge: pending deliveries too (e.g. of a removed destination)",
+    )
     trace = sub.add_parser("trace", help="where did a study, series or instance go?")
     trace.add_argument("file", type=Path)
     trace.add_argument("uid")
@@ -117,8 +122,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(loaded.fixture_failures)
     daemon = Daemon(loaded, watch=not args.no_watch, log_format=args.log_format, debug=args.debug)
     daemon.install_signal_handlers()
-    daemon.startup()
     try:
+        daemon.startup()
         daemon.run()
     finally:
         daemon.shutdown()
@@ -232,7 +237,9 @@ def _queue(args: argparse.Namespace) -> int:
         print(f"{spool.requeue_dead(args.destination)} dead letters queued again")
         return EXIT_OK
     if args.action == "purge":
-        print(f"{spool.purge(args.destination)} dead letters purged")
+        states = ("dead", "pending") if args.all else ("dead",)
+        what = "deliveries" if args.all else "dead letters"
+        print(f"{spool.purge(args.destination, states)} {what} purged")
         return EXIT_OK
     now = time.time()
     rows = spool.entries(args.destination)

@@ -1,19 +1,24 @@
 """The daemon: start-up, the main loop (reloads, watchdog), and graceful shutdown.
 
-Signal handlers only put a word on the main loop's queue; the main loop does the work.
+Signal handlers and the rule-file watcher only write a byte to a pipe (a handler must not
+take a lock the main thread may hold); the main loop reads it and does the work.
 The current rules live in one reference (`current()`), swapped whole by a reload, so a
 C-STORE uses the rules that were current when it arrived.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
-import queue
+import os
+import select
 import shutil
 import signal
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from router.actions import Pipeline
@@ -27,7 +32,8 @@ from router.systemd import Notifier
 
 log = logging.getLogger("router.daemon")
 
-DRAIN_SECONDS = 10.0  # in-flight associations get this long after SIGTERM
+DRAIN_SECONDS = 10.0
+_WORDS = {"stop": b"s", "reload": b"r"}  # in-flight associations get this long after SIGTERM
 
 
 class Daemon:
@@ -46,7 +52,8 @@ class Daemon:
         self._debug = debug
         self.forwarder: ForwarderProcess | None = None
         self._watch = watch and loaded.path.exists()
-        self._events: queue.Queue[str] = queue.Queue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
         self.notifier = Notifier()
         self.failed_reloads = 0
         self.scp: StorageSCP | None = None
@@ -57,36 +64,25 @@ class Daemon:
         return self._loaded
 
     def startup(self) -> None:
-        """Prepare the spool, bind the listener, start the watcher; then READY=1."""
+        """Lock and recover the spool, bind the listener, start the forwarder; then READY=1."""
         loaded = self._loaded
         spool = loaded.spool
-        incoming, work = spool / "incoming", spool / "work"
-        try:
-            for folder in (incoming, work):
-                folder.mkdir(parents=True, exist_ok=True)
-                # Leftovers are partial receives or modify outputs of a crashed run: never acked.
-                for stale in folder.iterdir():
-                    stale.unlink(missing_ok=True) if stale.is_file() else shutil.rmtree(stale)
-        except OSError as exc:
-            raise StartupError(f"spool {spool}: {exc}") from exc
+        spool_db = self._recover_spool(spool)
         # pynetdicom receives into tempfile's folder: on the spool's filesystem, a
         # received file is then linked into place, never copied.
-        tempfile.tempdir = str(incoming)
+        tempfile.tempdir = str(spool / "incoming")
         configure_pynetdicom()
         listen = loaded.config.listen
         tls = tls_context(listen.tls, loaded.resolve) if listen.tls else None
-        try:
-            spool_db = Spool(spool)
-            spool_db.collect_garbage(grace=0)  # files linked by a crashed run before commit
-        except OutOfResources as exc:
-            raise StartupError(str(exc)) from exc
+        pipeline = Pipeline(
+            self.current, SpoolForwarding(spool_db, self.current), spool / "work", spool_db
+        )
+        self.scp = StorageSCP(listen, pipeline, lambda: self._loaded.config, tls)
         self.forwarder = ForwarderProcess(spool, self._log_format, self._debug)
         self.forwarder.start(loaded)
-        pipeline = Pipeline(self.current, SpoolForwarding(spool_db, self.current), work, spool_db)
-        self.scp = StorageSCP(listen, pipeline, lambda: self._loaded.config, tls)
         self.scp.start()
         if self._watch:
-            self._watcher = RuleFileWatcher(loaded.path, lambda: self._events.put("reload"))
+            self._watcher = RuleFileWatcher(loaded.path, lambda: self.request("reload"))
             self._watcher.start()
         log.info(
             "listening on %s:%d as %s, config %s version %s",
@@ -99,34 +95,49 @@ class Daemon:
         )
         self.notifier.ready(f"listening on port {self.scp.port}, config {loaded.version}")
 
+    def _recover_spool(self, spool: Path) -> Spool:
+        """Take the spool's lock and clear what a crashed run left that was never acked."""
+        try:
+            spool.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(spool / "lock", os.O_RDWR | os.O_CREAT, 0o640)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StartupError(f"spool {spool} is in use by another dicom-router") from None
+            for name in ("incoming", "work"):
+                folder = spool / name
+                folder.mkdir(exist_ok=True)
+                for stale in folder.iterdir():  # partial receives, modify outputs
+                    stale.unlink(missing_ok=True) if stale.is_file() else shutil.rmtree(stale)
+            spool_db = Spool(spool)
+            spool_db.collect_garbage(grace=0)  # files linked before their rows were committed
+        except (OSError, OutOfResources) as exc:
+            raise StartupError(f"spool {spool}: {exc}") from exc
+        return spool_db
+
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT stop, SIGHUP reloads; the handlers only enqueue."""
 
-        def put(word: str):  # type: ignore[no-untyped-def]
-            def handler(_signum: int, _frame: FrameType | None) -> None:
-                self._events.put(word)
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            self.request("reload" if signum == signal.SIGHUP else "stop")
 
-            return handler
-
-        signal.signal(signal.SIGTERM, put("stop"))
-        signal.signal(signal.SIGINT, put("stop"))
-        signal.signal(signal.SIGHUP, put("reload"))
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, handler)
 
     def request(self, word: str) -> None:
-        """Ask the main loop to 'reload' or 'stop' (for tests and embedding)."""
-        self._events.put(word)
+        """Ask the main loop to 'reload' or 'stop'; safe from signal handlers and threads."""
+        with contextlib.suppress(BlockingIOError):  # a full pipe already holds a wake-up
+            os.write(self._wake_w, _WORDS[word])
 
     def run(self) -> None:
         """The main loop: reloads and watchdog pings until asked to stop."""
         tick = self.notifier.watchdog_interval or 1.0
         while True:
-            try:
-                word = self._events.get(timeout=tick)
-            except queue.Empty:
-                word = "tick"
-            if word == "stop":
+            ready, _, _ = select.select([self._wake_r], [], [], tick)
+            words = os.read(self._wake_r, 512) if ready else b""
+            if _WORDS["stop"] in words:
                 return
-            if word == "reload":
+            if _WORDS["reload"] in words:
                 self.reload()
             if self.forwarder is not None:
                 self.forwarder.check()
@@ -145,9 +156,8 @@ class Daemon:
                 return self._refuse(new.fixture_failures)
             if new.version == old.version:
                 return True
-            for key in ("listen", "spool"):
-                if getattr(new.config, key) != getattr(old.config, key):
-                    log.warning("%s changed: it takes effect on restart", key)
+            for key in _restart_only(old, new):
+                log.warning("%s changed: it takes effect on restart", key)
             self._loaded = new
             if self.forwarder is not None:
                 self.forwarder.update(new)
@@ -191,3 +201,15 @@ class Daemon:
             log.info("stopped after %.1f s drain", time.monotonic() - start)
         if self.forwarder is not None:
             self.forwarder.stop(timeout=30)
+
+
+def _restart_only(old: LoadedConfig, new: LoadedConfig) -> list[str]:
+    """Keys whose change needs a restart: the listener's settings and the spool."""
+    changed = [
+        f"listen.{name}"
+        for name in type(old.config.listen).model_fields
+        if getattr(old.config.listen, name) != getattr(new.config.listen, name)
+    ]
+    if old.spool != new.spool:
+        changed.append("spool")
+    return changed

@@ -49,6 +49,11 @@ def read_header(path: Path, up_to: int = IDENTITY_END) -> Dataset:
     return ds
 
 
+def element(ds: Dataset, keyword: str) -> DataElement | None:
+    """The element named `keyword`, or None (pydicom's `get` returns values, not elements)."""
+    return ds[keyword] if keyword in ds else None  # noqa: SIM401
+
+
 def text_values(elem: DataElement | None) -> TagValues | None:
     """An element's value as text items; None when missing, () when empty."""
     if elem is None:
@@ -66,7 +71,7 @@ def tag_values(ds: Dataset, keywords: Iterable[str]) -> Mapping[str, TagValues]:
     """The present elements among `keywords`, as text."""
     out: dict[str, TagValues] = {}
     for keyword in keywords:
-        values = text_values(ds.data_element(keyword))
+        values = text_values(element(ds, keyword))
         if values is not None:
             out[keyword] = values
     return out

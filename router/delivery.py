@@ -101,7 +101,11 @@ class DestinationWorkers:
                             break
                         self._deliver(sender, delivery)
                 except Unreachable as exc:
-                    self._block(str(exc))
+                    until = self._block(str(exc))
+                    for d in batch:
+                        self.spool.retry_later(
+                            d.id, max(d.next_attempt_at, until), None, str(exc), count=False
+                        )
                 except Exception:  # a bug must not kill the worker: log, pause, go on
                     log.exception("forwarding to %s failed unexpectedly", self.name)
                     sender.close()
@@ -149,7 +153,7 @@ class DestinationWorkers:
             self.spool.dead(d.id, status, error or "dead letter")
         self._log(d, state, status, error)
 
-    def _block(self, error: str) -> None:
+    def _block(self, error: str) -> float:
         """The destination is unreachable: back off as a whole; attempts are not counted."""
         self._failures += 1
         delay = forward.backoff(self._failures, self.dest.retry)
@@ -162,6 +166,7 @@ class DestinationWorkers:
             delay,
             extra={"event": "unreachable", "destination": self.name},
         )
+        return self._blocked_until
 
     def _log(self, d: Delivery, state: str, status: int | None, error: str | None) -> None:
         log.info(
@@ -236,12 +241,14 @@ def forwarder_main(
     forwarder.apply(_load(config))
     last_prune = 0.0
     while not stop.is_set() and os.getppid() == parent:
-        if conn.poll(0.2):
-            message = conn.recv()
-            if message[0] == "stop":
-                break
-            if message[0] == "config":
-                forwarder.apply(_load(message[1]))
+        try:
+            message: tuple[Any, ...] = conn.recv() if conn.poll(0.2) else ("idle",)
+        except (EOFError, OSError):
+            break  # the daemon is gone
+        if message[0] == "stop":
+            break
+        if message[0] == "config":
+            forwarder.apply(_load(message[1]))
         if time.time() - last_prune > 3600:
             spool.prune(time.time() - PRUNE_AFTER)
             last_prune = time.time()

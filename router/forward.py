@@ -38,6 +38,7 @@ from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from router.config import DicomDestination, Retry
 
@@ -60,6 +61,8 @@ class ForwardError(Exception):
 
 class Unreachable(ForwardError):
     """The destination could not be reached or refused the association."""
+
+    rejected = False
 
 
 class TransientError(ForwardError):
@@ -198,12 +201,10 @@ class Sender:
             evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)],
         )
         if not assoc.is_established:
-            why = (
-                "association rejected"
-                if assoc.is_rejected
-                else "no association (refused, timed out or aborted)"
-            )
-            raise Unreachable(f"{why} by {self.dest.ae_title}@{self.dest.host}:{self.dest.port}")
+            why = "association rejected" if assoc.is_rejected else "no association"
+            exc = Unreachable(f"{why} by {self.dest.ae_title}@{self.dest.host}:{self.dest.port}")
+            exc.rejected = assoc.is_rejected
+            raise exc
         bound_send_queue(assoc)
         self.assoc = assoc
         self._classes = set(pairs)
@@ -216,7 +217,38 @@ class Sender:
         wanted = pairs | (self._classes if self.assoc is not None else set())
         if len({c for c, _ in wanted}) > MAX_SOP_CLASSES:
             wanted = set(pairs)
-        return self._associate(wanted)
+        try:
+            return self._associate(wanted)
+        except Unreachable as exc:
+            if not exc.rejected:
+                raise
+            refused = exc
+        # Many SCPs reject an association in which they accept no context at all. Try this
+        # instance's contexts alone; if it is still rejected but Verification is accepted,
+        # the contexts were the problem, not the destination.
+        if wanted != pairs:
+            try:
+                return self._associate(pairs)
+            except Unreachable as exc:
+                if not exc.rejected:
+                    raise
+                refused = exc
+        if self._accepts_echo():
+            names = ", ".join(sorted({c for c, _ in pairs}))
+            raise PermanentError(f"no accepted presentation context for {names}") from refused
+        raise refused
+
+    def _accepts_echo(self) -> bool:
+        assoc = self.ae.associate(
+            self.dest.host,
+            self.dest.port,
+            contexts=[build_context(Verification)],
+            ae_title=self.dest.ae_title,
+        )
+        accepted = assoc.is_established
+        if accepted:
+            assoc.release()
+        return accepted
 
     def send(self, path: Path, sop_class: str, ts: str) -> Sent:
         """Send one spooled file; raise a ForwardError unless the destination answered."""

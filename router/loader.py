@@ -57,7 +57,8 @@ def _scan(name: str, node: yaml.Node, path: list[str]) -> list[Located]:
                     (
                         f"{here}: YAML reads {node.value} as the octal number "
                         f"{int(text.replace('_', ''), 8)}:"
-                        f" write 0x{text.lstrip('0').zfill(4)} for a status code"
+                        f" write 0x{text.lstrip('0').zfill(4)} for a status code, or drop the"
+                        " leading zero for a number"
                     ),
                 )
             )
@@ -249,8 +250,8 @@ def _warnings(name: str, root: yaml.Node, config: Config) -> list[Located]:
                         name,
                         root,
                         ["rules", i, "match", "sop_class"],
-                        f"rules.{i}.match.sop_class: {uid} is not a known storage SOP "
-                        "class (fine for a private class)",
+                        f"rules.{i}.match.sop_class: {uid} is not a known storage SOP class"
+                        + ("" if sopclass.is_known_uid(uid) else " (fine for a private class)"),
                     )
                 )
     for dname, dest in config.destinations.items():

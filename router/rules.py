@@ -139,7 +139,7 @@ def _conditions(match: Match, facts: Facts) -> list[tuple[bool | None, str]]:
     if match.called_ae is not None:
         out.append(_is("called_ae", facts.called_ae, _glob_any(facts.called_ae, match.called_ae)))
     if match.peer is not None:
-        out.append(_is("peer", facts.peer, _in_networks(facts.peer, match.peer)))
+        out.append(_is("peer", facts.peer, in_networks(facts.peer, match.peer)))
     if match.transfer_syntax is not None:
         in_list = facts.transfer_syntax in match.transfer_syntax
         out.append(_is("transfer_syntax", facts.transfer_syntax, in_list))
@@ -168,7 +168,8 @@ def _glob_any(value: str, patterns: Sequence[str]) -> bool:
     return any(fnmatchcase(value, p) for p in patterns)
 
 
-def _in_networks(peer: str, networks: Sequence[object]) -> bool:
+def in_networks(peer: str, networks: Sequence[object]) -> bool:
+    """True when `peer` (an IP, IPv4-mapped IPv6 too) lies in one of `networks`."""
     try:
         address = ipaddress.ip_address(peer)
     except ValueError:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import socket
+import socketserver
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from fnmatch import fnmatchcase
-from ipaddress import ip_address
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -33,6 +33,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from router.actions import Pipeline, Received
 from router.config import TLS, Config, Listen
 from router.errors import StartupError
+from router.rules import in_networks
 from router.sopclass import sop_class_name
 
 log = logging.getLogger("router.scp")
@@ -54,13 +55,11 @@ def caller_allowed(config: Config, calling_ae: str, peer: str) -> bool:
     """True when `callers` is absent or one entry matches this AE title and address."""
     if config.callers is None:
         return True
-    address = ip_address(peer)
-    for caller in config.callers:
-        if fnmatchcase(calling_ae, caller.ae_title) and (
-            caller.hosts is None or any(address in net for net in caller.hosts)
-        ):
-            return True
-    return False
+    return any(
+        fnmatchcase(calling_ae, caller.ae_title)
+        and (caller.hosts is None or in_networks(peer, caller.hosts))
+        for caller in config.callers
+    )
 
 
 class _Server(ThreadedAssociationServer):
@@ -152,7 +151,10 @@ class StorageSCP:
 
     def stop_accepting(self) -> None:
         """Close the listening socket; running associations go on."""
-        self.server.shutdown()
+        # AssociationServer.shutdown() also removes itself from the AE's server list,
+        # which make_server() never added it to: stop the socketserver directly.
+        if self._thread.is_alive():  # shutdown() waits for serve_forever: only if it runs
+            socketserver.BaseServer.shutdown(self.server)
         self.server.server_close()
 
     def drain(self, timeout: float) -> bool:

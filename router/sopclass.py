@@ -105,6 +105,11 @@ def _storage_uids() -> frozenset[str]:
     return frozenset(_STORAGE_CLASSES.values())
 
 
+def is_known_uid(uid: str) -> bool:
+    """True when the DICOM standard (pydicom's dictionary) defines `uid`."""
+    return uid in UID_dictionary
+
+
 def sop_class_name(uid: str) -> str:
     """Today's keyword for a UID, or the UID itself when unknown."""
     entry = UID_dictionary.get(uid)

@@ -1,12 +1,14 @@
-"""Generic fixtures: real DICOM peers in per-test temp dirs. No router imports here."""
+"""Fixtures: real DICOM peers and the real daemon, each in a per-test temp dir."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.daemon import RouterDaemon
 from tests.peers import Orthanc, StoreSCP
 
 
@@ -36,3 +38,20 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def router(tmp_path: Path) -> Iterator[Callable[..., RouterDaemon]]:
+    """Start `dicom-router run` with a rule file given as YAML text; stopped after."""
+    started: list[RouterDaemon] = []
+
+    def start(config: str, **kw: Any) -> RouterDaemon:
+        daemon = RouterDaemon(tmp_path / f"router{len(started)}", config, **kw)
+        started.append(daemon)
+        return daemon.start()
+
+    try:
+        yield start
+    finally:
+        for daemon in started:
+            daemon.stop()
