@@ -94,7 +94,7 @@ class Journal(Protocol):
 class _Plan:
     """What a rule set needs from every header: computed once per config version."""
 
-    up_to: int
+    keywords: frozenset[str]
     templates: Mapping[str, tuple[Path, str, str]] = field(default_factory=dict)
 
 
@@ -184,7 +184,7 @@ class Pipeline:
     def evaluate(self, loaded: LoadedConfig, received: Received) -> tuple[Decision, Dataset]:
         """Read the header as far as needed, check its SOP class, and decide."""
         plan = self._plan(loaded)
-        header = dataset.read_header(received.path, plan.up_to)
+        header = dataset.read_header(received.path, plan.keywords)
         found = str(header.get("SOPClassUID", ""))
         if found and found != received.sop_class_uid:
             raise SOPClassMismatch(
@@ -208,7 +208,7 @@ class Pipeline:
                     fields = store.template_fields(dest.path)
                     keywords.update(fields)
                     templates[name] = (loaded.base_dir, dest.path, dest.on_exists)
-            plan = _Plan(dataset.tags_up_to(keywords), templates)
+            plan = _Plan(frozenset(keywords), templates)
             self._plans = {loaded.version: plan}  # only the current version is kept
         return plan
 
@@ -231,7 +231,7 @@ class Pipeline:
                     temps.append(target)
                     dataset.apply_modify(work, action.modify, target)
                     work, synced = target, False
-                    header = dataset.read_header(work, self._plan(loaded).up_to)
+                    header = dataset.read_header(work, self._plan(loaded).keywords)
                 elif isinstance(action, StoreAction | ForwardAction) and not synced:
                     _fsync_durable(work)
                     synced = True

@@ -32,7 +32,10 @@ from router.systemd import Notifier
 
 log = logging.getLogger("router.daemon")
 
+# SIGTERM: associations get DRAIN_SECONDS, then are aborted (5 s to wind down); the
+# forwarder finishes the instance in hand. At most 35 s: the unit's TimeoutStopSec is 45 s.
 DRAIN_SECONDS = 10.0
+FORWARDER_STOP_SECONDS = 20.0
 _WORDS = {"stop": b"s", "reload": b"r"}  # in-flight associations get this long after SIGTERM
 
 
@@ -200,7 +203,7 @@ class Daemon:
                 self.scp.drain(5.0)
             log.info("stopped after %.1f s drain", time.monotonic() - start)
         if self.forwarder is not None:
-            self.forwarder.stop(timeout=30)
+            self.forwarder.stop(timeout=FORWARDER_STOP_SECONDS)
 
 
 def _restart_only(old: LoadedConfig, new: LoadedConfig) -> list[str]:

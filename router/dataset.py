@@ -7,7 +7,7 @@ identity elements up to Series Instance UID (0020,000E) always, further only whe
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
 from pydicom import dcmread
@@ -22,18 +22,19 @@ from router.config import ModifySpec
 from router.errors import CannotUnderstand
 from router.rules import TagValues
 
-IDENTITY_END = 0x0020000E  # Series Instance UID: everything `trace` and the log need
+# Everything the 0xA900 check, the log and `trace` need; Series Instance UID comes last.
+IDENTITY = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 PIXEL_DATA = 0x7FE00010
 
 
-def tags_up_to(keywords: Iterable[str]) -> int:
-    """The highest tag to read so that `keywords` and the identity elements are present."""
-    return max([IDENTITY_END, *(keyword_dict[k] for k in keywords)])
+def read_header(path: Path, keywords: Collection[str] = ()) -> Dataset:
+    """Parse the file meta and the dataset as far as `keywords` and the identity need.
 
-
-def read_header(path: Path, up_to: int = IDENTITY_END) -> Dataset:
-    """Parse the file meta and the dataset up to tag `up_to` (never past pixel data)."""
-    last = min(up_to, PIXEL_DATA - 1)
+    Only those elements' values are decoded (pydicom decodes lazily), so a corrupt
+    element we need raises CannotUnderstand here and one we do not need costs nothing.
+    """
+    wanted = {*IDENTITY, *keywords}
+    last = min(max(keyword_dict[k] for k in wanted), PIXEL_DATA - 1)
 
     def stop(tag: BaseTag, vr: str | None, length: int) -> bool:
         return int(tag) > last
@@ -41,9 +42,9 @@ def read_header(path: Path, up_to: int = IDENTITY_END) -> Dataset:
     try:
         with path.open("rb") as fp:
             ds = read_partial(fp, stop_when=stop, defer_size=4096)
-            # pydicom parses lazily: force the values we read to surface errors here.
-            for elem in ds.iterall():
-                _ = elem.value
+            for keyword in wanted:
+                if keyword in ds:
+                    _ = ds[keyword].value
     except Exception as exc:  # pydicom raises many types for a corrupt stream
         raise CannotUnderstand(f"cannot parse the dataset: {exc}") from exc
     return ds

@@ -252,7 +252,7 @@ def forwarder_main(
         if time.time() - last_prune > 3600:
             spool.prune(time.time() - PRUNE_AFTER)
             last_prune = time.time()
-    forwarder.stop(timeout=30)
+    forwarder.stop(timeout=15)
 
 
 def _load(config: tuple[str, str, str]) -> LoadedConfig:

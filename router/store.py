@@ -58,11 +58,12 @@ def target_path(root: Path, template: str, lookup: Callable[[str], str | None]) 
     """Where an instance goes; guaranteed to stay inside the template's root folder."""
     rendered = render(template, lookup)
     rel = rendered[len(template_root(template)) :].lstrip("/")
-    base = (root / template_root(template)).resolve()
-    target = (base / rel).resolve()
-    if os.path.commonpath([base, target]) != str(base):
+    # normpath, not resolve(): no filesystem calls, and sanitised values hold no "/" or ".."
+    base = os.path.normpath(os.path.join(root, template_root(template)))
+    target = os.path.normpath(os.path.join(base, rel))
+    if os.path.commonpath([base, target]) != base:
         raise ActionError(f"path {target} would leave {base}")
-    return target
+    return Path(target)
 
 
 def fsync_dir(folder: Path) -> None:
