@@ -135,6 +135,9 @@ class Pipeline:
         header: Dataset | None = None
         decision: Decision | None = None
         try:
+            # Backpressure before anything else: below spool_min_free every new instance
+            # gets 0xA700, whatever a rule would do with it.
+            _check_free_space(self._work_dir.parent, loaded.config.spool_min_free)
             decision, header = self.evaluate(loaded, received)
             status, comment = self._run(loaded, decision, received, header)
         except ActionError as exc:
@@ -185,8 +188,9 @@ class Pipeline:
         """Read the header as far as needed, check its SOP class, and decide."""
         plan = self._plan(loaded)
         header = dataset.read_header(received.path, plan.keywords)
-        found = str(header.get("SOPClassUID", ""))
-        if found and found != received.sop_class_uid:
+        dataset.check_identity(header, received.sop_instance_uid)
+        found = str(header.SOPClassUID)
+        if found != received.sop_class_uid:
             raise SOPClassMismatch(
                 f"dataset SOP Class UID {found} differs from the request's {received.sop_class_uid}"
             )
@@ -218,8 +222,6 @@ class Pipeline:
         actions = decision.actions
         if any(isinstance(a, RejectAction) for a in actions):
             return decision.status, None
-        if any(isinstance(a, StoreAction | ForwardAction | ModifyAction) for a in actions):
-            _check_free_space(self._work_dir.parent, loaded.config.spool_min_free)
         work, synced, temps = received.path, False, []
         queued: list[tuple[Path, Dataset, list[str]]] = []
         status: int = decision.status

@@ -7,6 +7,7 @@ identity elements up to Series Instance UID (0020,000E) always, further only whe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_partial
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
+from pydicom.uid import RE_VALID_UID
 
 from router.config import ModifySpec
 from router.errors import CannotUnderstand
@@ -48,6 +50,18 @@ def read_header(path: Path, keywords: Collection[str] = ()) -> Dataset:
     except Exception as exc:  # pydicom raises many types for a corrupt stream
         raise CannotUnderstand(f"cannot parse the dataset: {exc}") from exc
     return ds
+
+
+def check_identity(ds: Dataset, sop_instance_uid: str) -> None:
+    """Garbage or a truncated stream parses to a header without valid identity UIDs."""
+    for keyword in IDENTITY:
+        value = str(ds.get(keyword, ""))
+        if not value or len(value) > 64 or not re.fullmatch(RE_VALID_UID, value):
+            raise CannotUnderstand(f"cannot parse the dataset: no valid {keyword}")
+    if str(ds.SOPInstanceUID) != sop_instance_uid:
+        raise CannotUnderstand(
+            f"dataset SOP Instance UID {ds.SOPInstanceUID} differs from the request's"
+        )
 
 
 def element(ds: Dataset, keyword: str) -> DataElement | None:

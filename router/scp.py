@@ -103,6 +103,22 @@ def tls_context(tls: TLS, resolve: Callable[[str], Any]) -> ssl.SSLContext:
     return ctx
 
 
+def _on_close(event: Event) -> None:
+    assoc = event.assoc
+    if assoc.is_released or assoc.is_rejected:
+        return
+    primitive = assoc.requestor.primitive
+    calling = primitive.calling_ae_title.strip() if primitive else "?"
+    why = "aborted" if assoc.is_aborted else "dropped (stalled, timed out or malformed)"
+    log.warning(
+        "association from %s@%s %s",
+        calling,
+        assoc.requestor.address,
+        why,
+        extra={"event": "association-dropped"},
+    )
+
+
 class StorageSCP:
     """The listening AE; reads the current config through `current` for every event."""
 
@@ -119,12 +135,15 @@ class StorageSCP:
         self.ae.maximum_associations = listen.max_associations
         self.ae.maximum_pdu_size = listen.max_pdu
         self.ae.network_timeout = listen.network_timeout
-        self.ae.acse_timeout = 30
+        # Also how long pynetdicom keeps a broken association waiting for the transport
+        # to close: never longer than a stalled sender is given.
+        self.ae.acse_timeout = min(30.0, listen.network_timeout)
         self.ae.dimse_timeout = listen.network_timeout
         self.ae.add_supported_context(Verification)
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_CONN_CLOSE, _on_close),
         ]
         try:
             server = self.ae.make_server(
