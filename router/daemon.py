@@ -28,7 +28,7 @@ from router.loader import LoadedConfig, load
 from router.reload import RuleFileWatcher
 from router.scp import StorageSCP, configure_pynetdicom, tls_context
 from router.spool import Spool
-from router.systemd import Notifier
+from router.systemd import NOTIFY_VARIABLES, Notifier
 
 log = logging.getLogger("router.daemon")
 
@@ -51,6 +51,7 @@ class Daemon:
         debug: bool = False,
     ) -> None:
         self._loaded = loaded
+        self._seen = _signature(loaded.path)
         self._log_format = log_format
         self._debug = debug
         self.forwarder: ForwarderProcess | None = None
@@ -58,6 +59,9 @@ class Daemon:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self.notifier = Notifier()
+        # Only this process may notify systemd: the forwarder must not inherit the socket.
+        for name in NOTIFY_VARIABLES:
+            os.environ.pop(name, None)
         self.failed_reloads = 0
         self.scp: StorageSCP | None = None
         self._watcher: RuleFileWatcher | None = None
@@ -134,21 +138,30 @@ class Daemon:
 
     def run(self) -> None:
         """The main loop: reloads and watchdog pings until asked to stop."""
-        tick = self.notifier.watchdog_interval or 1.0
+        tick = min(self.notifier.watchdog_interval or 1.0, 1.0)
         while True:
             ready, _, _ = select.select([self._wake_r], [], [], tick)
             words = os.read(self._wake_r, 512) if ready else b""
             if _WORDS["stop"] in words:
                 return
-            if _WORDS["reload"] in words:
+            # The stat check backs up the watcher: it covers an edit saved before the
+            # watcher was armed, and filesystems without inotify.
+            if _WORDS["reload"] in words or self._file_changed():
                 self.reload()
             if self.forwarder is not None:
                 self.forwarder.check()
             self.notifier.watchdog()
 
+    def _file_changed(self) -> bool:
+        signature = _signature(self._loaded.path)
+        changed = signature != self._seen
+        self._seen = signature
+        return changed and self._watch
+
     def reload(self) -> bool:
         """Load, validate and test the rule file; swap it in only if all is well."""
         old = self._loaded
+        self._seen = _signature(old.path)
         self.notifier.reloading()
         try:
             try:
@@ -216,3 +229,12 @@ def _restart_only(old: LoadedConfig, new: LoadedConfig) -> list[str]:
     if old.spool != new.spool:
         changed.append("spool")
     return changed
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    """What tells a rewritten file from the one read: inode, size, mtime."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)

@@ -22,7 +22,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,6 @@ UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 # Answers that mean "this instance will never be accepted as it is" (design §7).
 PERMANENT_CODES = frozenset({0x0112, 0x0117, 0x0122, 0x0124})
 PERMANENT_RANGES = ((0xA900, 0xA9FF),)
-MAX_SOP_CLASSES = 64  # two contexts each: 128 is the requestor's limit (PS3.8)
 
 
 class ForwardError(Exception):
@@ -165,6 +164,24 @@ def contexts_for(pairs: Iterable[tuple[str, str]]) -> list[PresentationContext]:
     return out[:128]
 
 
+def pause_reactor(assoc: Association) -> None:
+    """Pause pynetdicom's reactor for sure before a send_c_store (pynetdicom 3.0 race).
+
+    send_c_store clears the reactor checkpoint and waits for `_is_paused`, but it can see
+    the flag the reactor set just before a wait() that returned at once; the reactor
+    then takes the C-STORE-RSP off the queue ("unexpected C-STORE service message") and
+    the send waits dimse_timeout for nothing. Seeing the flag twice, a reactor loop
+    apart, after the clear, means the reactor is blocked.
+    """
+    assoc._reactor_checkpoint.clear()
+    for turn in range(2):
+        deadline = time.monotonic() + 1.0
+        while not assoc._is_paused and time.monotonic() < deadline:
+            time.sleep(0.0001)
+        if turn == 0:
+            time.sleep(0.0012)  # longer than one reactor turn (it sleeps 1 ms per turn)
+
+
 @dataclass
 class Sent:
     """The destination's answer to one C-STORE."""
@@ -190,24 +207,32 @@ class Sender:
         self._classes: set[tuple[str, str]] = set()
         self.last_used = 0.0
 
-    def _associate(self, pairs: set[tuple[str, str]]) -> Association:
+    def _associate(
+        self, pairs: set[tuple[str, str]], extra: Set[tuple[str, str]] = frozenset()
+    ) -> Association:
+        """Associate proposing `pairs` first, then `extra` as far as 128 contexts go."""
         self.close()
+        contexts = contexts_for([*sorted(pairs), *sorted(extra - pairs)])
         assoc = self.ae.associate(
             self.dest.host,
             self.dest.port,
-            contexts=contexts_for(sorted(pairs)),
+            contexts=contexts,
             ae_title=self.dest.ae_title,
             max_pdu=self.dest.max_pdu,
             evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)],
         )
         if not assoc.is_established:
-            why = "association rejected" if assoc.is_rejected else "no association"
+            # An SCP that accepts no context often accepts the association, and pynetdicom
+            # then aborts it: for us that is a refusal, like an A-ASSOCIATE-RJ.
+            refused = bool(assoc.rejected_contexts) and not assoc.accepted_contexts
+            why = "association rejected" if assoc.is_rejected or refused else "no association"
             exc = Unreachable(f"{why} by {self.dest.ae_title}@{self.dest.host}:{self.dest.port}")
-            exc.rejected = assoc.is_rejected
+            exc.rejected = assoc.is_rejected or refused
             raise exc
         bound_send_queue(assoc)
         self.assoc = assoc
-        self._classes = set(pairs)
+        proposed = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in contexts}
+        self._classes = {p for p in pairs | extra if p in proposed}
         return assoc
 
     def ensure(self, pairs: set[tuple[str, str]]) -> Association:
@@ -215,10 +240,8 @@ class Sender:
         if self.assoc is not None and self.assoc.is_established and pairs <= self._classes:
             return self.assoc
         wanted = pairs | (self._classes if self.assoc is not None else set())
-        if len({c for c, _ in wanted}) > MAX_SOP_CLASSES:
-            wanted = set(pairs)
         try:
-            return self._associate(wanted)
+            return self._associate(pairs, wanted)
         except Unreachable as exc:
             if not exc.rejected:
                 raise
@@ -262,6 +285,7 @@ class Sender:
         if not accepted:
             raise PermanentError(f"no accepted presentation context for {sop_class}")
         try:
+            pause_reactor(assoc)
             if ts in accepted:
                 rsp = assoc.send_c_store(path)
             else:

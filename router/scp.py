@@ -137,7 +137,7 @@ class StorageSCP:
         self.ae.network_timeout = listen.network_timeout
         # Also how long pynetdicom keeps a broken association waiting for the transport
         # to close: never longer than a stalled sender is given.
-        self.ae.acse_timeout = min(30.0, listen.network_timeout)
+        self.ae.acse_timeout = min(10.0, listen.network_timeout)
         self.ae.dimse_timeout = listen.network_timeout
         self.ae.add_supported_context(Verification)
         handlers: list[Any] = [
@@ -169,26 +169,40 @@ class StorageSCP:
         self._thread.start()
 
     def stop_accepting(self) -> None:
-        """Close the listening socket; running associations go on."""
+        """Close the listening socket; running associations go on, idle connections end."""
         # AssociationServer.shutdown() also removes itself from the AE's server list,
         # which make_server() never added it to: stop the socketserver directly.
         if self._thread.is_alive():  # shutdown() waits for serve_forever: only if it runs
             socketserver.BaseServer.shutdown(self.server)
         self.server.server_close()
+        self._wake_unrequested()
+
+    def _requested(self) -> list[Any]:
+        """Associations whose A-ASSOCIATE-RQ arrived: those may carry C-STOREs."""
+        return [a for a in self.server.active_associations if a.requestor.primitive is not None]
+
+    def _wake_unrequested(self) -> None:
+        # A connection that never sent an A-ASSOCIATE-RQ (a TCP probe, a stalled client)
+        # sits in pynetdicom's wait for one until acse_timeout, even when the peer is gone.
+        # A None on its DUL queue ends that wait now, as a timeout would.
+        for assoc in self.server.active_associations:
+            if assoc.requestor.primitive is None:
+                assoc.dul.to_user_queue.put(None)
 
     def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` s for running associations to end; True when none is left."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.server.active_associations:
+            if not self._requested():
                 return True
             time.sleep(0.05)
-        return not self.server.active_associations
+        return not self._requested()
 
     def abort_all(self) -> None:
         """Abort whatever association is still running."""
-        for assoc in list(self.server.active_associations):
+        for assoc in self._requested():
             assoc.abort()
+        self._wake_unrequested()
 
     def _on_requested(self, event: Event) -> None:
         primitive = event.assoc.requestor.primitive
