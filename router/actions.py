@@ -34,6 +34,7 @@ from router.errors import ActionError, OutOfResources, SOPClassMismatch
 from router.loader import LoadedConfig
 from router.rules import Decision, Facts, NeedsTags, decide, wanted_tags
 from router.spool import DecisionRecord
+from router.status import is_warning
 
 log = logging.getLogger("router.store")
 
@@ -261,11 +262,6 @@ class Pipeline:
         finally:
             for temp in temps:
                 temp.unlink(missing_ok=True)
-
-
-def is_warning(code: int) -> bool:
-    """PS3.7 Annex C warning statuses."""
-    return code in (0x0001, 0x0107, 0x0116) or 0xB000 <= code <= 0xBFFF
 
 
 def _lookup(header: Dataset) -> Callable[[str], str | None]:

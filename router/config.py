@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import string
-from ipaddress import IPv4Network, IPv6Network
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -23,174 +22,31 @@ from pydantic import (
     IPvAnyNetwork,
     Tag,
     ValidationInfo,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
-from pydicom.datadict import keyword_dict
 
 from router import sopclass
-
-# --- reusable field types -------------------------------------------------------------
-
-
-def _ae_title(value: str) -> str:
-    # PS3.5 VR AE, as pynetdicom validates it: <= 16 ASCII chars, no backslash or control.
-    value = value.strip()
-    if not value:
-        raise ValueError("an AE title cannot be empty or all spaces")
-    if len(value) > 16:
-        raise ValueError(f"AE title {value!r} is longer than 16 characters")
-    if not value.isascii() or "\\" in value or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError(f"AE title {value!r} may hold only ASCII without backslash or control")
-    return value
-
-
-AETitle = Annotated[
-    str,
-    AfterValidator(_ae_title),
-    WithJsonSchema({"type": "string", "maxLength": 16, "pattern": r"^[^\\\x00-\x1f]{1,16}$"}),
-]
-AEPattern = Annotated[
-    str,
-    AfterValidator(_ae_title),
-    Field(description="an AE title, or a glob such as 'MR*'"),
-]
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)]
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
-
-def _duration(value: Any) -> Any:
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if not m:
-            raise ValueError(f"{value!r} is not a duration: write e.g. 500ms, 2s, 5m, 1h")
-        return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    return value
-
-
-Seconds = Annotated[
-    float,
-    BeforeValidator(_duration),
-    Field(ge=0),
-    WithJsonSchema(
-        {"anyOf": [{"type": "number"}, {"type": "string", "pattern": _DURATION.pattern}]}
-    ),
-]
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
-
-
-def _byte_size(value: Any) -> Any:
-    if isinstance(value, str):
-        m = _SIZE.match(value)
-        if not m:
-            raise ValueError(f"{value!r} is not a size: write e.g. 500MiB, 2GiB")
-        unit = (m.group(2) or "B").upper()
-        power = "BKMGT".index(unit[0])
-        base = 1024 if "I" in unit or unit == "B" else 1000
-        return int(float(m.group(1)) * base**power)
-    return value
-
-
-ByteSize = Annotated[
-    int,
-    BeforeValidator(_byte_size),
-    Field(ge=0),
-    WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string", "pattern": _SIZE.pattern}]}),
-]
-
-# --- status codes -----------------------------------------------------------------------
-
-# PS3.4 B.2.3 / PS3.7 C: the failure codes a Storage SCP may answer.
-_GENERAL_FAILURES = frozenset({0x0112, 0x0117, 0x0122, 0x0124, 0x0210, 0x0211, 0x0212})
-_FAILURE_RANGES = ((0xA700, 0xA7FF), (0xA900, 0xA9FF), (0xC000, 0xCFFF))
-WARNINGS = frozenset({0xB000, 0xB006, 0xB007})
-
-
-def is_failure(code: int) -> bool:
-    """True for the C-STORE failure statuses a `reject` may answer."""
-    return code in _GENERAL_FAILURES or any(lo <= code <= hi for lo, hi in _FAILURE_RANGES)
-
-
-def _parse_code(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("a status code is written in hex, e.g. 0x0124")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and re.fullmatch(r"0[xX][0-9A-Fa-f]{1,4}", value.strip()):
-        return int(value, 16)
-    raise ValueError(f"{value!r} is not a status code: write it in hex, e.g. 0x0124")
-
-
-def _failure(value: Any) -> int:
-    code = _parse_code(value)
-    if not is_failure(code):
-        raise ValueError(
-            f"0x{code:04X} is not a C-STORE failure status (use 0x0112, 0x0117, 0x0122, "
-            "0x0124, 0x0210-0x0212, 0xA700-0xA7FF, 0xA900-0xA9FF or 0xC000-0xCFFF)"
-        )
-    return code
-
-
-def _warning(value: Any) -> int:
-    code = _parse_code(value)
-    if code not in WARNINGS:
-        raise ValueError(
-            f"0x{code:04X} is not a C-STORE warning status (use 0xB000, 0xB006 or 0xB007)"
-        )
-    return code
-
-
-def _any_status(value: Any) -> int:
-    code = _parse_code(value)
-    if code != 0 and code not in WARNINGS and not is_failure(code):
-        raise ValueError(f"0x{code:04X} is not a C-STORE status")
-    return code
-
-
-_STATUS_SCHEMA = {
-    "anyOf": [{"type": "integer"}, {"type": "string", "pattern": "^0x[0-9A-Fa-f]{4}$"}]
-}
-FailureStatus = Annotated[int, BeforeValidator(_failure), WithJsonSchema(_STATUS_SCHEMA)]
-WarningStatus = Annotated[int, BeforeValidator(_warning), WithJsonSchema(_STATUS_SCHEMA)]
-Status = Annotated[int, BeforeValidator(_any_status), WithJsonSchema(_STATUS_SCHEMA)]
-
-# --- names that refer to other parts of the file or to DICOM --------------------------
+from router.fields import (
+    AEPattern,
+    AETitle,
+    ByteSize,
+    FailureStatus,
+    Keyword,
+    Name,
+    Seconds,
+    Status,
+    StrList,
+    Text,
+    WarningStatus,
+    keyword,
+    one_or_many,
+)
 
 
 def _context(info: ValidationInfo, key: str) -> Any:
     return (info.context or {}).get(key, {})
-
-
-def _keyword(value: str) -> str:
-    if value not in keyword_dict:
-        hint = sopclass.suggest(value, set(keyword_dict))
-        raise ValueError(str(sopclass.UnknownName("DICOM keyword", value, hint)))
-    return value
-
-
-Keyword = Annotated[str, AfterValidator(_keyword)]
-
-
-def _one_or_many(value: Any) -> Any:
-    return [value] if isinstance(value, str) else value
-
-
-StrList = Annotated[list[str], BeforeValidator(_one_or_many), Field(min_length=1)]
-
-
-def _scalar_text(value: Any) -> Any:
-    # YAML turns 3 into int and 1.5 into float; DICOM values are text.
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    return value
-
-
-Text = Annotated[str, BeforeValidator(_scalar_text)]
 
 
 class Strict(BaseModel):
@@ -313,7 +169,7 @@ def _template(value: str) -> str:
     for name in fields:
         if not name:
             raise ValueError("empty {} in path template: write a DICOM keyword, e.g. {PatientID}")
-        _keyword(name)
+        keyword(name)
     return value
 
 
@@ -401,13 +257,13 @@ def _storage_name(value: str) -> str:
 
 GroupMembers = Annotated[
     list[Annotated[str, AfterValidator(_storage_name)]],
-    BeforeValidator(_one_or_many),
+    BeforeValidator(one_or_many),
     Field(min_length=1),
 ]
 
 SopClassNames = Annotated[
     list[Annotated[str, AfterValidator(_sop_class_name)]],
-    BeforeValidator(_one_or_many),
+    BeforeValidator(one_or_many),
     Field(min_length=1),
 ]
 
@@ -418,7 +274,7 @@ class Match(Strict):
     sop_class: SopClassNames | None = Field(None, description="keywords, UIDs or group names")
     calling_ae: StrList | None = Field(None, description="AE titles or globs")
     called_ae: StrList | None = None
-    peer: Annotated[list[IPvAnyNetwork], BeforeValidator(_one_or_many)] | None = None
+    peer: Annotated[list[IPvAnyNetwork], BeforeValidator(one_or_many)] | None = None
     transfer_syntax: StrList | None = None
     tags: dict[Keyword, TagCondition] | None = None
     not_: Match | None = Field(None, alias="not", description="a nested match that must not hold")
@@ -439,8 +295,6 @@ class Match(Strict):
         """True when this match (or its `not`) reads dataset tags."""
         return bool(self.tags) or (self.not_ is not None and self.not_.uses_tags())
 
-
-Network = IPv4Network | IPv6Network
 
 # --- actions ---------------------------------------------------------------------------
 
@@ -677,7 +531,7 @@ def validation_context(data: Any) -> dict[str, Any]:
     if isinstance(groups, dict):
         for name, members in groups.items():
             try:
-                ctx["groups"][name] = list(_sop_classes(_one_or_many(members), {}))
+                ctx["groups"][name] = list(_sop_classes(one_or_many(members), {}))
             except (ValueError, TypeError):
                 ctx["groups"][name] = []
     return ctx

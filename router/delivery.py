@@ -30,6 +30,7 @@ from router.errors import ActionError, OutOfResources
 from router.forward import PermanentError, Sender, TransientError, Unreachable
 from router.loader import LoadedConfig, load
 from router.spool import Delivery, Instance, Spool
+from router.status import hex_code
 
 log = logging.getLogger("router.forward")
 
@@ -129,7 +130,7 @@ class DestinationWorkers:
             return
         self._failures = 0
         verdict = forward.policy(sent.status, dict(self.dest.on_status))
-        error = sent.comment or f"status {forward.describe_status(sent.status)}"
+        error = sent.comment or f"status {hex_code(sent.status)}"
         if verdict == "delivered":
             self._outcome(d, "delivered", sent.status, None)
         elif verdict == "dead_letter":
@@ -174,7 +175,7 @@ class DestinationWorkers:
             d.sop_instance_uid,
             self.name,
             state,
-            forward.describe_status(status),
+            hex_code(status),
             f" ({error})" if error else "",
             extra={
                 "event": "delivery",

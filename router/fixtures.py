@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from router.config import Config, Fixture
 from router.rules import Decision, Facts, NeedsTags, decide
+from router.status import hex_code
 
 
 @dataclass(frozen=True)
@@ -59,4 +60,4 @@ def run_all(config: Config) -> list[FixtureResult]:
 
 def describe(value: object, key: str) -> str:
     """A value as `check` prints it (statuses in hex)."""
-    return f"0x{value:04X}" if key == "status" and isinstance(value, int) else str(value)
+    return hex_code(value) if key == "status" and isinstance(value, int) else str(value)

@@ -40,14 +40,12 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from router import status
 from router.config import DicomDestination, Retry
 
 log = logging.getLogger("router.forward")
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-# Answers that mean "this instance will never be accepted as it is" (design §7).
-PERMANENT_CODES = frozenset({0x0112, 0x0117, 0x0122, 0x0124})
-PERMANENT_RANGES = ((0xA900, 0xA9FF),)
 
 
 class ForwardError(Exception):
@@ -75,15 +73,6 @@ class PermanentError(ForwardError):
 # --- policy (pure) ---------------------------------------------------------------------
 
 
-def category(code: int) -> str:
-    """success, warning or failure, per PS3.7 Annex C."""
-    if code == 0x0000:
-        return "success"
-    if code in (0x0001, 0x0107, 0x0116) or 0xB000 <= code <= 0xBFFF:
-        return "warning"
-    return "failure"
-
-
 def policy(code: int, on_status: dict[str, str]) -> str:
     """delivered | retry | dead_letter for a destination's answer `code`.
 
@@ -99,12 +88,10 @@ def policy(code: int, on_status: dict[str, str]) -> str:
             low, high = (int(part, 16) for part in key.split("-"))
             if low <= code <= high:
                 return value
-    kind = category(code)
+    kind = status.category(code)
     if kind == "success":
         return "delivered"
-    if kind == "failure" and (
-        code in PERMANENT_CODES or any(lo <= code <= hi for lo, hi in PERMANENT_RANGES)
-    ):
+    if kind == "failure" and status.is_permanent(code):
         return "dead_letter"
     return on_status.get(kind, "delivered" if kind == "warning" else "retry")
 
@@ -333,8 +320,3 @@ def send_once(
         return sender.send(path, sop_class, ts)
     finally:
         sender.close()
-
-
-def describe_status(code: int | None) -> str:
-    """A status in hex, for logs."""
-    return "-" if code is None else f"0x{code:04X}"

@@ -23,7 +23,7 @@ from pydicom.uid import (
 from pynetdicom import status as pyn_status
 from pynetdicom.presentation import PresentationContext
 
-from router import forward
+from router import forward, status
 from router.config import DicomDestination, Retry
 
 DELIVERED, RETRY, DEAD = "delivered", "retry", "dead_letter"
@@ -222,16 +222,16 @@ def test_every_failure_status_is_classified() -> None:
 
 
 def test_router_categories_agree_with_pynetdicom() -> None:
-    """forward.category() puts every known success, warning and failure code where PS3.7 does."""
+    """status.category() puts every known success, warning and failure code where PS3.7 does."""
     wanted = {
         pyn_status.STATUS_SUCCESS: "success",
         pyn_status.STATUS_WARNING: "warning",
         pyn_status.STATUS_FAILURE: "failure",
     }
     wrong = {
-        f"0x{code:04X}": (forward.category(code), cat)
+        f"0x{code:04X}": (status.category(code), cat)
         for code, cat in _all_known_codes().items()
-        if cat in wanted and forward.category(code) != wanted[cat]
+        if cat in wanted and status.category(code) != wanted[cat]
     }
     assert wrong == {}
 
