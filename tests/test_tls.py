@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
@@ -74,7 +75,12 @@ def _store_over_tls(port: int, path: Path) -> int:
     assoc = ae.associate(
         "127.0.0.1",
         port,
-        contexts=[build_context(CTImageStorage), build_context(Verification)],
+        # The file's own syntax only: other tests may have switched on chunked sending,
+        # which needs an exact-syntax context.
+        contexts=[
+            build_context(CTImageStorage, ExplicitVRLittleEndian),
+            build_context(Verification),
+        ],
         ae_title="ROUTER",
         tls_args=(_client(), None),
     )
