@@ -449,6 +449,9 @@ class Rule(Strict):
 class FixtureInstance(Strict):
     """A made-up C-STORE for a fixture."""
 
+    # The defaults are names too: resolve them to UIDs like written values.
+    model_config = ConfigDict(validate_default=True)
+
     sop_class: str = "CTImageStorage"
     calling_ae: AETitle = "FIXTURE"
     called_ae: AETitle | None = Field(None, description="default: listen.ae_title")

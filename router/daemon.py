@@ -28,7 +28,7 @@ from router.loader import LoadedConfig, load
 from router.reload import RuleFileWatcher
 from router.scp import StorageSCP, configure_pynetdicom, tls_context
 from router.spool import Spool
-from router.systemd import NOTIFY_VARIABLES, Notifier
+from router.systemd import Notifier
 
 log = logging.getLogger("router.daemon")
 
@@ -60,8 +60,7 @@ class Daemon:
         os.set_blocking(self._wake_w, False)
         self.notifier = Notifier()
         # Only this process may notify systemd: the forwarder must not inherit the socket.
-        for name in NOTIFY_VARIABLES:
-            os.environ.pop(name, None)
+        Notifier.unset_environment(os.environ)
         self.failed_reloads = 0
         self.scp: StorageSCP | None = None
         self._watcher: RuleFileWatcher | None = None

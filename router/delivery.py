@@ -97,16 +97,22 @@ class DestinationWorkers:
                     self._stop.wait(IDLE_POLL)
                     continue
                 try:
-                    for delivery in batch:
+                    for i, delivery in enumerate(batch):
                         if self._stop.is_set():
                             break
-                        self._deliver(sender, delivery)
-                except Unreachable as exc:
-                    until = self._block(str(exc))
-                    for d in batch:
-                        self.spool.retry_later(
-                            d.id, max(d.next_attempt_at, until), None, str(exc), count=False
-                        )
+                        try:
+                            self._deliver(sender, delivery)
+                        except Unreachable as exc:
+                            until = self._block(str(exc))
+                            for d in batch[i:]:  # the ones not handled yet
+                                self.spool.retry_later(
+                                    d.id,
+                                    max(d.next_attempt_at, until),
+                                    None,
+                                    str(exc),
+                                    count=False,
+                                )
+                            break
                 except Exception:  # a bug must not kill the worker: log, pause, go on
                     log.exception("forwarding to %s failed unexpectedly", self.name)
                     sender.close()

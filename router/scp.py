@@ -183,10 +183,12 @@ class StorageSCP:
 
     def _wake_unrequested(self) -> None:
         # A connection that never sent an A-ASSOCIATE-RQ (a TCP probe, a stalled client)
-        # sits in pynetdicom's wait for one until acse_timeout, even when the peer is gone.
-        # A None on its DUL queue ends that wait now, as a timeout would.
+        # sits in pynetdicom's wait for one until acse_timeout, and its (non-daemon) DUL
+        # thread keeps the process alive that long. Stop the DUL thread, then wake the
+        # wait with a None, as a timeout would: the association closes its socket.
         for assoc in self.server.active_associations:
             if assoc.requestor.primitive is None:
+                assoc.dul.kill_dul()
                 assoc.dul.to_user_queue.put(None)
 
     def drain(self, timeout: float) -> bool:

@@ -255,8 +255,9 @@ class Spool:
         """Schedule another attempt; `count` False when the destination was not reached."""
         with self._queue() as db:
             db.execute(
-                "UPDATE deliveries SET attempts=attempts+?, next_attempt_at=?, last_status=?,"
-                " last_error=?, updated_at=? WHERE id=?",
+                "UPDATE deliveries SET attempts=attempts+?, next_attempt_at=?,"
+                " last_status=COALESCE(?, last_status), last_error=?, updated_at=?"
+                " WHERE id=? AND state='pending'",
                 (1 if count else 0, at, status, error, time.time(), delivery_id),
             )
 

@@ -4,8 +4,8 @@ Owns: telling systemd about the daemon's state (READY, RELOADING, STATUS, WATCHD
 STOPPING) through the datagram socket named by `$NOTIFY_SOCKET`. Without that
 variable (not under systemd, or Type= other than notify) every method does nothing.
 
-Only the main process notifies (the unit says NotifyAccess=main). Pass the environment
-of any child process through `Notifier.for_child_env()` so that it cannot notify by mistake.
+Only the main process notifies (the unit says NotifyAccess=main): once the Notifier has
+read the variables, `Notifier.unset_environment(os.environ)` keeps children from notifying.
 A failed send is logged at debug level and otherwise ignored: systemd's status must
 never take the daemon down.
 """
@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,10 @@ class Notifier:
         self.watchdog_interval: float | None = _watchdog_interval(env) if self.enabled else None
 
     @staticmethod
-    def for_child_env(environ: Mapping[str, str]) -> dict[str, str]:
-        """A copy of `environ` without the notify variables, for a child process."""
-        return {k: v for k, v in environ.items() if k not in NOTIFY_VARIABLES}
+    def unset_environment(environ: MutableMapping[str, str]) -> None:
+        """Drop the notify variables (as sd_notify's unset_environment): children inherit none."""
+        for name in NOTIFY_VARIABLES:
+            environ.pop(name, None)
 
     def ready(self, status: str | None = None) -> None:
         """The listener is bound and the spool recovered (also: a reload is done)."""

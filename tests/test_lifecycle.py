@@ -577,6 +577,22 @@ def test_sigterm_after_closed_port_probe_exits_promptly(router: Router) -> None:
     assert took < 5.0, f"exit took {took:.1f} s after a closed probe connection:\n" + d.log()[-800:]
 
 
+def test_sigterm_with_a_silent_open_connection_exits_promptly(router: Router) -> None:
+    """A client that connects, keeps the socket open and never sends an A-ASSOCIATE-RQ
+    has nothing in flight: SIGTERM closes it and the daemon exits 0 within 5 s."""
+    d = router(rule_file(STORE_A))
+    with socket.create_connection((LOOPBACK, d.port), timeout=15) as silent:
+        time.sleep(0.2)
+        assert d.proc is not None
+        stop_at = time.monotonic()
+        d.signal(signal.SIGTERM)
+        code = d.proc.wait(25)
+        took = time.monotonic() - stop_at
+        assert silent.recv(1) == b""  # closed by the daemon, not by us
+    assert code == 0, d.log()[-3000:]
+    assert took < 5.0, f"exit took {took:.1f} s with a silent connection:\n" + d.log()[-800:]
+
+
 # --------------------------------------------------------------------------- logs
 
 

@@ -473,3 +473,26 @@ def test_decision_lists_forwards_and_stores(tmp_path: Path) -> None:
     decision = decided(config, facts())
     assert decision.stores == ["archive"]
     assert decision.forwards == ["pacs", "ai"]
+
+
+def test_fixture_defaults_are_resolved_like_written_values(tmp_path: Path) -> None:
+    """A fixture that leaves out sop_class and transfer_syntax gets CT and Explicit VR LE UIDs."""
+    path = tmp_path / "router.yaml"
+    path.write_text(
+        HEAD
+        + textwrap.dedent("""\
+        rules:
+          - name: ct
+            match: {sop_class: CTImageStorage, transfer_syntax: ExplicitVRLittleEndian}
+            actions: [forward: pacs]
+        default: [store: archive]
+        tests:
+          - name: defaults
+            instance: {}
+            expect: {rule: ct}
+        """),
+        encoding="utf-8",
+    )
+    loaded = load(path)
+    assert loaded.fixture_failures == []
+    assert loaded.config.tests[0].instance.sop_class == CTImageStorage
