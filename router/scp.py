@@ -189,7 +189,7 @@ class StorageSCP:
         for assoc in self.server.active_associations:
             if assoc.requestor.primitive is None:
                 assoc.dul.kill_dul()
-                assoc.dul.to_user_queue.put(None)
+                assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]  # what a timeout yields
 
     def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` s for running associations to end; True when none is left."""
