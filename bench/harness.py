@@ -22,7 +22,7 @@ from tests.daemon import RouterDaemon  # noqa: E402
 from tests.dicomgen import make_ct, make_multiframe  # noqa: E402
 from tests.peers import Proc, free_port, wait_port  # noqa: E402
 
-__all__ = ["RouterDaemon", "make_ct", "make_multiframe"]
+__all__ = ["Proc", "RouterDaemon", "free_port", "make_ct", "make_multiframe", "wait_port"]
 
 
 def ct_files(folder: Path, n: int) -> list[Path]:
@@ -44,8 +44,12 @@ def storescp(workdir: Path, ae_title: str = "STORESCP") -> Iterator[tuple[int, P
     port = free_port()
     # DCMTK leaves Nagle on unless TCP_NODELAY is set: on both ends, or the baseline
     # waits ~40 ms per instance for delayed ACKs.
-    proc = Proc(["storescp", "-aet", ae_title, "+B", "-pm", "+xa", "-od", out, str(port)],
-                workdir / "storescp.log", env={"TCP_NODELAY": "1"}, name="storescp")
+    proc = Proc(
+        ["storescp", "-aet", ae_title, "+B", "-pm", "+xa", "-od", out, str(port)],
+        workdir / "storescp.log",
+        env={"TCP_NODELAY": "1"},
+        name="storescp",
+    )
     try:
         wait_port(port, 10, proc=proc)
         yield port, out
@@ -57,8 +61,9 @@ def send(port: int, files: Sequence[Path], called: str) -> float:
     """Send with DCMTK storescu on one association (Nagle off); seconds taken."""
     argv = ["storescu", "-aec", called, "-nh", "127.0.0.1", str(port), *map(str, files)]
     start = time.perf_counter()
-    done = subprocess.run(argv, env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run(
+        argv, env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True, check=False
+    )
     took = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"storescu failed ({done.returncode}): {done.stderr[-2000:]}")

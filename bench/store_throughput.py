@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
+from pathlib import Path
+from statistics import median
 
 from harness import (
+    Proc,
     RouterDaemon,
     ct_files,
+    free_port,
     make_multiframe,
     peak_rss_mib,
     rate,
     send,
     storescp,
+    wait_port,
     workdir,
 )
 
@@ -37,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=200, help="number of 0.5 MB CT instances")
     parser.add_argument("--big-mb", type=int, default=300, help="multi-frame size, 0 to skip")
-    parser.add_argument("--rounds", type=int, default=3, help="best of this many runs")
+    parser.add_argument("--rounds", type=int, default=5, help="the median of this many runs counts")
     args = parser.parse_args()
     base = workdir("store")
     files = ct_files(base / "data", args.n)
@@ -46,6 +52,18 @@ def main() -> None:
     with storescp(base / "scp") as (port, _out):
         send(port, files[:5], "STORESCP")  # warm the page cache
         dcmtk = [send(port, files, "STORESCP") for _ in range(args.rounds)]
+    port = free_port()
+    bare = Proc(
+        [sys.executable, Path(__file__).with_name("bare_scp.py"), str(port)],
+        base / "bare.log",
+        name="bare-scp",
+    )
+    try:
+        wait_port(port, 10, proc=bare)
+        send(port, files[:5], "BARE")
+        floor = [send(port, files, "BARE") for _ in range(args.rounds)]
+    finally:
+        bare.stop()
     daemon = RouterDaemon(base / "router", CONFIG).start()
     try:
         send(daemon.port, files[:5], "ROUTER")
@@ -53,10 +71,17 @@ def main() -> None:
         rss = peak_rss_mib(daemon.proc.pid)  # type: ignore[union-attr]
     finally:
         daemon.stop()
-    print(f"{args.n} x 0.5 MB CT, one association, storescu TCP_NODELAY=1, best of {args.rounds}")
-    print(f"  storescu -> storescp      {rate(args.n, min(dcmtk))}")
-    print(f"  storescu -> dicom-router  {rate(args.n, min(routed))}")
-    print(f"  ratio router/storescp     {min(dcmtk) / min(routed):.2f}  (target >= 0.15)")
+    print(
+        f"{args.n} x 0.5 MB CT, one association, storescu TCP_NODELAY=1, median of {args.rounds} runs"
+    )
+    print(f"  storescu -> storescp      {rate(args.n, median(dcmtk))}")
+    print(f"  storescu -> bare pynetdicom SCP (chunked, no rules) {rate(args.n, median(floor))}")
+    print(f"  storescu -> dicom-router  {rate(args.n, median(routed))}")
+    print(f"  ratio router/storescp     {median(dcmtk) / median(routed):.2f}  (target >= 0.15)")
+    print(
+        f"  ratio bare pynetdicom/storescp {median(dcmtk) / median(floor):.2f},"
+        f" router/bare pynetdicom {median(floor) / median(routed):.2f}"
+    )
     print(f"  router peak RSS           {rss:.0f} MiB")
 
     if args.big_mb:

@@ -243,7 +243,9 @@ def forwarder_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     parent = os.getppid()
-    spool = Spool(Path(spool_root))
+    # Enqueues must survive a power cut (the daemon commits them with FULL sync); a lost
+    # "delivered" mark only means one more send (at-least-once), so no fsync per delivery.
+    spool = Spool(Path(spool_root), synchronous="NORMAL")
     forwarder = Forwarder(spool)
     forwarder.apply(_load(config))
     last_prune = 0.0

@@ -164,7 +164,7 @@ def pause_reactor(assoc: Association) -> None:
     for turn in range(2):
         deadline = time.monotonic() + 1.0
         while not assoc._is_paused and time.monotonic() < deadline:
-            time.sleep(0.0001)
+            time.sleep(0.0002)
         if turn == 0:
             time.sleep(0.0012)  # longer than one reactor turn (it sleeps 1 ms per turn)
 

@@ -140,8 +140,9 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
 class Spool:
     """The spool folder and its two databases; one per process, thread-safe."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, synchronous: str = "FULL") -> None:
         self.root = root
+        self._synchronous = synchronous
         self.objects = root / "objects"
         self._local = threading.local()
         try:
@@ -158,7 +159,7 @@ class Spool:
     def _queue(self) -> Iterator[sqlite3.Connection]:
         conn = getattr(self._local, "queue", None)
         if conn is None:
-            conn = self._local.queue = _connect(self.root / "queue.db", "FULL")
+            conn = self._local.queue = _connect(self.root / "queue.db", self._synchronous)
         yield conn
 
     @contextmanager
