@@ -72,7 +72,8 @@ def main() -> None:
     finally:
         daemon.stop()
     print(
-        f"{args.n} x 0.5 MB CT, one association, storescu TCP_NODELAY=1, median of {args.rounds} runs"
+        f"{args.n} x 0.5 MB CT, one association, storescu TCP_NODELAY=1,"
+        f" median of {args.rounds} runs"
     )
     print(f"  storescu -> storescp      {rate(args.n, median(dcmtk))}")
     print(f"  storescu -> bare pynetdicom SCP (chunked, no rules) {rate(args.n, median(floor))}")
