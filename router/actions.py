@@ -97,6 +97,7 @@ class _Plan:
 
     keywords: frozenset[str]
     templates: Mapping[str, tuple[Path, str, str]] = field(default_factory=dict)
+    names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # rule -> actions
 
 
 def action_names(actions: Sequence[Action]) -> tuple[str, ...]:
@@ -151,7 +152,7 @@ class Pipeline:
         outcome = Outcome(
             status=status,
             rule=decision.rule if decision else "-",
-            actions=action_names(decision.actions) if decision else (),
+            actions=self._plan(loaded).names[decision.rule] if decision else (),
             config_version=loaded.version,
             comment=comment,
             study_uid=str(header.get("StudyInstanceUID", "")) if header else "",
@@ -213,7 +214,9 @@ class Pipeline:
                     fields = store.template_fields(dest.path)
                     keywords.update(fields)
                     templates[name] = (loaded.base_dir, dest.path, dest.on_exists)
-            plan = _Plan(frozenset(keywords), templates)
+            names = {rule.name: action_names(rule.actions) for rule in loaded.config.rules}
+            names["default"] = action_names(loaded.config.default)
+            plan = _Plan(frozenset(keywords), templates, names)
             self._plans = {loaded.version: plan}  # only the current version is kept
         return plan
 

@@ -97,22 +97,7 @@ class DestinationWorkers:
                     self._stop.wait(IDLE_POLL)
                     continue
                 try:
-                    for i, delivery in enumerate(batch):
-                        if self._stop.is_set():
-                            break
-                        try:
-                            self._deliver(sender, delivery)
-                        except Unreachable as exc:
-                            until = self._block(str(exc))
-                            for d in batch[i:]:  # the ones not handled yet
-                                self.spool.retry_later(
-                                    d.id,
-                                    max(d.next_attempt_at, until),
-                                    None,
-                                    str(exc),
-                                    count=False,
-                                )
-                            break
+                    self._run_batch(sender, batch)
                 except Exception:  # a bug must not kill the worker: log, pause, go on
                     log.exception("forwarding to %s failed unexpectedly", self.name)
                     sender.close()
@@ -121,6 +106,22 @@ class DestinationWorkers:
                     self._release(batch)
         finally:
             sender.close()
+
+    def _run_batch(self, sender: Sender, batch: list[Delivery]) -> None:
+        for i, delivery in enumerate(batch):
+            if self._stop.is_set():
+                return
+            try:
+                self._deliver(sender, delivery)
+            except Unreachable as exc:
+                self._postpone(batch[i:], str(exc))
+                return
+
+    def _postpone(self, rest: list[Delivery], error: str) -> None:
+        """The destination is unreachable: these wait for it, their attempts not counted."""
+        until = self._block(error)
+        for d in rest:
+            self.spool.retry_later(d.id, max(d.next_attempt_at, until), None, error, count=False)
 
     def _deliver(self, sender: Sender, d: Delivery) -> None:
         if not d.path.exists():

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from fnmatch import fnmatchcase
 from typing import Any
 
+import pydicom.config
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
@@ -49,6 +50,9 @@ def configure_pynetdicom() -> None:
     _config.STORE_SEND_CHUNKED_DATASET = True
     _config.UNRESTRICTED_STORAGE_SERVICE = True  # first proposed TS, any SOP class
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    # pydicom checks every value it decodes against its VR: CPU on the hot path for no
+    # gain, as the identity UIDs are checked by us and other values are passed on as sent.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
 def caller_allowed(config: Config, calling_ae: str, peer: str) -> bool:
