@@ -25,6 +25,7 @@ from harness import (
     ct_files,
     make_multiframe,
     peak_rss_mib,
+    rule_file,
     send,
     storescp,
     workdir,
@@ -32,15 +33,11 @@ from harness import (
 
 from tests.peers import Proc, free_port, wait_port
 
-CONFIG = """
-version: 1
-listen: {ae_title: ROUTER, port: {port}}
-spool: spool
-spool_min_free: 1GiB
+CONFIG = rule_file("""\
 destinations:
   pacs: {ae_title: STORESCP, host: 127.0.0.1, port: %d}
 default: [{forward: pacs}]
-"""
+""")
 
 LUA = """
 function OnStoredInstance(instanceId, tags, metadata, origin)

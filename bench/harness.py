@@ -22,7 +22,25 @@ from tests.daemon import RouterDaemon  # noqa: E402
 from tests.dicomgen import make_ct, make_multiframe  # noqa: E402
 from tests.peers import Proc, free_port, wait_port  # noqa: E402
 
-__all__ = ["Proc", "RouterDaemon", "free_port", "make_ct", "make_multiframe", "wait_port"]
+__all__ = [
+    "Proc",
+    "RouterDaemon",
+    "free_port",
+    "make_ct",
+    "make_multiframe",
+    "rule_file",
+    "wait_port",
+]
+
+
+def rule_file(body: str) -> str:
+    """A benchmark rule file: the router on loopback, its spool beside the file, then body."""
+    return (
+        "version: 1\n"
+        "listen: {ae_title: ROUTER, host: 127.0.0.1, port: {port}}\n"
+        "spool: spool\n"
+        "spool_min_free: 1GiB\n" + body
+    )
 
 
 def ct_files(folder: Path, n: int) -> list[Path]:

@@ -22,21 +22,18 @@ from harness import (
     make_multiframe,
     peak_rss_mib,
     rate,
+    rule_file,
     send,
     storescp,
     wait_port,
     workdir,
 )
 
-CONFIG = """
-version: 1
-listen: {ae_title: ROUTER, port: {port}}
-spool: spool
-spool_min_free: 1GiB
+CONFIG = rule_file("""\
 destinations:
   archive: {path: "archive/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"}
 default: [{store: archive}]
-"""
+""")
 
 
 def main() -> None:

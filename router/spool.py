@@ -232,14 +232,11 @@ class Spool:
         states: Sequence[str] = ("pending", "dead"),
     ) -> list[Delivery]:
         """Deliveries in the given states (for `queue list`)."""
-        marks = ",".join("?" * len(states))
-        sql = f"{_SELECT} WHERE d.state IN ({marks})"
-        args: list[object] = list(states)
-        if destination:
-            sql += " AND d.destination=?"
-            args.append(destination)
+        where, args = _where(states, destination, "d.")
         with self._queue() as db:
-            rows = db.execute(sql + " ORDER BY o.received_at, d.id", args).fetchall()
+            rows = db.execute(
+                f"{_SELECT} WHERE {where} ORDER BY o.received_at, d.id", args
+            ).fetchall()
         return [self._delivery(r) for r in rows]
 
     def delivered(self, delivery_id: int, status: int) -> None:
@@ -283,27 +280,20 @@ class Spool:
 
     def requeue_dead(self, destination: str | None = None) -> int:
         """Dead letters back to pending with a fresh attempt count; returns how many."""
-        sql = (
-            "UPDATE deliveries SET state='pending', attempts=0, next_attempt_at=?,"
-            " updated_at=? WHERE state='dead'"
-        )
-        args: list[object] = [time.time(), time.time()]
-        if destination:
-            sql += " AND destination=?"
-            args.append(destination)
+        where, args = _where(("dead",), destination)
+        now = time.time()
         with self._queue() as db:
-            return db.execute(sql, args).rowcount
+            return db.execute(
+                "UPDATE deliveries SET state='pending', attempts=0, next_attempt_at=?,"
+                f" updated_at=? WHERE {where}",
+                [now, now, *args],
+            ).rowcount
 
     def purge(self, destination: str | None = None, states: Sequence[str] = ("dead",)) -> int:
         """Delete deliveries (dead letters by default) and files nobody needs any more."""
-        marks = ",".join("?" * len(states))
-        sql = f"DELETE FROM deliveries WHERE state IN ({marks})"
-        args: list[object] = list(states)
-        if destination:
-            sql += " AND destination=?"
-            args.append(destination)
+        where, args = _where(states, destination)
         with self._queue() as db:
-            count = db.execute(sql, args).rowcount
+            count = db.execute(f"DELETE FROM deliveries WHERE {where}", args).rowcount
         self.collect_garbage()
         return count
 
@@ -410,6 +400,18 @@ class Spool:
             ts,
             received,
         )
+
+
+def _where(
+    states: Sequence[str], destination: str | None, prefix: str = ""
+) -> tuple[str, list[object]]:
+    """A WHERE clause (and its arguments) for deliveries in `states`, of one destination."""
+    sql = f"{prefix}state IN ({','.join('?' * len(states))})"
+    args: list[object] = list(states)
+    if destination:
+        sql += f" AND {prefix}destination=?"
+        args.append(destination)
+    return sql, args
 
 
 _SELECT = (

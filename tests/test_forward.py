@@ -778,3 +778,25 @@ def test_1gb_multiframe_is_forwarded_with_flat_memory(
         a.seek(-(1 << 20), 2)
         b.seek(-(1 << 20), 2)
         assert a.read() == b.read()
+
+
+def test_queue_purge_all_drops_a_destinations_pending_deliveries(
+    router: Router, small_instances: list[tuple[Path, str]]
+) -> None:
+    """`queue purge` keeps pending rows; `queue purge --all --destination X` drops X's pending
+    deliveries (e.g. of a removed destination) and their spooled files, and only X's."""
+    down, other = free_port(), free_port()  # nothing listens on either
+    files = [p for p, _ in small_instances[:5]]
+    d = router(
+        rule_file(
+            {"gone": dest("GONE", down, **BULK), "kept": dest("KEPT", other, **BULK)},
+            ["forward: gone", "forward: kept"],
+        )
+    )
+    assert send(d, files) == [0] * 5
+    assert "0 dead letters purged" in cli(d, "queue", str(d.config_path), "purge")
+    assert queue_list(d)[1] == {"gone": (5, 0), "kept": (5, 0)}
+    out = cli(d, "queue", str(d.config_path), "purge", "--all", "--destination", "gone")
+    assert "5 deliveries purged" in out
+    assert queue_list(d)[1] == {"kept": (5, 0)}
+    assert len(list((d.workdir / "spool" / "objects").glob("*.dcm"))) == 5  # kept needs them
