@@ -789,17 +789,7 @@ def storescu(
         if not halt:
             argv.append("--no-halt")
         argv += [*extra, LOOPBACK, str(port), *map(str, paths)]
-        # subprocess.run kills the child by PID if the timeout expires or we are interrupted.
-        done = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-            env={**os.environ, **_DCMTK_ENV},
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
+        done = _run_dcmtk(argv, timeout)
     # The log is on stderr; stdout only carries the "XMIT: ...." progress dots.
     result = parse_storescu_output(done.stderr)
     result.returncode = done.returncode
@@ -815,8 +805,15 @@ def echoscu(
     timeout: float = 30.0,
 ) -> subprocess.CompletedProcess[str]:
     """C-ECHO 127.0.0.1:port with DCMTK echoscu; returncode 0 means success."""
+    return _run_dcmtk(
+        ["echoscu", "-v", "-aet", calling, "-aec", called, LOOPBACK, str(port)], timeout
+    )
+
+
+def _run_dcmtk(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a DCMTK client with Nagle off; subprocess.run kills it by PID on timeout."""
     return subprocess.run(
-        ["echoscu", "-v", "-aet", calling, "-aec", called, LOOPBACK, str(port)],
+        argv,
         capture_output=True,
         text=True,
         errors="replace",
