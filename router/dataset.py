@@ -21,7 +21,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import RE_VALID_UID
 
 from router.config import ModifySpec
-from router.errors import CannotUnderstand
+from router.errors import CannotUnderstand, OutOfResources
 from router.rules import TagValues
 
 # Everything the 0xA900 check, the log and `trace` need; Series Instance UID comes last.
@@ -105,4 +105,8 @@ def apply_modify(source: Path, spec: ModifySpec, target: Path) -> None:
             del ds[name]
     for keyword, value in spec.set.items():
         setattr(ds, keyword, value)
-    ds.save_as(target, enforce_file_format=True)
+    try:
+        ds.save_as(target, enforce_file_format=True)
+    except OSError as exc:  # the spool's disk is full or unwritable
+        target.unlink(missing_ok=True)
+        raise OutOfResources(f"cannot write the modified instance: {exc.strerror}") from exc
