@@ -80,7 +80,7 @@ class Forwarding(Protocol):
     ) -> None:
         """Durably queue `file` for each destination before returning."""
 
-    def send_now(self, destination: str, file: Path) -> tuple[int, str | None]:
+    def send_now(self, destination: str, file: Path, identity: Dataset) -> tuple[int, str | None]:
         """Send `file` and return the destination's status and comment (sync mode)."""
 
 
@@ -95,7 +95,8 @@ class Journal(Protocol):
 class _Plan:
     """What a rule set needs from every header: computed once per config version."""
 
-    keywords: frozenset[str]
+    keywords: frozenset[str]  # everything read from the header
+    tags: frozenset[str] = frozenset()  # what the rules' `tags` match on
     templates: Mapping[str, tuple[Path, str, str]] = field(default_factory=dict)
     names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # rule -> actions
 
@@ -199,7 +200,7 @@ class Pipeline:
         facts = received.facts()
         result = decide(loaded.config, facts)
         if isinstance(result, NeedsTags):
-            tags = dataset.tag_values(header, wanted_tags(loaded.config))
+            tags = dataset.tag_values(header, plan.tags)
             result = decide(loaded.config, replace(facts, tags=tags))
             assert not isinstance(result, NeedsTags)
         return result, header
@@ -207,7 +208,8 @@ class Pipeline:
     def _plan(self, loaded: LoadedConfig) -> _Plan:
         plan = self._plans.get(loaded.version)
         if plan is None:
-            keywords = set(wanted_tags(loaded.config))
+            tags = wanted_tags(loaded.config)
+            keywords = set(tags)
             templates = {}
             for name, dest in loaded.config.destinations.items():
                 if isinstance(dest, FilesystemDestination):
@@ -216,7 +218,7 @@ class Pipeline:
                     templates[name] = (loaded.base_dir, dest.path, dest.on_exists)
             names = {rule.name: action_names(rule.actions) for rule in loaded.config.rules}
             names["default"] = action_names(loaded.config.default)
-            plan = _Plan(frozenset(keywords), templates, names)
+            plan = _Plan(frozenset(keywords), tags, templates, names)
             self._plans = {loaded.version: plan}  # only the current version is kept
         return plan
 
@@ -249,7 +251,7 @@ class Pipeline:
                     if self._forwarding is None:
                         raise ActionError("forwarding is not running", status=0xA700)
                     if action.forward.mode == "sync":
-                        got, comment = self._forwarding.send_now(action.forward.to, work)
+                        got, comment = self._forwarding.send_now(action.forward.to, work, header)
                         if got != 0x0000:
                             status = got
                             if not is_warning(got):

@@ -231,7 +231,7 @@ def _sop_classes(value: list[str], groups: dict[str, list[str]]) -> tuple[str, .
         try:
             uids.append(sopclass.resolve_sop_class(name))
         except sopclass.UnknownName:
-            choices = set(sopclass._keywords("SOP Class")) | set(groups)
+            choices = sopclass.sop_class_names() | set(groups)
             raise ValueError(
                 str(
                     sopclass.UnknownName(
@@ -290,10 +290,6 @@ class Match(Strict):
     @classmethod
     def _resolve_ts(cls, value: list[str] | None) -> Any:
         return None if value is None else [sopclass.resolve_transfer_syntax(v) for v in value]
-
-    def uses_tags(self) -> bool:
-        """True when this match (or its `not`) reads dataset tags."""
-        return bool(self.tags) or (self.not_ is not None and self.not_.uses_tags())
 
 
 # --- actions ---------------------------------------------------------------------------
@@ -515,10 +511,6 @@ class Config(Strict):
                 raise ValueError(f"rule name {rule.name!r} is used twice (or is 'default')")
             seen.add(rule.name)
         return rules
-
-    def destination_names(self, kind: type[BaseModel]) -> list[str]:
-        """Names of the destinations of one kind."""
-        return [n for n, d in self.destinations.items() if isinstance(d, kind)]
 
 
 def validation_context(data: Any) -> dict[str, Any]:

@@ -351,14 +351,12 @@ class SpoolForwarding:
             ),
         )
 
-    def send_now(self, destination: str, file: Path) -> tuple[int, str | None]:
+    def send_now(self, destination: str, file: Path, identity: Dataset) -> tuple[int, str | None]:
         """Send and return the destination's status; unreachable is 0xA700."""
         loaded: LoadedConfig = self._current()
         dest = loaded.config.destinations[destination]
         assert isinstance(dest, DicomDestination)
-        from router.dataset import read_header
-
-        meta = read_header(file).file_meta
+        meta = identity.file_meta  # the header the pipeline read from this very file
         try:
             sent = forward.send_once(
                 destination,

@@ -69,6 +69,11 @@ def _keywords(kind: str) -> dict[str, str]:
     return table
 
 
+def sop_class_names() -> set[str]:
+    """Every SOP class keyword a rule file may write (for did-you-mean)."""
+    return set(_keywords("SOP Class"))
+
+
 def suggest(name: str, choices: list[str] | set[str]) -> list[str]:
     """Up to three close matches for a did-you-mean."""
     return difflib.get_close_matches(name, sorted(choices), n=3, cutoff=0.6)

@@ -538,6 +538,15 @@ def test_sigterm_mid_transfer_keeps_every_acknowledged_instance(
         scp.stop()
 
 
+def sigterm(d: RouterDaemon) -> tuple[int, float]:
+    """SIGTERM the daemon's main process; its exit code and the seconds it took to exit."""
+    assert d.proc is not None
+    stop_at = time.monotonic()
+    d.signal(signal.SIGTERM)
+    code = d.proc.wait(25)
+    return code, time.monotonic() - stop_at
+
+
 def test_sigterm_with_idle_association_exits_after_drain(router: Router) -> None:
     """An association held open and idle cannot keep the daemon alive: after SIGTERM it
     drains for 10 s, aborts the association and exits 0 (within ~16 s)."""
@@ -548,10 +557,7 @@ def test_sigterm_with_idle_association_exits_after_drain(router: Router) -> None
     try:
         assert assoc.is_established
         assert d.proc is not None
-        stop_at = time.monotonic()
-        d.signal(signal.SIGTERM)
-        code = d.proc.wait(25)
-        took = time.monotonic() - stop_at
+        code, took = sigterm(d)
         assert code == 0, d.log()[-3000:]
         assert took < 16.5, f"exit took {took:.1f} s"
     finally:
@@ -569,10 +575,7 @@ def test_sigterm_after_closed_port_probe_exits_promptly(router: Router) -> None:
         pass
     time.sleep(0.2)
     assert d.proc is not None
-    stop_at = time.monotonic()
-    d.signal(signal.SIGTERM)
-    code = d.proc.wait(25)
-    took = time.monotonic() - stop_at
+    code, took = sigterm(d)
     assert code == 0, d.log()[-3000:]
     assert took < 5.0, f"exit took {took:.1f} s after a closed probe connection:\n" + d.log()[-800:]
 
@@ -584,10 +587,7 @@ def test_sigterm_with_a_silent_open_connection_exits_promptly(router: Router) ->
     with socket.create_connection((LOOPBACK, d.port), timeout=15) as silent:
         time.sleep(0.2)
         assert d.proc is not None
-        stop_at = time.monotonic()
-        d.signal(signal.SIGTERM)
-        code = d.proc.wait(25)
-        took = time.monotonic() - stop_at
+        code, took = sigterm(d)
         assert silent.recv(1) == b""  # closed by the daemon, not by us
     assert code == 0, d.log()[-3000:]
     assert took < 5.0, f"exit took {took:.1f} s with a silent connection:\n" + d.log()[-800:]
