@@ -50,6 +50,7 @@ class Received:
     called_ae: str
     peer: str
     transfer_syntax: str
+    receive_error: str | None = None  # the dataset could not be written (disk full)
 
     def facts(self) -> Facts:
         """The rule engine's view of this C-STORE (no tags yet)."""
@@ -140,6 +141,8 @@ class Pipeline:
         try:
             # Backpressure before anything else: below spool_min_free every new instance
             # gets 0xA700, whatever a rule would do with it.
+            if received.receive_error:
+                raise OutOfResources(received.receive_error)
             _check_free_space(self._work_dir.parent, loaded.config.spool_min_free)
             decision, header = self.evaluate(loaded, received)
             status, comment = self._run(loaded, decision, received, header)

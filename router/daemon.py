@@ -15,7 +15,6 @@ import os
 import select
 import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,10 +73,8 @@ class Daemon:
         loaded = self._loaded
         spool = loaded.spool
         spool_db = self._recover_spool(spool)
-        # pynetdicom receives into tempfile's folder: on the spool's filesystem, a
-        # received file is then linked into place, never copied.
-        tempfile.tempdir = str(spool / "incoming")
-        configure_pynetdicom()
+        # Received on the spool's filesystem, a file is linked into place, never copied.
+        configure_pynetdicom(spool / "incoming")
         listen = loaded.config.listen
         tls = tls_context(listen.tls, loaded.resolve) if listen.tls else None
         pipeline = Pipeline(

@@ -237,7 +237,7 @@ def forwarder_main(
     from router.scp import configure_pynetdicom
 
     logs.setup(log_format, debug)
-    configure_pynetdicom()
+    configure_pynetdicom(Path(spool_root) / "incoming")
     stop = threading.Event()
     # SIGTERM reaches the whole cgroup under systemd: finish the instance in hand, exit.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

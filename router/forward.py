@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -109,25 +108,6 @@ def backoff(attempt: int, retry: Retry, rand: Callable[[], float] = random.rando
 # --- one association to one destination ------------------------------------------------
 
 
-def bound_send_queue(assoc: Association, limit: int = 16) -> None:
-    """Give pynetdicom's send path backpressure: at most `limit` PDUs waiting to be sent.
-
-    pynetdicom 3.0 puts every P-DATA of a C-STORE on the DUL's unbounded queue as fast as
-    it reads the file, so a chunked send of a 300 MB file to a slower peer buffers
-    ~100-250 MB in RAM. Blocking the producer keeps the buffer at limit * max PDU.
-    """
-    dul = assoc.dul
-    original = dul.send_pdu
-
-    def send_pdu(primitive: Any) -> None:
-        # Stop waiting if the DUL thread is gone (abort): the put then just gets dropped.
-        while dul.to_provider_queue.qsize() >= limit and dul.is_alive():
-            time.sleep(0.0005)
-        original(primitive)
-
-    dul.send_pdu = send_pdu  # type: ignore[method-assign]
-
-
 def _nodelay(event: Event) -> None:
     sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
     if isinstance(sock, socket.socket):
@@ -149,24 +129,6 @@ def contexts_for(pairs: Iterable[tuple[str, str]]) -> list[PresentationContext]:
             seen.add((sop_class, "*"))
             out.append(build_context(sop_class, fallback))
     return out[:128]
-
-
-def pause_reactor(assoc: Association) -> None:
-    """Pause pynetdicom's reactor for sure before a send_c_store (pynetdicom 3.0 race).
-
-    send_c_store clears the reactor checkpoint and waits for `_is_paused`, but it can see
-    the flag the reactor set just before a wait() that returned at once; the reactor
-    then takes the C-STORE-RSP off the queue ("unexpected C-STORE service message") and
-    the send waits dimse_timeout for nothing. Seeing the flag twice, a reactor loop
-    apart, after the clear, means the reactor is blocked.
-    """
-    assoc._reactor_checkpoint.clear()
-    for turn in range(2):
-        deadline = time.monotonic() + 1.0
-        while not assoc._is_paused and time.monotonic() < deadline:
-            time.sleep(0.0002)
-        if turn == 0:
-            time.sleep(0.0012)  # longer than one reactor turn (it sleeps 1 ms per turn)
 
 
 @dataclass
@@ -216,7 +178,6 @@ class Sender:
             exc = Unreachable(f"{why} by {self.dest.ae_title}@{self.dest.host}:{self.dest.port}")
             exc.rejected = assoc.is_rejected or refused
             raise exc
-        bound_send_queue(assoc)
         self.assoc = assoc
         proposed = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in contexts}
         self._classes = {p for p in pairs | extra if p in proposed}
@@ -272,7 +233,6 @@ class Sender:
         if not accepted:
             raise PermanentError(f"no accepted presentation context for {sop_class}")
         try:
-            pause_reactor(assoc)
             if ts in accepted:
                 rsp = assoc.send_c_store(path)
             else:

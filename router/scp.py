@@ -14,23 +14,22 @@ instance) and a timeout so that a sender stalling mid-transfer is dropped.
 from __future__ import annotations
 
 import logging
-import socket
-import socketserver
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import Any
 
 import pydicom.config
 from pydicom.dataset import Dataset
-from pynetdicom import AE, _config, evt
+from pynetdicom import _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
+from router import netlayer
 from router.actions import Pipeline, Received
 from router.config import TLS, Config, Listen
 from router.errors import StartupError
@@ -39,12 +38,15 @@ from router.sopclass import sop_class_name
 
 log = logging.getLogger("router.scp")
 
-# A-ASSOCIATE-RJ: rejected-permanent, service-user, calling AE title not recognized (PS3.8).
+# A-ASSOCIATE-RJ: rejected-permanent, service-user, calling / called AE title not
+# recognized (PS3.8 9.3.4).
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 
 
-def configure_pynetdicom() -> None:
-    """Set pynetdicom's process-global switches; call once before any AE exists."""
+def configure_pynetdicom(incoming: Path) -> None:
+    """Set pynetdicom's process-global switches and our changes; call before any AE exists."""
+    netlayer.install(incoming)
     _config.LOG_HANDLER_LEVEL = "none"  # per-PDU logging takes the AE-wide lock
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.STORE_SEND_CHUNKED_DATASET = True
@@ -66,34 +68,6 @@ def caller_allowed(config: Config, calling_ae: str, peer: str) -> bool:
     )
 
 
-class _Server(ThreadedAssociationServer):
-    """Accepts in one thread, prepares each socket (and TLS handshake) in its own."""
-
-    stall_timeout: float = 60.0
-    tls: ssl.SSLContext | None = None
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        # pynetdicom wraps TLS here, in the single accept thread: one silent client would
-        # block every later accept. Only accept here.
-        assert self.socket is not None
-        return self.socket.accept()
-
-    def process_request_thread(
-        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
-    ) -> None:
-        assert isinstance(request, socket.socket)  # TCP: never a datagram tuple
-        try:
-            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            request.settimeout(self.stall_timeout)
-            if self.tls is not None:
-                request = self.tls.wrap_socket(request, server_side=True)
-        except (OSError, ssl.SSLError) as exc:
-            log.warning("connection from %s dropped: %s", client_address[0], exc)
-            self.shutdown_request(request)
-            return
-        super().process_request_thread(request, client_address)
-
-
 def tls_context(tls: TLS, resolve: Callable[[str], Any]) -> ssl.SSLContext:
     """The server's TLS context from the rule file's `listen.tls`."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -109,8 +83,8 @@ def tls_context(tls: TLS, resolve: Callable[[str], Any]) -> ssl.SSLContext:
 
 def _on_close(event: Event) -> None:
     assoc = event.assoc
-    if assoc.is_released or assoc.is_rejected:
-        return
+    if assoc.is_released or assoc.is_rejected or getattr(assoc, "router_logged", False):
+        return  # nothing to say, or router.netlayer said it
     primitive = assoc.requestor.primitive
     calling = primitive.calling_ae_title.strip() if primitive else "?"
     why = "aborted" if assoc.is_aborted else "dropped (stalled, timed out or malformed)"
@@ -132,10 +106,11 @@ class StorageSCP:
         pipeline: Pipeline,
         current: Callable[[], Config],
         tls: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self._pipeline = pipeline
         self._current = current
-        self.ae = AE(ae_title=listen.ae_title)
+        self.ae = netlayer.RouterAE(ae_title=listen.ae_title)
         self.ae.maximum_associations = listen.max_associations
         self.ae.maximum_pdu_size = listen.max_pdu
         self.ae.network_timeout = listen.network_timeout
@@ -151,11 +126,13 @@ class StorageSCP:
         ]
         try:
             server = self.ae.make_server(
-                (listen.host, listen.port), evt_handlers=handlers, server_class=_Server
+                (listen.host, listen.port),
+                evt_handlers=handlers,
+                server_class=_server_class(reuse_port),
             )
         except OSError as exc:
             raise StartupError(f"cannot listen on {listen.host}:{listen.port}: {exc}") from exc
-        assert isinstance(server, _Server)
+        assert isinstance(server, netlayer.RouterServer)
         self.server = server
         self.server.stall_timeout = listen.network_timeout
         self.server.tls = tls
@@ -174,24 +151,22 @@ class StorageSCP:
 
     def stop_accepting(self) -> None:
         """Close the listening socket; running associations go on, idle connections end."""
-        # AssociationServer.shutdown() also removes itself from the AE's server list,
-        # which make_server() never added it to: stop the socketserver directly.
         if self._thread.is_alive():  # shutdown() waits for serve_forever: only if it runs
-            socketserver.BaseServer.shutdown(self.server)
+            self.server.shutdown()
         self.server.server_close()
         self._wake_unrequested()
 
     def _requested(self) -> list[Any]:
         """Associations whose A-ASSOCIATE-RQ arrived: those may carry C-STOREs."""
-        return [a for a in self.server.active_associations if a.requestor.primitive is not None]
+        return [a for a in self.server.connections() if netlayer.requested(a)]
 
     def _wake_unrequested(self) -> None:
         # A connection that never sent an A-ASSOCIATE-RQ (a TCP probe, a stalled client)
-        # sits in pynetdicom's wait for one until acse_timeout, and its (non-daemon) DUL
-        # thread keeps the process alive that long. Stop the DUL thread, then wake the
-        # wait with a None, as a timeout would: the association closes its socket.
-        for assoc in self.server.active_associations:
-            if assoc.requestor.primitive is None:
+        # sits in pynetdicom's wait for one, and its (non-daemon) DUL thread keeps the
+        # process alive: break its read, stop the DUL, and wake the wait as a timeout would.
+        for assoc in self.server.connections():
+            if not netlayer.requested(assoc):
+                netlayer.shutdown_socket(assoc)
                 assoc.dul.kill_dul()
                 assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]  # what a timeout yields
 
@@ -205,9 +180,12 @@ class StorageSCP:
         return not self._requested()
 
     def abort_all(self) -> None:
-        """Abort whatever association is still running."""
+        """Abort whatever association is still running, breaking any read it is blocked in."""
         for assoc in self._requested():
-            assoc.abort()
+            threading.Thread(target=assoc.abort, daemon=True).start()
+        time.sleep(0.5)  # the A-ABORTs go out first
+        for assoc in self._requested():
+            netlayer.shutdown_socket(assoc)
         self._wake_unrequested()
 
     def _on_requested(self, event: Event) -> None:
@@ -215,6 +193,18 @@ class StorageSCP:
         assert primitive is not None  # set once the A-ASSOCIATE-RQ arrived
         calling = primitive.calling_ae_title.strip()
         peer = event.assoc.requestor.address
+        hostile: dict[str, bytes] = getattr(event.assoc, "hostile_ae_titles", {})
+        for what, reason in (("calling", REJECT_CALLING_AE), ("called", REJECT_CALLED_AE)):
+            if what in hostile:
+                log.warning(
+                    "association from %s rejected: %s AE title %s is not of the AE VR",
+                    peer,
+                    what,
+                    netlayer.escaped(hostile[what]),
+                )
+                event.assoc.acse.send_reject(*reason)
+                time.sleep(0.1)
+                return
         if not caller_allowed(self._current(), calling, peer):
             log.warning("association from %s@%s rejected: calling AE not in callers", calling, peer)
             event.assoc.acse.send_reject(*REJECT_CALLING_AE)
@@ -233,6 +223,7 @@ class StorageSCP:
             called_ae=primitive.called_ae_title.strip(),
             peer=assoc.requestor.address,
             transfer_syntax=str(event.context.transfer_syntax),
+            receive_error=getattr(request, "receive_error", None),
         )
         outcome = self._pipeline.process(received)
         log.info(
@@ -253,3 +244,7 @@ class StorageSCP:
         if outcome.comment and outcome.status:
             rsp.ErrorComment = outcome.comment[:64]
         return rsp
+
+
+def _server_class(reuse_port: bool) -> type[netlayer.RouterServer]:
+    return type("Server", (netlayer.RouterServer,), {"reuse_port": reuse_port})

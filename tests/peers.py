@@ -31,7 +31,6 @@ from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import PresentationContext, build_context
 
-from router.forward import bound_send_queue
 from tests.dicomgen import iter_files
 
 __all__ = [
@@ -913,7 +912,7 @@ def pyn_store(
                 f"no association with {LOOPBACK}:{port} as {calling}->{called} "
                 "(connection refused, timed out, or no context accepted)"
             )
-        bound_send_queue(assoc, limit=16)
+        _bound_send_queue(assoc, limit=16)
         statuses: list[int] = []
         for path in files:
             if not assoc.is_established:
@@ -928,3 +927,16 @@ def pyn_store(
         if assoc.is_established:
             assoc.abort()
         ae.shutdown()
+
+
+def _bound_send_queue(assoc: Any, limit: int) -> None:
+    """Stock pynetdicom queues a whole chunked C-STORE's PDUs in RAM: block the producer."""
+    dul = assoc.dul
+    original = dul.send_pdu
+
+    def send_pdu(primitive: Any) -> None:
+        while dul.to_provider_queue.qsize() >= limit and dul.is_alive():
+            time.sleep(0.0005)
+        original(primitive)
+
+    dul.send_pdu = send_pdu
