@@ -1,10 +1,12 @@
 """A bare pynetdicom Storage SCP (chunked receive, logging off, TCP_NODELAY): the floor.
 
-    python bench/bare_scp.py PORT
+    python bench/bare_scp.py PORT [--netlayer DIR]
 
 It answers 0x0000 to every C-STORE and keeps nothing: what pynetdicom itself costs,
 without rules, header reads, fsync or logs. The store benchmark measures it beside the
-router so the router's own overhead shows.
+router so the router's own overhead shows. With `--netlayer DIR`, router/netlayer.py's
+changes are installed first (received files go to DIR and are removed after the answer):
+the gain of those changes alone.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ def _nodelay(event: Event) -> None:
 
 
 def main() -> None:
+    if "--netlayer" in sys.argv:
+        from pathlib import Path
+
+        from router import netlayer
+
+        netlayer.install(Path(sys.argv[sys.argv.index("--netlayer") + 1]))
     _config.LOG_HANDLER_LEVEL = "none"
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.UNRESTRICTED_STORAGE_SERVICE = True

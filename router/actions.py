@@ -98,7 +98,7 @@ class _Plan:
 
     keywords: frozenset[str]  # everything read from the header
     tags: frozenset[str] = frozenset()  # what the rules' `tags` match on
-    templates: Mapping[str, tuple[Path, str, str]] = field(default_factory=dict)
+    templates: Mapping[str, tuple[store.Template, str]] = field(default_factory=dict)
     names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # rule -> actions
 
 
@@ -218,7 +218,7 @@ class Pipeline:
                 if isinstance(dest, FilesystemDestination):
                     fields = store.template_fields(dest.path)
                     keywords.update(fields)
-                    templates[name] = (loaded.base_dir, dest.path, dest.on_exists)
+                    templates[name] = (store.Template(loaded.base_dir, dest.path), dest.on_exists)
             names = {rule.name: action_names(rule.actions) for rule in loaded.config.rules}
             names["default"] = action_names(loaded.config.default)
             plan = _Plan(frozenset(keywords), tags, templates, names)
@@ -247,8 +247,8 @@ class Pipeline:
                     _fsync_durable(work)
                     synced = True
                 if isinstance(action, StoreAction):
-                    base, template, on_exists = self._plan(loaded).templates[action.store.to]
-                    target = store.target_path(base, template, _lookup(header))
+                    template, on_exists = self._plan(loaded).templates[action.store.to]
+                    target = template.target(_lookup(header))
                     store.place(work, target, action.store.on_exists or on_exists, synced=True)
                 elif isinstance(action, ForwardAction):
                     if self._forwarding is None:

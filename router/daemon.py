@@ -23,6 +23,7 @@ from types import FrameType
 from router.actions import Pipeline
 from router.delivery import ForwarderProcess, SpoolForwarding
 from router.errors import ConfigError, OutOfResources, StartupError
+from router.journal import Journal
 from router.loader import LoadedConfig, load
 from router.reload import RuleFileWatcher
 from router.scp import StorageSCP, configure_pynetdicom, tls_context
@@ -62,6 +63,7 @@ class Daemon:
         Notifier.unset_environment(os.environ)
         self.failed_reloads = 0
         self.scp: StorageSCP | None = None
+        self.journal: Journal | None = None
         self._watcher: RuleFileWatcher | None = None
 
     def current(self) -> LoadedConfig:
@@ -77,10 +79,12 @@ class Daemon:
         configure_pynetdicom(spool / "incoming")
         listen = loaded.config.listen
         tls = tls_context(listen.tls, loaded.resolve) if listen.tls else None
+        self.journal = Journal(spool_db)
+        self.journal.start()
         pipeline = Pipeline(
-            self.current, SpoolForwarding(spool_db, self.current), spool / "work", spool_db
+            self.current, SpoolForwarding(spool_db, self.current), spool / "work", self.journal
         )
-        self.scp = StorageSCP(listen, pipeline, lambda: self._loaded.config, tls)
+        self.scp = StorageSCP(listen, pipeline, lambda: self._loaded.config, tls, self.journal)
         self.forwarder = ForwarderProcess(spool, self._log_format, self._debug)
         self.forwarder.start(loaded)
         self.scp.start()
@@ -211,6 +215,8 @@ class Daemon:
                 self.scp.abort_all()
                 self.scp.drain(5.0)
             log.info("stopped after %.1f s drain", time.monotonic() - start)
+        if self.journal is not None:
+            self.journal.stop()
         if self.forwarder is not None:
             self.forwarder.stop(timeout=FORWARDER_STOP_SECONDS)
 

@@ -30,9 +30,10 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from router import netlayer
-from router.actions import Pipeline, Received
+from router.actions import Outcome, Pipeline, Received
 from router.config import TLS, Config, Listen
 from router.errors import StartupError
+from router.journal import Journal
 from router.rules import in_networks
 from router.sopclass import sop_class_name
 
@@ -106,9 +107,11 @@ class StorageSCP:
         pipeline: Pipeline,
         current: Callable[[], Config],
         tls: ssl.SSLContext | None = None,
+        journal: Journal | None = None,
         reuse_port: bool = False,
     ) -> None:
         self._pipeline = pipeline
+        self._journal = journal
         self._current = current
         self.ae = netlayer.RouterAE(ae_title=listen.ae_title)
         self.ae.maximum_associations = listen.max_associations
@@ -210,7 +213,7 @@ class StorageSCP:
             event.assoc.acse.send_reject(*REJECT_CALLING_AE)
             time.sleep(0.1)  # else the peer may see an abort before the reject arrives
 
-    def _on_store(self, event: Event) -> Dataset:
+    def _on_store(self, event: Event) -> Dataset | int:
         request = event.request
         assoc = event.assoc
         primitive = assoc.requestor.primitive
@@ -226,25 +229,45 @@ class StorageSCP:
             receive_error=getattr(request, "receive_error", None),
         )
         outcome = self._pipeline.process(received)
-        log.info(
-            "C-STORE from %s@%s %s %s rule=%s actions=%s status=0x%04X config=%s%s",
-            received.calling_ae,
-            received.peer,
-            sop_class_name(received.sop_class_uid),
-            received.sop_instance_uid,
-            outcome.rule,
-            ",".join(outcome.actions) or "-",
-            outcome.status,
-            outcome.config_version,
-            f" ({outcome.comment})" if outcome.comment else "",
-            extra={"event": "c-store", "outcome": outcome, "received": received},
-        )
+        self._log_store(received, outcome)
+        if not (outcome.comment and outcome.status):
+            return outcome.status  # pynetdicom takes a bare status: no Dataset to build
         rsp = Dataset()
         rsp.Status = outcome.status
-        if outcome.comment and outcome.status:
-            rsp.ErrorComment = outcome.comment[:64]
+        rsp.ErrorComment = outcome.comment[:64]
         return rsp
+
+
+    def _log_store(self, received: Received, outcome: Outcome) -> None:
+        """The C-STORE's log line, stamped now and written after the response."""
+        if not log.isEnabledFor(logging.INFO):
+            return
+        record = log.makeRecord(
+            log.name,
+            logging.INFO,
+            __file__,
+            0,
+            "C-STORE from %s@%s %s %s rule=%s actions=%s status=0x%04X config=%s%s",
+            (
+                received.calling_ae,
+                received.peer,
+                sop_class_name(received.sop_class_uid),
+                received.sop_instance_uid,
+                outcome.rule,
+                ",".join(outcome.actions) or "-",
+                outcome.status,
+                outcome.config_version,
+                f" ({outcome.comment})" if outcome.comment else "",
+            ),
+            None,
+            extra={"event": "c-store", "outcome": outcome, "received": received},
+        )
+        if self._journal is None:
+            log.handle(record)
+        else:
+            self._journal.emit(log, record)
 
 
 def _server_class(reuse_port: bool) -> type[netlayer.RouterServer]:
     return type("Server", (netlayer.RouterServer,), {"reuse_port": reuse_port})
+

@@ -332,27 +332,36 @@ class Spool:
 
     def record(self, rec: DecisionRecord) -> None:
         """Append one C-STORE to the decision log."""
+        self.record_many([rec])
+
+    def record_many(self, recs: Sequence[DecisionRecord]) -> None:
+        """Append C-STOREs to the decision log, in one transaction."""
         with self._decisions() as db:
-            db.execute(
+            db.execute("BEGIN")
+            db.executemany(
                 "INSERT INTO decisions (at, sop_instance_uid, series_uid, study_uid,"
                 " sop_class_uid, calling_ae, called_ae, peer, rule, actions, status, comment,"
                 " config_version) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    rec.at,
-                    rec.sop_instance_uid,
-                    rec.series_uid,
-                    rec.study_uid,
-                    rec.sop_class_uid,
-                    rec.calling_ae,
-                    rec.called_ae,
-                    rec.peer,
-                    rec.rule,
-                    rec.actions,
-                    rec.status,
-                    rec.comment,
-                    rec.config_version,
-                ),
+                [
+                    (
+                        rec.at,
+                        rec.sop_instance_uid,
+                        rec.series_uid,
+                        rec.study_uid,
+                        rec.sop_class_uid,
+                        rec.calling_ae,
+                        rec.called_ae,
+                        rec.peer,
+                        rec.rule,
+                        rec.actions,
+                        rec.status,
+                        rec.comment,
+                        rec.config_version,
+                    )
+                    for rec in recs
+                ],
             )
+            db.execute("COMMIT")
 
     def trace(self, uid: str) -> tuple[list[DecisionRecord], list[Delivery]]:
         """Decisions and deliveries of every instance of a study, series or instance UID."""

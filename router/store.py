@@ -44,26 +44,36 @@ def template_fields(template: str) -> list[str]:
     return [f for _, f, _, _ in string.Formatter().parse(template) if f]
 
 
+class Template:
+    """A path template parsed once (per config version): `{Keyword}` fields, sanitised."""
+
+    def __init__(self, root: Path, template: str) -> None:
+        self._parts = [(lit, field) for lit, field, _, _ in string.Formatter().parse(template)]
+        self._skip = len(template_root(template))
+        # normpath, not resolve(): no filesystem calls, and sanitised values hold no "/" or ".."
+        self.base = os.path.normpath(os.path.join(root, template_root(template)))
+
+    def render(self, lookup: Callable[[str], str | None]) -> str:
+        """The template filled with sanitised values (relative to `template_root`)."""
+        return "".join(lit + (sanitize(lookup(f)) if f else "") for lit, f in self._parts)
+
+    def target(self, lookup: Callable[[str], str | None]) -> Path:
+        """Where an instance goes; guaranteed to stay inside the template's root folder."""
+        rel = self.render(lookup)[self._skip :].lstrip("/")
+        target = os.path.normpath(os.path.join(self.base, rel))
+        if os.path.commonpath([self.base, target]) != self.base:
+            raise ActionError(f"path {target} would leave {self.base}")
+        return Path(target)
+
+
 def render(template: str, lookup: Callable[[str], str | None]) -> str:
     """Fill a `{Keyword}` template with sanitised values (relative to `template_root`)."""
-    parts: list[str] = []
-    for literal, field, _, _ in string.Formatter().parse(template):
-        parts.append(literal)
-        if field:
-            parts.append(sanitize(lookup(field)))
-    return "".join(parts)
+    return Template(Path("."), template).render(lookup)
 
 
 def target_path(root: Path, template: str, lookup: Callable[[str], str | None]) -> Path:
     """Where an instance goes; guaranteed to stay inside the template's root folder."""
-    rendered = render(template, lookup)
-    rel = rendered[len(template_root(template)) :].lstrip("/")
-    # normpath, not resolve(): no filesystem calls, and sanitised values hold no "/" or ".."
-    base = os.path.normpath(os.path.join(root, template_root(template)))
-    target = os.path.normpath(os.path.join(base, rel))
-    if os.path.commonpath([base, target]) != base:
-        raise ActionError(f"path {target} would leave {base}")
-    return Path(target)
+    return Template(root, template).target(lookup)
 
 
 def fsync_dir(folder: Path) -> None:
