@@ -88,12 +88,18 @@ class Listen(Strict):
     ae_title: AETitle = Field(description="our AE title (1-16 chars)")
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(11112, ge=1, le=65535)
-    max_associations: int = Field(32, ge=1, le=1000)
+    max_associations: int = Field(32, ge=1, le=1000, description="in total, over all workers")
     max_pdu: int = Field(262144, ge=0, description="our maximum PDU length; 0 = unlimited")
     network_timeout: Seconds = Field(
         60.0, gt=0, description="a sender silent this long (idle or mid-transfer) is dropped"
     )
     tls: TLS | None = None
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="receiving processes on the port; default: the CPUs, at most 8; 1: one process",
+    )
 
 
 class Caller(Strict):

@@ -15,6 +15,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ from router.reload import RuleFileWatcher
 from router.scp import StorageSCP, configure_pynetdicom, tls_context
 from router.spool import Spool
 from router.systemd import Notifier
+from router.workers import WorkerPool, default_workers, reserve_port
 
 log = logging.getLogger("router.daemon")
 
@@ -64,6 +66,8 @@ class Daemon:
         self.failed_reloads = 0
         self.scp: StorageSCP | None = None
         self.journal: Journal | None = None
+        self.pool: WorkerPool | None = None
+        self._reserved: socket.socket | None = None
         self._watcher: RuleFileWatcher | None = None
 
     def current(self) -> LoadedConfig:
@@ -75,32 +79,42 @@ class Daemon:
         loaded = self._loaded
         spool = loaded.spool
         spool_db = self._recover_spool(spool)
-        # Received on the spool's filesystem, a file is linked into place, never copied.
-        configure_pynetdicom(spool / "incoming")
         listen = loaded.config.listen
         tls = tls_context(listen.tls, loaded.resolve) if listen.tls else None
-        self.journal = Journal(spool_db)
-        self.journal.start()
-        pipeline = Pipeline(
-            self.current, SpoolForwarding(spool_db, self.current), spool / "work", self.journal
-        )
-        self.scp = StorageSCP(listen, pipeline, lambda: self._loaded.config, tls, self.journal)
         self.forwarder = ForwarderProcess(spool, self._log_format, self._debug)
-        self.forwarder.start(loaded)
-        self.scp.start()
+        workers = listen.workers or default_workers()
+        if workers == 1:
+            # Received on the spool's filesystem, a file is linked into place, never copied.
+            configure_pynetdicom(spool / "incoming")
+            self.journal = Journal(spool_db)
+            self.journal.start()
+            forwarding = SpoolForwarding(spool_db, self.current)
+            pipeline = Pipeline(self.current, forwarding, spool / "work", self.journal)
+            self.scp = StorageSCP(listen, pipeline, lambda: self._loaded.config, tls, self.journal)
+            self.forwarder.start(loaded)
+            self.scp.start()
+            port = self.scp.port
+        else:
+            self._reserved = reserve_port(listen.host, listen.port)
+            port = int(self._reserved.getsockname()[1])
+            self.pool = WorkerPool(workers, spool, port, self._log_format, self._debug)
+            self.forwarder.start(loaded)
+            self.pool.start(loaded)
         if self._watch:
             self._watcher = RuleFileWatcher(loaded.path, lambda: self.request("reload"))
             self._watcher.start()
         log.info(
-            "listening on %s:%d as %s, config %s version %s",
+            "listening on %s:%d as %s, %d worker%s, config %s version %s",
             listen.host,
-            self.scp.port,
+            port,
             listen.ae_title,
+            workers,
+            "" if workers == 1 else "s",
             loaded.path,
             loaded.version,
             extra={"event": "started", "config_version": loaded.version},
         )
-        self.notifier.ready(f"listening on port {self.scp.port}, config {loaded.version}")
+        self.notifier.ready(f"listening on port {port}, config {loaded.version}")
 
     def _recover_spool(self, spool: Path) -> Spool:
         """Take the spool's lock and clear what a crashed run left that was never acked."""
@@ -111,6 +125,7 @@ class Daemon:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise StartupError(f"spool {spool} is in use by another dicom-router") from None
+            _wait_for_old_workers(spool)
             for name in ("incoming", "work"):
                 folder = spool / name
                 folder.mkdir(exist_ok=True)
@@ -150,6 +165,8 @@ class Daemon:
                 self.reload()
             if self.forwarder is not None:
                 self.forwarder.check()
+            if self.pool is not None:
+                self.pool.check()
             self.notifier.watchdog()
 
     def _file_changed(self) -> bool:
@@ -177,6 +194,8 @@ class Daemon:
             self._loaded = new
             if self.forwarder is not None:
                 self.forwarder.update(new)
+            if self.pool is not None:
+                self.pool.update(new)
             log.info(
                 "reloaded %s: config version %s (was %s)",
                 new.path,
@@ -215,10 +234,41 @@ class Daemon:
                 self.scp.abort_all()
                 self.scp.drain(5.0)
             log.info("stopped after %.1f s drain", time.monotonic() - start)
+        if self.pool is not None:
+            start = time.monotonic()
+            # Each worker drains on its own (systemd also sends it SIGTERM): 10 s, then
+            # its associations are aborted and get 5 s more.
+            self.pool.stop(timeout=DRAIN_SECONDS + 8.0)
+            log.info("stopped after %.1f s drain", time.monotonic() - start)
+        if self._reserved is not None:
+            self._reserved.close()
         if self.journal is not None:
             self.journal.stop()
         if self.forwarder is not None:
             self.forwarder.stop(timeout=FORWARDER_STOP_SECONDS)
+
+
+def _wait_for_old_workers(spool: Path, timeout: float = 2 * DRAIN_SECONDS + 10) -> None:
+    """Wait until no receiving worker of a previous (killed) daemon still writes here.
+
+    They hold `workers.lock` shared and get SIGTERM when their main process dies; they
+    are gone once an exclusive lock is granted.
+    """
+    fd = os.open(spool / "workers.lock", os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StartupError(
+                        f"spool {spool}: workers of a previous dicom-router still running"
+                    ) from None
+                time.sleep(0.1)
+    finally:
+        os.close(fd)  # releases the lock: our own workers take it shared
 
 
 def _restart_only(old: LoadedConfig, new: LoadedConfig) -> list[str]:

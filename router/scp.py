@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydicom.config
 from pydicom.dataset import Dataset
@@ -34,6 +34,9 @@ from router.actions import Outcome, Pipeline, Received
 from router.config import TLS, Config, Listen
 from router.errors import StartupError
 from router.journal import Journal
+
+if TYPE_CHECKING:
+    from router.workers import Budget
 from router.rules import in_networks
 from router.sopclass import sop_class_name
 
@@ -43,6 +46,8 @@ log = logging.getLogger("router.scp")
 # recognized (PS3.8 9.3.4).
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
+# rejected-transient, service-provider (presentation), local-limit-exceeded: as pynetdicom.
+REJECT_BUSY = (0x02, 0x03, 0x02)
 
 
 def configure_pynetdicom(incoming: Path) -> None:
@@ -82,7 +87,7 @@ def tls_context(tls: TLS, resolve: Callable[[str], Any]) -> ssl.SSLContext:
     return ctx
 
 
-def _on_close(event: Event) -> None:
+def _log_close(event: Event) -> None:
     assoc = event.assoc
     if assoc.is_released or assoc.is_rejected or getattr(assoc, "router_logged", False):
         return  # nothing to say, or router.netlayer said it
@@ -108,10 +113,13 @@ class StorageSCP:
         current: Callable[[], Config],
         tls: ssl.SSLContext | None = None,
         journal: Journal | None = None,
+        *,
         reuse_port: bool = False,
+        budget: Budget | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._journal = journal
+        self._budget = budget
         self._current = current
         self.ae = netlayer.RouterAE(ae_title=listen.ae_title)
         self.ae.maximum_associations = listen.max_associations
@@ -125,7 +133,7 @@ class StorageSCP:
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_CONN_CLOSE, _on_close),
+            (evt.EVT_CONN_CLOSE, self._on_close),
         ]
         try:
             server = self.ae.make_server(
@@ -212,6 +220,24 @@ class StorageSCP:
             log.warning("association from %s@%s rejected: calling AE not in callers", calling, peer)
             event.assoc.acse.send_reject(*REJECT_CALLING_AE)
             time.sleep(0.1)  # else the peer may see an abort before the reject arrives
+            return
+        if self._budget is not None:
+            if not self._budget.take():
+                log.warning(
+                    "association from %s@%s rejected: %d associations (max_associations)",
+                    calling,
+                    peer,
+                    self._budget.limit,
+                )
+                event.assoc.acse.send_reject(*REJECT_BUSY)
+                time.sleep(0.1)
+                return
+            event.assoc.router_counted = True  # type: ignore[attr-defined]
+
+    def _on_close(self, event: Event) -> None:
+        if self._budget is not None and getattr(event.assoc, "router_counted", False):
+            self._budget.give()
+        _log_close(event)
 
     def _on_store(self, event: Event) -> Dataset | int:
         request = event.request

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Self
 
-from tests.peers import Proc, free_port, wait_port
+from tests.peers import Proc, _descendants, free_port, wait_port
 
 DICOM_ROUTER = Path(sys.executable).parent / "dicom-router"
 
@@ -60,6 +60,35 @@ class RouterDaemon:
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
         return self.proc.stop(timeout) if self.proc else None
+
+    def pids(self) -> list[int]:
+        """The main process and every process under it (workers, forwarder, fork server)."""
+        assert self.proc is not None
+        return [self.proc.pid, *(pid for pid, _ in _descendants(self.proc.pid))]
+
+    def peak_rss_mib(self) -> dict[int, float]:
+        """Each of those processes' peak resident memory (VmHWM), in MiB."""
+        peaks = {}
+        for pid in self.pids():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue  # it ended meanwhile
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks[pid] = int(line.split()[1]) / 1024
+        return peaks
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of all those processes (their threads included)."""
+        total = 0.0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def kill9(self) -> None:
         """SIGKILL the daemon and its forwarder, as a power cut would."""

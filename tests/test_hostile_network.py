@@ -46,20 +46,6 @@ def ct(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def status_kb(pid: int, field: str) -> int:
-    """A `VmHWM:`-style field of /proc/PID/status, in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} for {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def incoming(daemon: RouterDaemon) -> list[Path]:
     """What is in the spool's receive folder."""
     return list((daemon.workdir / "spool" / "incoming").iterdir())
@@ -73,12 +59,6 @@ def wait_until(check: Callable[[], bool], timeout: float) -> bool:
     return check()
 
 
-def pid(daemon: RouterDaemon) -> int:
-    """The daemon's main process ID."""
-    assert daemon.proc is not None
-    return daemon.proc.pid
-
-
 # --------------------------------------------------------------------------- sizes (row 2)
 
 
@@ -86,14 +66,14 @@ def test_associate_rq_claiming_512_mib_is_aborted_before_anything_is_allocated(
     plain: RouterDaemon,
 ) -> None:
     """A header claiming 512 MiB gets an A-ABORT and a closed connection; peak RSS stays put."""
-    before = status_kb(pid(plain), "VmHWM")
+    before = max(plain.peak_rss_mib().values())
     with Peer(plain.port) as peer:
         peer.send(struct.pack(">BBL", 0x01, 0, 512 * MiB) + b"\0" * 1024)
         with_more = threading.Thread(target=_flood, args=(peer.sock, 32 * MiB), daemon=True)
         with_more.start()
         kinds, after = peer.closed_within(3)
     assert kinds == [0x07] and after < 2
-    assert status_kb(pid(plain), "VmHWM") - before < 8 * 1024
+    assert max(plain.peak_rss_mib().values()) - before < 8
     plain.wait_log("above the limit 65536")
 
 
@@ -303,9 +283,9 @@ def test_100_silent_associations_cost_at_most_5_percent_of_a_core(
         for peer in peers:
             peer.associate()
         time.sleep(1.0)
-        before, start = cpu_seconds(pid(daemon)), time.monotonic()
+        before, start = daemon.cpu_seconds(), time.monotonic()
         time.sleep(4.0)
-        cores = (cpu_seconds(pid(daemon)) - before) / (time.monotonic() - start)
+        cores = (daemon.cpu_seconds() - before) / (time.monotonic() - start)
     finally:
         for peer in peers:
             peer.sock.close()
