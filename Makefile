@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS   ?=
 
-.PHONY: run test lint bench setup system-deps clean
+.PHONY: run test lint bench pynetdicom-tests setup system-deps clean
 
 run: setup
 	$(BIN)/dicom-router run $(ARGS)
@@ -19,6 +19,13 @@ lint: setup
 
 bench: system-deps setup
 	$(BIN)/python bench/store_throughput.py
+
+# pynetdicom's own tests of the layers router/netlayer.py changes, with the changes applied.
+UPSTREAM_TESTS ?= test_dul test_transport test_dimse_provider test_dimse_c test_fsm test_assoc test_service_storage
+pynetdicom-tests: setup
+	cd /tmp && for t in $(UPSTREAM_TESTS); do \
+		PYTHONPATH=$(CURDIR) $(CURDIR)/$(BIN)/python -m pytest -q -c /dev/null -p tests.upstream_plugin \
+			--pyargs pynetdicom.tests.$$t -p no:cacheprovider || exit 1; done
 
 setup: $(VENV)/.installed
 

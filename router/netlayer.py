@@ -403,7 +403,9 @@ class RouterDUL(DULServiceProvider):
                 return
             pdu_type, _, length = struct.unpack(">BBL", header)
             if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
-                self._reject_pdu(f"unknown PDU type 0x{pdu_type:02X}")
+                # As upstream: Evt19, the state machine's A-ABORT (AA-1/AA-8), then close.
+                _warn(self.assoc, "association with %s aborted: unknown PDU type 0x%02X", pdu_type)
+                self.event_queue.put("Evt19")
                 return
             limit = self._pdu_limit(pdu_type)
             if length > limit:
