@@ -30,6 +30,7 @@ from pydicom.filereader import read_dataset, read_file_meta_info, read_partial
 from pydicom.filewriter import write_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian as DEFLATED
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from router.config import ModifySpec
 from router.errors import CannotUnderstand, OutOfResources
@@ -39,21 +40,6 @@ CHUNK = 1 << 20  # the copy's buffer: all the memory a gigabyte of pixel data co
 TAIL_LIMIT = 16 << 20  # elements after Pixel Data above this take the slow path
 _ITEM, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
-_LONG_VRS = {
-    b"OB",
-    b"OD",
-    b"OF",
-    b"OL",
-    b"OV",
-    b"OW",
-    b"SQ",
-    b"SV",
-    b"UC",
-    b"UN",
-    b"UR",
-    b"UT",
-    b"UV",
-}
 
 
 def apply_modify(source: Path, spec: ModifySpec, target: Path) -> None:
@@ -116,7 +102,8 @@ def _streamed(source: Path, spec: ModifySpec, target: Path) -> bool:
             fp.seek(pixel_start)
             _copy(fp, out, pixel_end - pixel_start)
             if tail_changed:
-                write_dataset(_encoder(out, implicit=implicit, little=little), tail)
+                charset = header.get("SpecificCharacterSet", "iso8859")
+                write_dataset(_encoder(out, implicit=implicit, little=little), tail, charset)
             else:
                 out.write(tail_bytes)
     return True
@@ -139,7 +126,7 @@ def _element_end(fp: BinaryIO, start: int, size: int, *, implicit: bool, little:
     if implicit:
         (length,) = struct.unpack(f"{order}I", head[4:])
         value = start + 8
-    elif head[4:6] in _LONG_VRS:
+    elif head[4:6].decode("latin-1") in EXPLICIT_VR_LENGTH_32:
         (length,) = struct.unpack(f"{order}I", fp.read(4))
         value = start + 12
     else:

@@ -35,8 +35,11 @@ SPEC = ModifySpec(remove=["private"], set={"InstitutionName": "X"})
 PIXELS = bytes(range(256)) * 64  # 16 KiB, not a repeating word pattern
 
 
-def build(path: Path, ts: str, *, encapsulated: bool = False, tail: bool = False) -> Path:
-    """A small CT with a private block, Pixel Data, and optionally elements after it."""
+def build(
+    path: Path, ts: str, *, encapsulated: bool = False, tail: bool = False, icon: bool = False
+) -> Path:
+    """A small CT with a private block, Pixel Data, and optionally elements after it or an
+    icon (a sequence item with its own Pixel Data)."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ts
@@ -48,6 +51,13 @@ def build(path: Path, ts: str, *, encapsulated: bool = False, tail: bool = False
     ds.PatientName = "Test^Patient"
     ds.private_block(0x0009, "ROUTER TEST", create=True).add_new(0x01, "LO", "secret")
     ds.Rows, ds.Columns, ds.BitsAllocated, ds.SamplesPerPixel = 64, 128, 16, 1
+    if icon:
+        item = Dataset()
+        item.Rows, item.Columns, item.BitsAllocated, item.SamplesPerPixel = 2, 2, 8, 1
+        item.PixelData = b"icon"
+        item["PixelData"].VR = "OB"
+        item.private_block(0x0011, "ICON VENDOR", create=True).add_new(0x01, "LO", "hidden")
+        ds.IconImageSequence = [item]
     if encapsulated:
         ds.PixelData = encapsulate([PIXELS[:5000], PIXELS[5000:]])
         ds["PixelData"].VR = "OB"
@@ -106,6 +116,19 @@ def test_modify_changes_the_header_and_copies_pixel_data_byte_for_byte(
     assert out.file_meta.TransferSyntaxUID == ts
     a, b = source.read_bytes(), target.read_bytes()
     assert b[pixel_offset(target) :] == a[pixel_offset(source) :]
+
+
+def test_pixel_data_inside_a_sequence_is_part_of_the_header(tmp_path: Path) -> None:
+    """An icon's Pixel Data, nested in (0088,0200), does not end the header: the icon's
+    private element goes too, and the real Pixel Data is copied raw."""
+    source = build(tmp_path / "in.dcm", ExplicitVRLittleEndian, icon=True)
+    target = tmp_path / "out.dcm"
+    apply_modify(source, SPEC, target)
+    out = dcmread(target)
+    assert out == slow_reference(source, SPEC)
+    assert out.IconImageSequence[0].PixelData == b"icon"
+    assert not any(e.tag.is_private for e in out.IconImageSequence[0])
+    assert out.PixelData == PIXELS
 
 
 def test_elements_after_pixel_data_are_copied_when_the_change_does_not_touch_them(
