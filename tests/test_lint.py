@@ -482,3 +482,20 @@ def test_a_reload_logs_the_warnings_and_applies(router: Router, tmp_path: Path) 
     make_ct(ct, size=0)
     assert storescu(d.port, [ct]).ok
     assert len(list((d.workdir / "archive").glob("*.dcm"))) == 1  # rule `all` decided
+
+
+def test_start_up_logs_the_warnings_and_serves(router: Router) -> None:
+    """`run` with warnings starts (they are logged), like a reload applies them."""
+    d = router(
+        """\
+        version: 1
+        listen: {ae_title: DICOM_ROUTER, port: {port}}
+        spool: spool
+        destinations:
+          archive: {path: "archive/{SOPInstanceUID}.dcm"}
+          unused: {path: "other/{SOPInstanceUID}.dcm"}
+        default: [store: archive]
+        """
+    )
+    d.wait_log("destinations.unused: no rule, default or fixture uses this destination")
+    assert "WARNING router.daemon: " in d.log()

@@ -218,3 +218,17 @@ def test_an_instance_without_pixel_data_is_modified(tmp_path: Path) -> None:
     target = tmp_path / "out.dcm"
     apply_modify(source, SPEC, target)
     assert dcmread(target) == slow_reference(source, SPEC)
+
+
+def test_a_broken_fragment_item_in_encapsulated_pixel_data_is_refused(tmp_path: Path) -> None:
+    """A fragment whose item tag is not (FFFE,E000) raises CannotUnderstand (0xC210)."""
+    source = build(tmp_path / "in.dcm", RLELossless, encapsulated=True)
+    data = bytearray(source.read_bytes())
+    first_item = pixel_offset(source) + 12  # after the OB element header
+    assert data[first_item : first_item + 4] == struct.pack("<HH", 0xFFFE, 0xE000)
+    data[first_item : first_item + 4] = struct.pack("<HH", 0x0008, 0x0016)
+    source.write_bytes(bytes(data))
+    target = tmp_path / "out.dcm"
+    with pytest.raises(CannotUnderstand, match=r"\(0008,0016\) in encapsulated Pixel Data"):
+        apply_modify(source, SPEC, target)
+    assert not target.exists()
