@@ -21,7 +21,7 @@ from typing import Protocol
 
 from pydicom.dataset import Dataset
 
-from router import dataset, store
+from router import dataset, modify, store
 from router.config import (
     Action,
     FilesystemDestination,
@@ -240,7 +240,7 @@ class Pipeline:
                 if isinstance(action, ModifyAction):
                     target = self._work_dir / f"{uuid.uuid4().hex}.dcm"
                     temps.append(target)
-                    dataset.apply_modify(work, action.modify, target)
+                    modify.apply_modify(work, action.modify, target)
                     work, synced = target, False
                     header = dataset.read_header(work, self._plan(loaded).keywords)
                 elif isinstance(action, StoreAction | ForwardAction) and not synced:

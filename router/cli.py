@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -21,9 +22,11 @@ from pydicom import dcmread
 from router import logs
 from router.actions import Pipeline, Received, action_names
 from router.config import Config, DicomDestination, FilesystemDestination
+from router.dataset import tag_values
 from router.errors import ActionError, ConfigError, RouterError, UsageError
 from router.fixtures import describe
 from router.loader import LoadedConfig, load
+from router.rules import also_matching, wanted_tags
 from router.sopclass import sop_class_name
 from router.spool import Spool
 
@@ -45,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-watch", action="store_true", help="reload on SIGHUP only")
     check = sub.add_parser("check", help="validate a rule file and run its fixtures")
     check.add_argument("file", type=Path)
+    check.add_argument(
+        "--strict", action="store_true", help="exit 1 on any warning too (for CI gates)"
+    )
     explain = sub.add_parser("explain", help="dry run: which rule, why, what status")
     explain.add_argument("file", type=Path)
     explain.add_argument("dicom_files", type=Path, nargs="+")
@@ -149,7 +155,9 @@ def _check(args: argparse.Namespace) -> int:
         print(f"  fixture {mark} {result.name}: {shown}")
     for failure in loaded.fixture_failures:
         print(failure, file=sys.stderr)
-    return EXIT_INVALID if loaded.fixture_failures else EXIT_OK
+    if loaded.fixture_failures or (args.strict and loaded.warnings):
+        return EXIT_INVALID
+    return EXIT_OK
 
 
 def _print_summary(cfg: Config, loaded: LoadedConfig) -> None:
@@ -198,13 +206,17 @@ def _explain(args: argparse.Namespace) -> int:
         )
         print(f"{path}: {sop_class_name(received.sop_class_uid)} {received.sop_instance_uid}")
         try:
-            decision, _ = pipeline.evaluate(loaded, received)
+            decision, header = pipeline.evaluate(loaded, received)
         except ActionError as exc:
             print(f"  status  0x{exc.status:04X} ({exc})")
             continue
         print(f"  rule    {decision.rule}")
         for reason in decision.reasons:
             print(f"  why     {reason}")
+        tags = tag_values(header, wanted_tags(loaded.config))
+        shadowed = also_matching(loaded.config, decision.rule, replace(received.facts(), tags=tags))
+        if shadowed:
+            print(f"  shadows {', '.join(shadowed)} (would also match; the first match wins)")
         print(f"  actions {', '.join(action_names(decision.actions))}")
         print(f"  status  0x{decision.status:04X}")
     return worst

@@ -114,6 +114,7 @@ class Daemon:
             loaded.version,
             extra={"event": "started", "config_version": loaded.version},
         )
+        _log_warnings(loaded)
         self.notifier.ready(f"listening on port {port}, config {loaded.version}")
 
     def _recover_spool(self, spool: Path) -> Spool:
@@ -191,6 +192,7 @@ class Daemon:
                 return True
             for key in _restart_only(old, new):
                 log.warning("%s changed: it takes effect on restart", key)
+            _log_warnings(new)
             self._loaded = new
             if self.forwarder is not None:
                 self.forwarder.update(new)
@@ -281,6 +283,12 @@ def _restart_only(old: LoadedConfig, new: LoadedConfig) -> list[str]:
     if old.spool != new.spool:
         changed.append("spool")
     return changed
+
+
+def _log_warnings(loaded: LoadedConfig) -> None:
+    """What `check` warns about: logged, never refused."""
+    for warning in loaded.warnings:
+        log.warning("%s", warning, extra={"event": "config-warning"})
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:

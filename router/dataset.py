@@ -1,4 +1,4 @@
-"""Reading what the router needs from a received file, and rewriting it for `modify`.
+"""Reading what the router needs from a received file (`modify` is in router.modify).
 
 Only the header is parsed, and only as far as the highest tag anything needs: the
 identity elements up to Series Instance UID (0020,000E) always, further only when a rule's
@@ -11,7 +11,6 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.datadict import keyword_dict
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -20,8 +19,7 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import RE_VALID_UID
 
-from router.config import ModifySpec
-from router.errors import CannotUnderstand, OutOfResources
+from router.errors import CannotUnderstand
 from router.rules import TagValues
 
 # Everything the 0xA900 check, the log and `trace` need; Series Instance UID comes last.
@@ -90,23 +88,3 @@ def tag_values(ds: Dataset, keywords: Iterable[str]) -> Mapping[str, TagValues]:
         if values is not None:
             out[keyword] = values
     return out
-
-
-def apply_modify(source: Path, spec: ModifySpec, target: Path) -> None:
-    """Write `source` with `spec`'s removals and settings applied to `target`."""
-    try:
-        ds = dcmread(source, defer_size="1 MB")
-    except Exception as exc:
-        raise CannotUnderstand(f"cannot parse the dataset to modify it: {exc}") from exc
-    for name in spec.remove:
-        if name == "private":
-            ds.remove_private_tags()
-        elif name in ds:
-            del ds[name]
-    for keyword, value in spec.set.items():
-        setattr(ds, keyword, value)
-    try:
-        ds.save_as(target, enforce_file_format=True)
-    except OSError as exc:  # the spool's disk is full or unwritable
-        target.unlink(missing_ok=True)
-        raise OutOfResources(f"cannot write the modified instance: {exc.strerror}") from exc

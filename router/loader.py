@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from router import sopclass
+from router import lint, sopclass
 from router.config import Config, FilesystemDestination, validation_context
 from router.errors import ConfigError, Located
 from router.fixtures import FixtureResult, describe, run_all
@@ -157,7 +157,7 @@ def load(path: Path, *, base_dir: Path | None = None, text: str | None = None) -
         text=text,
         version=config_version(text),
         base_dir=folder,
-        warnings=_warnings(name, root, config),
+        warnings=_warnings(name, root, config, data),
         fixtures=results,
         fixture_failures=[
             _at(
@@ -177,8 +177,10 @@ def load(path: Path, *, base_dir: Path | None = None, text: str | None = None) -
     )
 
 
-def _at(name: str, root: yaml.Node, loc: list[Any], message: str) -> Located:
-    node, _ = _walk(root, loc, point_at_key=False)
+def _at(
+    name: str, root: yaml.Node, loc: list[Any], message: str, *, point_at_key: bool = False
+) -> Located:
+    node, _ = _walk(root, loc, point_at_key=point_at_key)
     return Located(name, node.start_mark.line + 1, node.start_mark.column + 1, message)
 
 
@@ -239,7 +241,7 @@ def _message(err: Any, node: yaml.Node) -> str:
     return msg
 
 
-def _warnings(name: str, root: yaml.Node, config: Config) -> list[Located]:
+def _warnings(name: str, root: yaml.Node, config: Config, data: Any) -> list[Located]:
     """Things `check` points out without refusing the file."""
     out: list[Located] = []
     for i, rule in enumerate(config.rules):
@@ -265,4 +267,12 @@ def _warnings(name: str, root: yaml.Node, config: Config) -> list[Located]:
                     "instance goes to the same file",
                 )
             )
-    return out
+
+    def line_of(loc: lint.Loc) -> int:
+        return _at(name, root, list(loc), "").line
+
+    for finding in lint.lint(config, data, line_of):
+        out.append(
+            _at(name, root, list(finding.loc), finding.message, point_at_key=finding.point_at_key)
+        )
+    return sorted(out, key=lambda w: (w.line, w.column))

@@ -83,6 +83,15 @@ def decide(config: Config, facts: Facts) -> Decision | NeedsTags:
     return _decision("default", config.default, (*skipped, "no rule matched"))
 
 
+def also_matching(config: Config, rule: str, facts: Facts) -> list[str]:
+    """The rules after `rule` that would also match `facts` (with tags): it shadows them."""
+    names = [r.name for r in config.rules]
+    if rule not in names:
+        return []
+    later = config.rules[names.index(rule) + 1 :]
+    return [r.name for r in later if _match(r.match, facts)[0]]
+
+
 def wanted_tags(config: Config) -> frozenset[str]:
     """Every keyword a rule's `tags` reads (to convert only those from the header)."""
     out: set[str] = set()

@@ -263,12 +263,14 @@ def make_multiframe(
     study_uid: str | None = None,
     series_uid: str | None = None,
     transfer_syntax: str = ExplicitVRLittleEndian,
+    private_creator: str | None = None,
     **keywords: Any,
 ) -> UID:
     """Stream a multi-frame 16-bit instance of ~size_bytes (frames of rows x columns).
 
     Default class is Multi-frame Grayscale Word Secondary Capture; peak memory is one
     CHUNK_BYTES pattern whatever the size (up to ~4 GiB, the defined-length limit).
+    private_creator adds a private block (0009,0010) with one element, (0009,1001) LO.
     """
     ts = _check_ts(transfer_syntax)
     frame_bytes = rows * columns * 2
@@ -283,6 +285,8 @@ def make_multiframe(
     if ds.Modality == "OT":
         ds.ConversionType = "WSD"  # workstation: SC General Equipment, Type 1
     pixel_nbytes = _add_image_module(ds, rows, columns, frames)
+    if private_creator is not None:
+        ds.private_block(0x0009, private_creator, create=True).add_new(0x01, "LO", "private")
     _apply_keywords(ds, keywords)
     _write(Path(path), ds, pixel_nbytes)
     return uid

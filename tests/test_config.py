@@ -550,6 +550,7 @@ def test_config_version_changes_when_text_changes(tmp_path: Path, edit: object) 
 def test_design_example_loads(tmp_path: Path) -> None:
     """The full example rule file of design §4 loads without warnings."""
     loaded = load_text(tmp_path, DESIGN_EXAMPLE)
+    assert loaded.warnings == []
     assert [r.name for r in loaded.config.rules] == [
         "no-sr-from-ct",
         "cross-sectional-to-pacs",
