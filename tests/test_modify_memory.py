@@ -2,8 +2,8 @@
 
 A 1 GB multi-frame instance with a private block goes through `modify: {remove:
 [private], set: {InstitutionName: X}}` to a filesystem store and a queued forward to DCMTK
-storescp. No process of the daemon (main, workers, forwarder) ever holds more than 100 MiB resident, and
-both outputs equal the input except the change.
+storescp. No process of the daemon (main, workers, forwarder) ever holds more than
+100 MiB resident, and both outputs equal the input except the change.
 """
 
 from __future__ import annotations
