@@ -4,7 +4,7 @@
 
 It answers 0x0000 to every C-STORE and keeps nothing: what pynetdicom itself costs,
 without rules, header reads, fsync or logs. The store benchmark measures it beside the
-router so the router's own overhead shows. With `--netlayer DIR`, router/netlayer.py's
+router so the router's own overhead shows. With `--netlayer DIR`, router/netlayer's
 changes are installed first (received files go to DIR and are removed after the answer):
 the gain of those changes alone.
 """

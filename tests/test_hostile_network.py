@@ -1,4 +1,4 @@
-"""Hostile peers at the upper layer: every limit of router/netlayer.py, pushed over a real socket.
+"""Hostile peers at the upper layer: every limit of router/netlayer, pushed over a real socket.
 
 Each test sends bytes no well-behaved peer would to a real `dicom-router run` and checks
 the outcome: an A-ABORT or A-ASSOCIATE-RJ, memory, files left, CPU, time; and that the

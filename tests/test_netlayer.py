@@ -1,4 +1,4 @@
-"""router/netlayer.py: pinned to the pynetdicom it was written for, byte-identical on the wire."""
+"""router/netlayer: pinned to the pynetdicom it was written for, byte-identical on the wire."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def upstream(qualified: str) -> Any:
 
 
 def test_installed_pynetdicom_is_the_version_the_changes_were_written_for() -> None:
-    """An upgrade of pynetdicom must be a deliberate review of router/netlayer.py."""
+    """An upgrade of pynetdicom must be a deliberate review of router/netlayer."""
     assert pynetdicom.__version__ == netlayer.PYNETDICOM_VERSION
 
 

@@ -1,4 +1,4 @@
-"""A pytest plugin that runs pynetdicom's own tests with router/netlayer.py installed.
+"""A pytest plugin that runs pynetdicom's own tests with router/netlayer installed.
 
     make pynetdicom-tests
 

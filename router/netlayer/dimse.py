@@ -1,0 +1,301 @@
+"""The DIMSE provider with bounded, file-backed decoding and a packed C-STORE-RSP.
+
+Changes 4 and 5 of router.netlayer (see its docstring).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import queue
+import struct
+import threading
+from io import BytesIO
+from pathlib import Path
+from typing import Any, cast
+
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT
+from pynetdicom.dsutils import decode
+from pynetdicom.pdu_primitives import P_DATA
+
+from router.netlayer import limits
+from router.netlayer.dul import KickQueue
+
+# --------------------------------------------------------------------------- DIMSE
+
+_META_PREFIX = b"\0" * 128 + b"DICM"
+
+
+def _ui(tag: int, value: str, explicit: bool) -> bytes:
+    raw = value.encode("ascii")
+    if len(raw) % 2:
+        raw += b"\0"
+    group, elem = tag >> 16, tag & 0xFFFF
+    if explicit:
+        return struct.pack("<HH2sH", group, elem, b"UI", len(raw)) + raw
+    return struct.pack("<HHL", group, elem, len(raw)) + raw
+
+
+def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
+    """Preamble, prefix and group 2 as pydicom writes pynetdicom's `create_file_meta`."""
+    version = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
+    if len(version) % 2:
+        version += b" "
+    body = b"".join(
+        (
+            struct.pack("<HH2sHL", 2, 1, b"OB", 0, 2) + b"\0\x01",
+            _ui(0x00020002, sop_class, True),
+            _ui(0x00020003, sop_instance, True),
+            _ui(0x00020010, transfer_syntax, True),
+            _ui(0x00020012, PYNETDICOM_IMPLEMENTATION_UID, True),
+            struct.pack("<HH2sH", 2, 0x13, b"SH", len(version)) + version,
+        )
+    )
+    return _META_PREFIX + struct.pack("<HH2sHL", 2, 0, b"UL", 4, len(body)) + body
+
+
+def store_rsp_command(sop_class: str, message_id: int, status: int, sop_instance: str) -> bytes:
+    """A C-STORE-RSP command set (Implicit VR LE), as `primitive_to_message` encodes it."""
+    body = b"".join(
+        (
+            _ui(0x00000002, sop_class, False),
+            struct.pack("<HHLH", 0, 0x0100, 2, 0x8001),
+            struct.pack("<HHLH", 0, 0x0120, 2, message_id),
+            struct.pack("<HHLH", 0, 0x0800, 2, 0x0101),
+            struct.pack("<HHLH", 0, 0x0900, 2, status),
+            _ui(0x00001000, sop_instance, False),
+        )
+    )
+    return struct.pack("<HHLL", 0, 0, 4, len(body)) + body
+
+
+def _check_command_structure(data: bytearray) -> None:
+    """Group 0000 elements whose lengths stay inside the command set (pydicom would warn)."""
+    offset = 0
+    while offset < len(data):
+        if offset + 8 > len(data):
+            raise limits.ProtocolError("truncated command set")
+        group, _element, length = struct.unpack_from("<HHL", data, offset)
+        if group != 0 or offset + 8 + length > len(data):
+            raise limits.ProtocolError("malformed command set")
+        offset += 8 + length
+
+
+class _Received:
+    """A received dataset's file, as pynetdicom's SCP expects it (`close()`, `name`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.name = str(path)
+
+    def close(self) -> None:
+        """Nothing to close: the file was closed when its last fragment arrived."""
+
+
+class RouterDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider with bounded, file-backed decoding (changes 4 and 5)."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        self.msg_queue = KickQueue(self._kick)
+        self._command = bytearray()
+        self._pending: DIMSEMessage | None = None  # command decoded, dataset arriving
+        self._memory: BytesIO | None = None
+        self._fd = -1
+        self._path: Path | None = None
+        self._error: str | None = None
+        self._broken = False
+        self._lock = threading.Lock()
+
+    def _kick(self) -> None:
+        kick = getattr(self.assoc, "kick", None)
+        if kick is not None:
+            kick()
+
+    # -- receiving
+
+    def receive_primitive(self, primitive: Any) -> None:
+        """Decode one P-DATA's PDVs; abort the association on a protocol violation."""
+        if self._broken:
+            return
+        try:
+            for context_id, data in primitive.presentation_data_value_list:
+                self._pdv(context_id, data)
+        except limits.ProtocolError as exc:
+            self._broken = True
+            self.discard_partial()
+            limits.warn(self.assoc, "association with %s aborted: %s", exc)
+            self.dul.event_queue.put("Evt19")  # AA-8: A-ABORT to the peer, then close
+
+    def _pdv(self, context_id: int, data: bytes | memoryview) -> None:
+        if len(data) < 1:
+            raise limits.ProtocolError("empty PDV")
+        control = data[0]
+        if control & 1:
+            if self._pending is not None:
+                raise limits.ProtocolError("command fragment inside a dataset")
+            self._command += data[1:]
+            if len(self._command) > limits.MAX_COMMAND_SET:
+                raise limits.ProtocolError(f"command set above {limits.MAX_COMMAND_SET} bytes")
+            if control & 2:
+                self._command_done(context_id)
+            return
+        message = self._pending
+        if message is None:
+            raise limits.ProtocolError("dataset fragment before a command")
+        if context_id != message.context_id:
+            raise limits.ProtocolError("dataset fragment on another presentation context")
+        self._write(data[1:])
+        if control & 2:
+            self._finish(message)
+
+    def _command_done(self, context_id: int) -> None:
+        if context_id not in self.assoc._accepted_cx:
+            raise limits.ProtocolError(f"presentation context {context_id} was not accepted")
+        _check_command_structure(self._command)
+        try:
+            command_set = decode(BytesIO(bytes(self._command)), True, True)
+            field = int(command_set.CommandField)
+            data_type = int(command_set.CommandDataSetType)
+        except Exception as exc:
+            raise limits.ProtocolError(f"undecodable command set ({type(exc).__name__})") from exc
+        self._command = bytearray()
+        if field not in _MESSAGE_TYPES:
+            raise limits.ProtocolError(f"unknown command field 0x{field:04X}")
+        message = _MESSAGE_TYPES[field][1]()
+        message.command_set = command_set
+        message.context_id = context_id
+        if data_type == 0x0101:
+            self._finish(message)
+            return
+        self._pending = message
+        if isinstance(message, C_STORE_RQ):
+            self._open_file(message, context_id)
+        else:
+            self._memory = BytesIO()
+
+    def _open_file(self, message: DIMSEMessage, context_id: int) -> None:
+        cs = message.command_set
+        assert limits.incoming is not None, "netlayer.install() was not called"
+        try:
+            meta = file_meta(
+                str(cs.AffectedSOPClassUID),
+                str(cs.AffectedSOPInstanceUID),
+                str(self.assoc._accepted_cx[context_id].transfer_syntax[0]),
+            )
+        except Exception as exc:
+            raise limits.ProtocolError(f"unusable C-STORE-RQ command set ({exc})") from exc
+        path = limits.incoming / f"{os.getpid()}-{next(limits.counter)}.dcm"
+        with self._lock:
+            self._path = path
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+            except OSError as exc:
+                self._path = None
+                self._error = f"cannot receive into {path.parent}: {exc.strerror}"
+                return
+        self._write(meta)
+
+    def _write(self, data: bytes | memoryview) -> None:
+        if self._memory is not None:
+            if self._memory.tell() + len(data) > limits.MAX_MEMORY_DATASET:
+                raise limits.ProtocolError(
+                    f"non-storage dataset above {limits.MAX_MEMORY_DATASET} bytes"
+                )
+            self._memory.write(data)
+            return
+        if self._fd < 0:
+            return  # draining after a write error
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            self._error = f"cannot write the received dataset: {exc.strerror}"
+            if exc.errno != errno.ENOSPC:
+                limits.log.warning("%s", self._error)
+            self.discard_partial()
+
+    def _finish(self, message: DIMSEMessage) -> None:
+        received: Path | None = None
+        error = self._error
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+                received, self._path = self._path, None
+        if self._memory is not None:
+            message.data_set = self._memory
+        self._pending, self._memory, self._error = None, None, None
+        try:
+            primitive = message.message_to_primitive()
+        except Exception as exc:
+            if received is not None:
+                received.unlink(missing_ok=True)
+            raise limits.ProtocolError(f"invalid DIMSE message ({exc})") from exc
+        if isinstance(primitive, C_STORE) and isinstance(message, C_STORE_RQ):
+            primitive._dataset_path = received
+            primitive._dataset_file = _Received(received) if received else None  # type: ignore[assignment]
+            primitive.receive_error = error  # type: ignore[attr-defined]
+        evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": message})
+        context_id = cast(int, message.context_id)
+        if isinstance(primitive, C_CANCEL) and len(self.cancel_req) < 10:
+            self.cancel_req[cast(int, primitive.MessageIDBeingRespondedTo)] = primitive
+        elif isinstance(primitive, N_EVENT_REPORT) and primitive.is_valid_request:
+            threading.Thread(target=self.assoc._serve_request, args=(primitive, context_id)).start()
+        else:
+            self.msg_queue.put((context_id, primitive))  # type: ignore[arg-type]
+
+    def discard_partial(self) -> None:
+        """Close and remove a dataset file still being received."""
+        with self._lock:
+            if self._fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+                self._fd = -1
+            if self._path is not None:
+                self._path.unlink(missing_ok=True)
+                self._path = None
+
+    def discard_unserved(self) -> None:
+        """Remove the files of received C-STOREs that no handler will see."""
+        while True:
+            try:
+                _, primitive = self.msg_queue.get(block=False)
+            except queue.Empty:
+                return
+            path = getattr(primitive, "_dataset_path", None)
+            if isinstance(path, Path):
+                path.unlink(missing_ok=True)
+
+    # -- sending (change 5)
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        """Encode and send a DIMSE message; a plain C-STORE-RSP without pydicom."""
+        if (
+            isinstance(primitive, C_STORE)
+            and primitive.MessageIDBeingRespondedTo is not None
+            and primitive.AffectedSOPClassUID
+            and primitive.AffectedSOPInstanceUID
+            and primitive.Status is not None
+            and primitive.ErrorComment is None
+            and primitive.OffendingElement is None
+            and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
+        ):
+            command = store_rsp_command(
+                str(primitive.AffectedSOPClassUID),
+                int(primitive.MessageIDBeingRespondedTo),
+                int(primitive.Status),
+                str(primitive.AffectedSOPInstanceUID),
+            )
+            peer_max = self.maximum_pdu_size
+            if not peer_max or len(command) + 7 <= peer_max:
+                pdata = P_DATA()
+                pdata.presentation_data_value_list = [[context_id, b"\x03" + command]]  # type: ignore[list-item]
+                self.dul.send_pdu(pdata)
+                return
+        super().send_msg(primitive, context_id)
