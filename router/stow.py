@@ -38,6 +38,8 @@ from router.config import BasicAuth, BearerAuth, StowDestination
 from router.forward import ForwardError, PermanentError, Sent, TransientError, Unreachable
 
 log = logging.getLogger("router.forward")
+# httpx logs every request at INFO; the router logs each delivery itself.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 READ = 1024 * 1024  # bytes per read of a spooled file: the only buffer per part
 MAX_ANSWER = 16 * 1024 * 1024  # a response body larger than this is not read

@@ -91,6 +91,9 @@ class StowWorkers(DestinationWorkers):
             if isinstance(exc, ServerError) and exc.retry_after:
                 self._hold(exc.retry_after)
             results = [exc] * len(ready)
+        except PermanentError as exc:
+            self._failures = 0
+            results = [exc] * len(ready)
         else:
             self._failures = 0
         for d, result in zip(ready, results, strict=True):

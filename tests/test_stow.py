@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import subprocess
 import threading
 import time
@@ -185,6 +186,7 @@ class StowServer:
 
     script: list[Callable[[list[str]], Answer]] = field(default_factory=list)
     keep_bodies: bool = True
+    tls: ssl.SSLContext | None = None
     requests: list[Request] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -201,12 +203,14 @@ class StowServer:
 
         self.httpd = ThreadingHTTPServer((LOOPBACK, 0), Handler)
         self.port = self.httpd.server_address[1]
+        if self.tls is not None:
+            self.httpd.socket = self.tls.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}/dicom-web"
+        return f"{'https' if self.tls else 'http'}://{LOOPBACK}:{self.port}/dicom-web"
 
     def handle(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers["Content-Length"])
@@ -222,9 +226,10 @@ class StowServer:
             left = length
             while left:
                 left -= len(h.rfile.read(min(left, 1 << 20)))
-            parts, uids = [], ["?"]
+            parts, uids = [], []  # answered by a 200 without lists: "all stored"
         self.requests.append(Request(h.path, dict(h.headers), parts, time.monotonic(), length))
-        status, headers, doc = (self.script.pop(0) if self.script else stored)(uids)
+        default = stored if self.keep_bodies else plain(200)
+        status, headers, doc = (self.script.pop(0) if self.script else default)(uids)
         data = b"" if doc is None else json.dumps(doc).encode()
         h.send_response(status)
         for k, v in {"Content-Type": "application/dicom+json", **headers}.items():
@@ -350,6 +355,71 @@ def test_a_bearer_token_file_is_read_again_when_it_changes(
     wait_until("delivered", lambda: list(states(d).values()) == ["delivered"], timeout=30)
     assert deliveries(d)[0].attempts == 1
     assert "token-1" not in d.log()
+
+
+def test_batches_stop_at_max_bytes(router: Router, stow_server: StowServer, tmp_path: Path) -> None:
+    files = make_series(tmp_path / "in", 4)  # ~513 KiB each
+    stow_server.script = [plain(429, {"Retry-After": "1"})]  # meanwhile all four queue up
+    d = router(rule_file(scripted(stow_server, batch="{max_bytes: 1.5MiB}")))
+    assert storescu(d.port, files).ok
+    wait_until("4 delivered", lambda: list(states(d).values()).count("delivered") == 4)
+    batches = [r.parts for r in stow_server.requests[1:]]
+    assert [len(b) for b in batches] == [2, 2]
+    assert all(sum(map(len, b)) <= 1.5 * 1024**2 for b in batches)
+
+
+def test_415_sends_the_batch_to_the_dead_letters(
+    router: Router, stow_server: StowServer, tmp_path: Path
+) -> None:
+    stow_server.script = [plain(415)]
+    d = router(rule_file(scripted(stow_server)))
+    assert storescu(d.port, make_series(tmp_path / "in", 1)).ok
+    wait_until("dead", lambda: list(states(d).values()) == ["dead"])
+    assert "HTTP 415 Unsupported Media Type: it takes no application/dicom" in (
+        deliveries(d)[0].last_error or ""
+    )
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> Path:
+    """A self-signed certificate for 127.0.0.1 (cert.pem, key.pem in the folder)."""
+    folder = tmp_path / "tls"
+    folder.mkdir()
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return folder
+
+
+@pytest.fixture
+def tls_server(certificate: Path) -> Iterator[StowServer]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate / "cert.pem", certificate / "key.pem")
+    server = StowServer(tls=context)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_an_unknown_server_certificate_holds_the_queue(
+    router: Router, tls_server: StowServer, tmp_path: Path
+) -> None:
+    d = router(rule_file(scripted(tls_server)))
+    assert storescu(d.port, make_series(tmp_path / "in", 1)).ok
+    d.wait_log("CERTIFICATE_VERIFY_FAILED")
+    assert queue_list(d)[1]["web"] == (1, 0) and not tls_server.requests
+
+
+def test_a_server_certificate_checked_against_ca_certificates_is_trusted(
+    router: Router, tls_server: StowServer, certificate: Path, tmp_path: Path
+) -> None:
+    d = router(rule_file(scripted(tls_server, ca_certificates=str(certificate / "cert.pem"))))
+    assert storescu(d.port, make_series(tmp_path / "in", 1)).ok
+    wait_until("delivered", lambda: list(states(d).values()) == ["delivered"])
 
 
 def _vm_hwm(pid: int) -> int:
