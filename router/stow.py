@@ -286,9 +286,15 @@ class StowSender:
 
 
 def _body(parts: list[Part], sizes: list[int], head: bytes, tail: bytes) -> Iterator[bytes]:
-    """The multipart body, read from the spooled files as it is sent."""
-    for part, size in zip(parts, sizes, strict=True):
-        yield head
+    """The multipart body, read from the spooled files as it is sent.
+
+    The small pieces (part headers, CRLFs, the closing boundary) ride on the file chunks
+    next to them: sent on their own they would be tiny writes, which Nagle's algorithm and
+    delayed ACKs can hold for 40 ms each.
+    """
+    carry = b""
+    for i, (part, size) in enumerate(zip(parts, sizes, strict=True)):
+        carry += head
         left = size
         with part.path.open("rb") as f:
             while left > 0:
@@ -296,9 +302,13 @@ def _body(parts: list[Part], sizes: list[int], head: bytes, tail: bytes) -> Iter
                 if not chunk:
                     raise OSError(f"{part.path} shrank while it was sent")
                 left -= len(chunk)
-                yield chunk
-        yield b"\r\n"
-    yield tail
+                end = b"\r\n" + (tail if i == len(parts) - 1 else b"") if left == 0 else b""
+                yield carry + chunk + end if carry or end else chunk
+                carry = b""
+        if size == 0:
+            carry += b"\r\n" + (tail if i == len(parts) - 1 else b"")
+    if carry:
+        yield carry
 
 
 def _read_bounded(response: httpx.Response) -> bytes:
