@@ -169,12 +169,16 @@ class StowSender:
         verify: ssl.SSLContext | bool = dest.verify_tls
         if dest.verify_tls and dest.ca_certificates:
             verify = ssl.create_default_context(cafile=str(base_dir / dest.ca_certificates))
-        self.client = httpx.Client(
-            verify=verify,
-            proxy=dest.proxy,
+        self._verify = verify
+        self.client = self._client()
+
+    def _client(self) -> httpx.Client:
+        return httpx.Client(
+            verify=self._verify,
+            proxy=self.dest.proxy,
             trust_env=False,  # no proxy or CA bundle from the environment: the rule file says
-            timeout=httpx.Timeout(dest.timeout, connect=dest.connect_timeout),
-            limits=httpx.Limits(max_connections=1, keepalive_expiry=dest.idle_timeout),
+            timeout=httpx.Timeout(self.dest.timeout, connect=self.dest.connect_timeout),
+            limits=httpx.Limits(max_connections=1, keepalive_expiry=self.dest.idle_timeout),
             follow_redirects=False,  # a streamed body cannot be sent twice
         )
 
@@ -280,8 +284,19 @@ class StowSender:
                 results.append(TransientError(f"{what}: not in the answer"))
         return results
 
+    def close_if_idle(self) -> None:
+        """Close the kept-alive connection after idle_timeout without work.
+
+        httpx only notices an expired connection at the next request: until then the
+        socket would stay open.
+        """
+        if self.last_used and time.monotonic() - self.last_used > self.dest.idle_timeout:
+            self.client.close()
+            self.client = self._client()
+            self.last_used = 0.0
+
     def close(self) -> None:
-        """Close the connection; httpx closes idle ones itself after idle_timeout."""
+        """Close the connection and the client."""
         self.client.close()
 
 

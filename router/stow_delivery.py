@@ -58,6 +58,7 @@ class StowWorkers(DestinationWorkers):
                     continue
                 batch = self._claim()
                 if not batch:
+                    sender.close_if_idle()
                     self._stop.wait(IDLE_POLL)
                     continue
                 try:

@@ -188,6 +188,7 @@ class StowServer:
     keep_bodies: bool = True
     tls: ssl.SSLContext | None = None
     requests: list[Request] = field(default_factory=list)
+    connections: int = 0  # open right now
 
     def __post_init__(self) -> None:
         owner = self
@@ -197,6 +198,14 @@ class StowServer:
 
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                owner.connections += 1
+
+            def finish(self) -> None:
+                owner.connections -= 1
+                super().finish()
 
             def do_POST(self) -> None:
                 owner.handle(self)
@@ -366,6 +375,16 @@ def test_batches_stop_at_max_bytes(router: Router, stow_server: StowServer, tmp_
     batches = [r.parts for r in stow_server.requests[1:]]
     assert [len(b) for b in batches] == [2, 2]
     assert all(sum(map(len, b)) <= 1.5 * 1024**2 for b in batches)
+
+
+def test_the_connection_is_kept_alive_and_closed_after_idle_timeout(
+    router: Router, stow_server: StowServer, tmp_path: Path
+) -> None:
+    d = router(rule_file(scripted(stow_server, idle_timeout="3s")))
+    assert storescu(d.port, make_series(tmp_path / "in", 1)).ok
+    wait_until("delivered", lambda: list(states(d).values()) == ["delivered"])
+    assert stow_server.connections == 1
+    wait_until("closed", lambda: stow_server.connections == 0, timeout=10)
 
 
 def test_415_sends_the_batch_to_the_dead_letters(
