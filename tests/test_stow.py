@@ -387,6 +387,18 @@ def test_the_connection_is_kept_alive_and_closed_after_idle_timeout(
     wait_until("closed", lambda: stow_server.connections == 0, timeout=10)
 
 
+def test_403_holds_the_queue_and_says_the_credentials_may_not_store(
+    router: Router, stow_server: StowServer, tmp_path: Path
+) -> None:
+    stow_server.script = [plain(403)] * 50
+    d = router(rule_file(scripted(stow_server, auth="{type: bearer, token_file: web.token}")))
+    (d.workdir / "web.token").write_text("read-only-token\n")
+    assert storescu(d.port, make_series(tmp_path / "in", 1)).ok
+    d.wait_log("HTTP 403 Forbidden: the credentials are not allowed to store (bearer token")
+    rows, summary = queue_list(d)
+    assert summary["web"] == (1, 0) and rows[0].tries == 0 and "HTTP 403" in rows[0].error
+
+
 def test_415_sends_the_batch_to_the_dead_letters(
     router: Router, stow_server: StowServer, tmp_path: Path
 ) -> None:
@@ -493,6 +505,26 @@ def test_check_shows_the_stow_destination_and_its_auth_without_secrets(tmp_path:
         " batches of 16 / 67108864 bytes)"
     ) in done.stdout
     assert "hunter2" not in done.stdout
+
+
+def test_check_warns_of_a_secret_sent_over_plain_http(tmp_path: Path) -> None:
+    done = _check(
+        tmp_path,
+        "{url: 'http://pacs.example.org/dicom-web', auth: {type: basic, username: u,"
+        " password_env: PW}}",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "basic auth over plain http sends the secret unencrypted: use https" in done.stdout
+
+
+def test_check_does_not_warn_of_plain_http_to_this_machine(tmp_path: Path) -> None:
+    done = _check(
+        tmp_path,
+        "{url: 'http://127.0.0.1:8042/dicom-web', auth: {type: basic, username: u,"
+        " password_env: PW}}",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stdout
 
 
 def test_sync_forwarding_to_a_stow_destination_is_refused_at_load(tmp_path: Path) -> None:
