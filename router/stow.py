@@ -166,15 +166,25 @@ class StowSender:
             self._secret = _Secret(base_dir / auth.token_file, "token file")
         elif isinstance(auth, BasicAuth) and auth.password_file:
             self._secret = _Secret(base_dir / auth.password_file, "password file")
-        verify: ssl.SSLContext | bool = dest.verify_tls
-        if dest.verify_tls and dest.ca_certificates:
-            verify = ssl.create_default_context(cafile=str(base_dir / dest.ca_certificates))
-        self._verify = verify
-        self.client = self._client()
+        self._ca = base_dir / dest.ca_certificates if dest.ca_certificates else None
+        self._http: httpx.Client | None = None
+
+    @property
+    def client(self) -> httpx.Client:
+        """The httpx client, made at first use (a bad CA file is then a send error)."""
+        if self._http is None:
+            self._http = self._client()
+        return self._http
 
     def _client(self) -> httpx.Client:
+        verify: ssl.SSLContext | bool = self.dest.verify_tls
+        if self.dest.verify_tls and self._ca is not None:
+            try:
+                verify = ssl.create_default_context(cafile=str(self._ca))
+            except (OSError, ssl.SSLError) as exc:
+                raise Unreachable(f"cannot use ca_certificates {self._ca}: {exc}") from None
         return httpx.Client(
-            verify=self._verify,
+            verify=verify,
             proxy=self.dest.proxy,
             trust_env=False,  # no proxy or CA bundle from the environment: the rule file says
             timeout=httpx.Timeout(self.dest.timeout, connect=self.dest.connect_timeout),
@@ -204,13 +214,13 @@ class StowSender:
         Raises Unreachable or TransientError when the whole batch failed alike.
         """
         boundary = uuid.uuid4().hex
-        heads = [f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()]
+        head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
         tail = f"--{boundary}--\r\n".encode()
         try:
             sizes = [p.path.stat().st_size for p in parts]
         except OSError as exc:
             raise TransientError(f"cannot read a spooled file: {exc}") from exc
-        length = sum(sizes) + len(parts) * (len(heads[0]) + 2) + len(tail)
+        length = sum(sizes) + len(parts) * (len(head) + 2) + len(tail)
         headers = {
             **self.dest.headers,
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
@@ -220,11 +230,12 @@ class StowSender:
         if (authorization := self._authorization()) is not None:
             headers["Authorization"] = authorization
         started = time.monotonic()
+        client = self.client
         try:
-            request = self.client.build_request(
-                "POST", self.endpoint, headers=headers, content=_body(parts, sizes, heads[0], tail)
+            request = client.build_request(
+                "POST", self.endpoint, headers=headers, content=_body(parts, sizes, head, tail)
             )
-            response = self.client.send(request, stream=True)
+            response = client.send(request, stream=True)
             try:
                 body = _read_bounded(response)
             finally:
@@ -291,13 +302,14 @@ class StowSender:
         socket would stay open.
         """
         if self.last_used and time.monotonic() - self.last_used > self.dest.idle_timeout:
-            self.client.close()
-            self.client = self._client()
+            self.close()
             self.last_used = 0.0
 
     def close(self) -> None:
-        """Close the connection and the client."""
-        self.client.close()
+        """Close the connection and the client (a new one is made when needed)."""
+        if self._http is not None:
+            self._http.close()
+            self._http = None
 
 
 def _body(parts: list[Part], sizes: list[int], head: bytes, tail: bytes) -> Iterator[bytes]:

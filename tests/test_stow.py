@@ -453,6 +453,15 @@ def test_a_server_certificate_checked_against_ca_certificates_is_trusted(
     wait_until("delivered", lambda: list(states(d).values()) == ["delivered"])
 
 
+def test_an_unreadable_ca_file_holds_the_queue_and_says_so(
+    router: Router, tls_server: StowServer, tmp_path: Path
+) -> None:
+    d = router(rule_file(scripted(tls_server, ca_certificates="missing-ca.pem")))
+    assert storescu(d.port, make_series(tmp_path / "in", 1)).ok
+    d.wait_log("unreachable (cannot use ca_certificates")
+    assert queue_list(d)[1]["web"] == (1, 0)
+
+
 def _vm_hwm(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     m = re.search(r"VmHWM:\s+(\d+) kB", status)
