@@ -82,15 +82,22 @@ class StowWorkers(DestinationWorkers):
             return
         try:
             results = sender.send([Part(d.path, d.sop_instance_uid) for d in ready])
+        except Throttled as exc:
+            if exc.retry_after is None:
+                self._postpone(ready, str(exc))
+                return
+            self._failures = 0
+            until = self._hold(exc.retry_after, str(exc))
+            for d in ready:  # not counted: the instances were not the problem
+                self.spool.retry_later(d.id, until, None, str(exc), count=False)
+            return
         except Unreachable as exc:
-            if isinstance(exc, Throttled) and exc.retry_after:
-                self._hold(exc.retry_after)
             self._postpone(ready, str(exc))
             return
         except TransientError as exc:
             self._failures = 0  # it answered, or the transfer started: not unreachable
             if isinstance(exc, ServerError) and exc.retry_after:
-                self._hold(exc.retry_after)
+                self._hold(exc.retry_after, str(exc))
             results = [exc] * len(ready)
         except PermanentError as exc:
             self._failures = 0
@@ -100,16 +107,19 @@ class StowWorkers(DestinationWorkers):
         for d, result in zip(ready, results, strict=True):
             self._settle(d, result)
 
-    def _hold(self, seconds: float) -> None:
-        """Send nothing to this destination for `seconds` (its Retry-After)."""
+    def _hold(self, seconds: float, why: str) -> float:
+        """Send nothing to this destination for `seconds` (its Retry-After); until when."""
         with self._lock:
             self._blocked_until = max(self._blocked_until, time.time() + seconds)
+            until = self._blocked_until
         log.warning(
-            "destination %s asks for a pause: next try in %.1f s",
+            "destination %s asks for a pause (%s): next try in %.1f s",
             self.name,
+            why,
             seconds,
             extra={"event": "retry_after", "destination": self.name},
         )
+        return until
 
     def _settle(self, d: Delivery, result: Result) -> None:
         if isinstance(result, PermanentError):

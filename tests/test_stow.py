@@ -334,7 +334,8 @@ def test_429_holds_the_destination_for_its_retry_after_without_counting_attempts
     first, second = stow_server.requests
     assert second.at - first.at >= 2.0
     assert deliveries(d)[0].attempts == 1
-    d.wait_log("destination web asks for a pause: next try in 2.0 s")
+    d.wait_log("destination web asks for a pause (HTTP 429 Too Many Requests): next try in 2.0 s")
+    assert "unreachable" not in d.log()
 
 
 def test_5xx_is_retried_and_counted(
