@@ -48,6 +48,7 @@ def rule_file(stow: str, *, extra_dest: str = "", default: str = "[forward: web]
 
 
 def orthanc_dest(orthanc: DicomWebOrthanc, **extra: str) -> str:
+    """The Orthanc's DICOMweb root as a destination, password from web.pw."""
     fields = {
         "url": orthanc.stow_url,
         "auth": "{type: basic, username: router, password_file: web.pw}",
@@ -74,6 +75,7 @@ def web_orthanc(tmp_path: Path) -> Iterator[DicomWebOrthanc]:
 
 
 def start_router(router: Router, tmp_path: Path, config: str, password: str) -> RouterDaemon:
+    """The router fixture's first daemon, with `password` in its web.pw."""
     d_dir = tmp_path / "router0"
     d_dir.mkdir(parents=True, exist_ok=True)
     (d_dir / "web.pw").write_text(password + "\n")
@@ -282,6 +284,7 @@ def stow_server() -> Iterator[StowServer]:
 
 
 def scripted(server: StowServer, **extra: str) -> str:
+    """The scripted server as a destination; `extra` values are YAML text."""
     fields = {"url": server.url, "retry": FAST_RETRY, **extra}
     return "{" + ", ".join(f"{k}: {v}" for k, v in fields.items()) + "}"
 
