@@ -21,7 +21,7 @@ from pydicom import dcmread
 
 from router import logs
 from router.actions import Pipeline, Received, action_names
-from router.config import Config, DicomDestination, FilesystemDestination
+from router.config import Config, DicomDestination, FilesystemDestination, StowDestination
 from router.dataset import tag_values
 from router.errors import ActionError, ConfigError, RouterError, UsageError
 from router.fixtures import describe
@@ -171,6 +171,8 @@ def _print_summary(cfg: Config, loaded: LoadedConfig) -> None:
             print(f"  dest      {name}: DICOM {dest.ae_title}@{dest.host}:{dest.port}")
         elif isinstance(dest, FilesystemDestination):
             print(f"  dest      {name}: folder {loaded.resolve(dest.path)}")
+        elif isinstance(dest, StowDestination):
+            print(f"  dest      {name}: {dest.describe()}")
     for i, rule in enumerate(cfg.rules, 1):
         print(
             f"  rule {i:<4} {rule.name}: "

@@ -161,6 +161,105 @@ class DicomDestination(Strict):
     max_pdu: int = Field(262144, ge=0)
 
 
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_OURS = {"authorization", "content-type", "content-length", "transfer-encoding", "accept", "host"}
+
+
+def _url(value: str) -> str:
+    m = re.fullmatch(r"(https?)://([^/?#\s]+)(/[^?#\s]*)?", value.strip())
+    if not m:
+        raise ValueError(
+            f"{value!r} is not a DICOMweb root: write http(s)://host[:port]/path, "
+            "e.g. https://pacs.example.org/dicom-web"
+        )
+    return value.strip().rstrip("/")
+
+
+def _headers(value: dict[str, str]) -> dict[str, str]:
+    for name in value:
+        if not _HEADER_NAME.match(name):
+            raise ValueError(f"{name!r} is not an HTTP header name")
+        if name.lower() in _OURS:
+            raise ValueError(f"the router sets the {name} header itself (auth: for credentials)")
+    return value
+
+
+class BasicAuth(Strict):
+    """HTTP basic auth; the password is read from a file or an environment variable."""
+
+    type: Literal["basic"]
+    username: str = Field(min_length=1)
+    password_file: str | None = Field(None, description="relative to the rule file's folder")
+    password_env: str | None = Field(None, description="an environment variable of the daemon")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BasicAuth:
+        if (self.password_file is None) == (self.password_env is None):
+            raise ValueError("basic auth takes exactly one of password_file, password_env")
+        return self
+
+    def describe(self) -> str:
+        """In words, without the password (logs, errors, `check`)."""
+        where = f"file {self.password_file}" if self.password_file else f"${self.password_env}"
+        return f"basic auth as {self.username!r}, password from {where}"
+
+
+class BearerAuth(Strict):
+    """`Authorization: Bearer TOKEN`; the token file is read again whenever it changes."""
+
+    type: Literal["bearer"]
+    token_file: str = Field(description="relative to the rule file's folder")
+
+    def describe(self) -> str:
+        """In words, without the token."""
+        return f"bearer token from file {self.token_file}"
+
+
+HttpAuth = Annotated[BasicAuth | BearerAuth, Field(discriminator="type")]
+
+
+class StowBatch(Strict):
+    """How many instances one STOW-RS request carries; a larger instance goes alone."""
+
+    max_instances: int = Field(16, ge=1, le=1000)
+    max_bytes: ByteSize = Field(64 * 1024**2, ge=1)
+
+
+class StowDestination(Strict):
+    """A DICOMweb STOW-RS service: instances are POSTed to `{url}/studies`."""
+
+    url: Annotated[str, AfterValidator(_url)] = Field(
+        description="the DICOMweb root, e.g. http://pacs:8042/dicom-web"
+    )
+    auth: HttpAuth | None = None
+    headers: Annotated[dict[str, str], AfterValidator(_headers)] = Field(
+        default_factory=dict, description="extra HTTP headers sent with every request"
+    )
+    verify_tls: bool = Field(True, description="check the server's certificate (https)")
+    ca_certificates: str | None = Field(None, description="CA bundle (PEM) to check it against")
+    proxy: str | None = Field(None, description="HTTP(S) proxy URL; the environment's is not used")
+    batch: StowBatch = StowBatch()
+    retry: Retry = Retry()
+    on_status: dict[StatusKey, Policy] = Field(
+        default_factory=dict,
+        description="FailureReason / WarningReason codes -> delivered|retry|dead_letter",
+    )
+    connections: int = Field(1, ge=1, le=16, description="parallel requests")
+    idle_timeout: Seconds = Field(10.0, description="close the connection after this idle time")
+    connect_timeout: Seconds = 10.0
+    timeout: Seconds = Field(120.0, gt=0, description="longest silence while sending or waiting")
+
+    def describe(self) -> str:
+        """Endpoint, auth, TLS, extra header names and batch limits; never a secret."""
+        parts = [self.auth.describe() if self.auth else "no auth"]
+        if self.url.startswith("https:"):
+            parts.append("TLS verified" if self.verify_tls else "TLS NOT verified")
+        if self.headers:
+            parts.append(f"headers {', '.join(self.headers)}")
+        parts.append(f"batches of {self.batch.max_instances} / {self.batch.max_bytes} bytes")
+        return f"STOW-RS {self.url}/studies ({'; '.join(parts)})"
+
+
 OnExists = Literal["overwrite", "keep", "rename"]
 
 
@@ -189,11 +288,15 @@ class FilesystemDestination(Strict):
 
 
 def _destination_kind(value: Any) -> str:
+    if (isinstance(value, dict) and "url" in value) or isinstance(value, StowDestination):
+        return "stow"
     return "filesystem" if isinstance(value, dict) and "path" in value else "dicom"
 
 
 Destination = Annotated[
-    Annotated[DicomDestination, Tag("dicom")] | Annotated[FilesystemDestination, Tag("filesystem")],
+    Annotated[DicomDestination, Tag("dicom")]
+    | Annotated[FilesystemDestination, Tag("filesystem")]
+    | Annotated[StowDestination, Tag("stow")],
     Discriminator(_destination_kind),
 ]
 
@@ -342,6 +445,15 @@ class ForwardSpec(Strict):
     mode: Literal["queued", "sync"] = "queued"
 
     _check_to = field_validator("to")(_ref("dicom", "DICOM destination"))
+
+    @model_validator(mode="after")
+    def _no_sync_stow(self, info: ValidationInfo) -> ForwardSpec:
+        if self.mode == "sync" and self.to in _context(info, "stow"):
+            raise ValueError(
+                f"{self.to!r} is a STOW-RS destination: forward to it with mode: queued "
+                "(sync forwarding is DICOM only)"
+            )
+        return self
 
 
 class ModifySpec(Strict):
@@ -521,13 +633,16 @@ class Config(Strict):
 
 def validation_context(data: Any) -> dict[str, Any]:
     """Names that fields refer to, taken from raw data before validation."""
-    ctx: dict[str, Any] = {"filesystem": set(), "dicom": set(), "groups": {}}
+    ctx: dict[str, Any] = {"filesystem": set(), "dicom": set(), "stow": set(), "groups": {}}
     if not isinstance(data, dict):
         return ctx
     dests = data.get("destinations")
     if isinstance(dests, dict):
         for name, body in dests.items():
-            ctx[_destination_kind(body)].add(name)
+            kind = _destination_kind(body)
+            ctx[kind].add(name)
+            if kind == "stow":  # forwarded to like a DICOM node
+                ctx["dicom"].add(name)
     groups = data.get("sop_class_groups")
     if isinstance(groups, dict):
         for name, members in groups.items():

@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 
 from router import forward, logs
 from router.actions import Received
-from router.config import DicomDestination
+from router.config import DicomDestination, StowDestination
 from router.errors import ActionError, OutOfResources
 from router.forward import PermanentError, Sender, TransientError, Unreachable
 from router.loader import LoadedConfig, load
@@ -42,7 +42,9 @@ PRUNE_AFTER = 30 * 86400  # delivered rows are kept this long for `trace`
 class DestinationWorkers:
     """The worker threads of one destination and the state they share."""
 
-    def __init__(self, name: str, dest: DicomDestination, calling_ae: str, spool: Spool) -> None:
+    def __init__(
+        self, name: str, dest: DicomDestination | StowDestination, calling_ae: str, spool: Spool
+    ) -> None:
         self.name = name
         self.dest = dest
         self.calling_ae = calling_ae
@@ -54,7 +56,9 @@ class DestinationWorkers:
         self._failures = 0
         self._threads = [
             threading.Thread(target=self._work, name=f"forward-{name}-{i}", daemon=True)
-            for i in range(dest.associations)
+            for i in range(
+                dest.associations if isinstance(dest, DicomDestination) else dest.connections
+            )
         ]
 
     def start(self) -> None:
@@ -80,6 +84,7 @@ class DestinationWorkers:
             self._inflight.difference_update(d.id for d in batch)
 
     def _work(self) -> None:
+        assert isinstance(self.dest, DicomDestination)  # StowWorkers has its own loop
         sender = Sender(self.name, self.dest, self.calling_ae)
         try:
             while not self._stop.is_set():
@@ -208,7 +213,7 @@ class Forwarder:
         wanted = {
             name: dest
             for name, dest in loaded.config.destinations.items()
-            if isinstance(dest, DicomDestination)
+            if isinstance(dest, DicomDestination | StowDestination)
         }
         for name in list(self.workers):
             current = self.workers[name]
@@ -219,7 +224,7 @@ class Forwarder:
                     log.info("destination %s removed: its queue waits until it is back", name)
         for name, dest in wanted.items():
             if name not in self.workers:
-                self.workers[name] = DestinationWorkers(name, dest, calling, self.spool)
+                self.workers[name] = _workers(name, dest, loaded, self.spool)
                 self.workers[name].start()
 
     def stop(self, timeout: float) -> None:
@@ -228,6 +233,16 @@ class Forwarder:
             workers._stop.set()
         for workers in self.workers.values():
             workers.stop(timeout)
+
+
+def _workers(
+    name: str, dest: DicomDestination | StowDestination, loaded: LoadedConfig, spool: Spool
+) -> DestinationWorkers:
+    if isinstance(dest, StowDestination):
+        from router.stow_delivery import StowWorkers  # it builds on this module
+
+        return StowWorkers(name, dest, loaded.config.listen.ae_title, loaded.base_dir, spool)
+    return DestinationWorkers(name, dest, loaded.config.listen.ae_title, spool)
 
 
 def forwarder_main(

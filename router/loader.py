@@ -17,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from router import lint, sopclass
-from router.config import Config, FilesystemDestination, validation_context
+from router.config import Config, FilesystemDestination, StowDestination, validation_context
 from router.errors import ConfigError, Located
 from router.fixtures import FixtureResult, describe, run_all
 
@@ -257,6 +257,16 @@ def _warnings(name: str, root: yaml.Node, config: Config, data: Any) -> list[Loc
                     )
                 )
     for dname, dest in config.destinations.items():
+        if isinstance(dest, StowDestination) and dest.auth and _cleartext(dest.url):
+            out.append(
+                _at(
+                    name,
+                    root,
+                    ["destinations", dname, "url"],
+                    f"destinations.{dname}.url: {dest.auth.type} auth over plain http sends "
+                    "the secret unencrypted: use https",
+                )
+            )
         if isinstance(dest, FilesystemDestination) and "{" not in dest.path:
             out.append(
                 _at(
@@ -276,3 +286,9 @@ def _warnings(name: str, root: yaml.Node, config: Config, data: Any) -> list[Loc
             _at(name, root, list(finding.loc), finding.message, point_at_key=finding.point_at_key)
         )
     return sorted(out, key=lambda w: (w.line, w.column))
+
+
+def _cleartext(url: str) -> bool:
+    """An http:// URL to anything but this machine."""
+    host = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+    return url.startswith("http:") and host not in ("localhost", "127.0.0.1", "::1")

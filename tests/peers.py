@@ -8,6 +8,7 @@ included, even when a test fails or the interpreter exits early.
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import json
 import os
@@ -38,6 +39,7 @@ __all__ = [
     "AssociationAborted",
     "AssociationFailed",
     "AssociationRejected",
+    "DicomWebOrthanc",
     "FileOutcome",
     "Orthanc",
     "Proc",
@@ -621,6 +623,55 @@ class Orthanc:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+class DicomWebOrthanc(Orthanc):
+    """Orthanc with Debian's DICOMweb plugin at /dicom-web and HTTP basic auth on.
+
+    The REST helpers log in as `user`; `stow_url` is the DICOMweb root for a router.
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        *,
+        user: str = "router",
+        password: str = "s3cret",
+        **kw: Any,
+    ) -> None:
+        """Configure (not start); kw as for Orthanc."""
+        super().__init__(workdir, **kw)
+        self.user = user
+        self.password = password
+
+    @property
+    def stow_url(self) -> str:
+        """The DICOMweb root (a STOW-RS destination's `url`)."""
+        return f"{self.url}/dicom-web"
+
+    def config_dict(self) -> dict[str, Any]:
+        """Orthanc's test config plus DICOMweb and one registered user."""
+        return {
+            **super().config_dict(),
+            "AuthenticationEnabled": True,
+            "RegisteredUsers": {self.user: self.password},
+            "Plugins": [DICOMWEB_PLUGIN],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            **self.overrides,
+        }
+
+    def _request(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        """One REST call as `user`."""
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        req = urllib.request.Request(
+            self.url + path, data=body, method=method, headers={"Authorization": f"Basic {token}"}
+        )
+        with _HTTP.open(req, timeout=30) as rsp:
+            data: bytes = rsp.read()
+            return data
 
 
 # --------------------------------------------------------------------------- DCMTK SCUs
