@@ -21,9 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from router import metrics
 from router.actions import Pipeline
 from router.delivery import ForwarderProcess, SpoolForwarding
 from router.errors import ConfigError, OutOfResources, StartupError
+from router.exporter import Exporter, ReloadStats
 from router.loader import LoadedConfig, load
 from router.reload import RuleFileWatcher
 from router.scp import StorageSCP, configure_pynetdicom, tls_context
@@ -64,6 +66,10 @@ class Daemon:
         self.failed_reloads = 0
         self.scp: StorageSCP | None = None
         self._watcher: RuleFileWatcher | None = None
+        self.exporter: Exporter | None = None
+        self.accepting = False  # read by /readyz
+        self.last_tick = time.monotonic()  # read by /healthz
+        self.reloads = ReloadStats(last_success=time.time())
 
     def current(self) -> LoadedConfig:
         """The rules in force now."""
@@ -74,6 +80,11 @@ class Daemon:
         loaded = self._loaded
         spool = loaded.spool
         spool_db = self._recover_spool(spool)
+        # Before the forwarder is spawned: it inherits PROMETHEUS_MULTIPROC_DIR (or not).
+        if loaded.config.metrics:
+            metrics.enable(spool, loaded.config)
+        else:
+            metrics.disable_children()
         # pynetdicom receives into tempfile's folder: on the spool's filesystem, a
         # received file is then linked into place, never copied.
         tempfile.tempdir = str(spool / "incoming")
@@ -87,6 +98,10 @@ class Daemon:
         self.forwarder = ForwarderProcess(spool, self._log_format, self._debug)
         self.forwarder.start(loaded)
         self.scp.start()
+        self.accepting = True
+        if loaded.config.metrics:
+            self.exporter = Exporter(loaded.config.metrics.host, loaded.config.metrics.port, self)
+            self.exporter.start()
         if self._watch:
             self._watcher = RuleFileWatcher(loaded.path, lambda: self.request("reload"))
             self._watcher.start()
@@ -150,6 +165,7 @@ class Daemon:
             if self.forwarder is not None:
                 self.forwarder.check()
             self.notifier.watchdog()
+            self.last_tick = time.monotonic()
 
     def _file_changed(self) -> bool:
         signature = _signature(self._loaded.path)
@@ -168,12 +184,14 @@ class Daemon:
             except ConfigError as exc:
                 return self._refuse(exc.problems)
             if new.fixture_failures:
-                return self._refuse(new.fixture_failures)
+                return self._refuse(new.fixture_failures, len(new.fixture_failures))
+            self.reloads.record(ok=True)
             if new.version == old.version:
                 return True
             for key in _restart_only(old, new):
                 log.warning("%s changed: it takes effect on restart", key)
             self._loaded = new
+            metrics.config_applied(new.config)  # before the forwarder gets it: see metrics.up
             if self.forwarder is not None:
                 self.forwarder.update(new)
             log.info(
@@ -189,8 +207,9 @@ class Daemon:
                 f"config {self._loaded.version}, {self.failed_reloads} failed reloads"
             )
 
-    def _refuse(self, problems: Sequence[object]) -> bool:
+    def _refuse(self, problems: Sequence[object], failed_fixtures: int = 0) -> bool:
         self.failed_reloads += 1
+        self.reloads.record(ok=False, failed_fixtures=failed_fixtures)
         for problem in problems:
             log.error("%s", problem, extra={"event": "reload-failed"})
         log.error(
@@ -204,6 +223,7 @@ class Daemon:
     def shutdown(self) -> None:
         """Stop accepting, let in-flight C-STOREs finish (bounded), then stop."""
         self.notifier.stopping()
+        self.accepting = False
         if self._watcher:
             self._watcher.stop()
         if self.scp:
@@ -216,6 +236,8 @@ class Daemon:
             log.info("stopped after %.1f s drain", time.monotonic() - start)
         if self.forwarder is not None:
             self.forwarder.stop(timeout=FORWARDER_STOP_SECONDS)
+        if self.exporter is not None:
+            self.exporter.stop()
 
 
 def _restart_only(old: LoadedConfig, new: LoadedConfig) -> list[str]:
@@ -227,6 +249,8 @@ def _restart_only(old: LoadedConfig, new: LoadedConfig) -> list[str]:
     ]
     if old.spool != new.spool:
         changed.append("spool")
+    if old.config.metrics != new.config.metrics:
+        changed.append("metrics")
     return changed
 
 

@@ -31,6 +31,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from router import metrics
 from router.actions import Pipeline, Received
 from router.config import TLS, Config, Listen
 from router.errors import StartupError
@@ -107,8 +108,20 @@ def tls_context(tls: TLS, resolve: Callable[[str], Any]) -> ssl.SSLContext:
     return ctx
 
 
+def _on_accepted(event: Event) -> None:
+    metrics.association_accepted(event.assoc, event.assoc.requestor.ae_title.strip())
+
+
+def _on_rejected(event: Event) -> None:
+    rj = event.assoc.acceptor.primitive
+    metrics.association_rejected(
+        metrics.reject_reason(rj.result_source, rj.diagnostic) if rj else "other"
+    )
+
+
 def _on_close(event: Event) -> None:
     assoc = event.assoc
+    metrics.association_closed(assoc)
     if assoc.is_released or assoc.is_rejected:
         return
     primitive = assoc.requestor.primitive
@@ -148,6 +161,8 @@ class StorageSCP:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_CONN_CLOSE, _on_close),
+            (evt.EVT_ACCEPTED, _on_accepted),
+            (evt.EVT_REJECTED, _on_rejected),
         ]
         try:
             server = self.ae.make_server(
@@ -218,6 +233,7 @@ class StorageSCP:
         if not caller_allowed(self._current(), calling, peer):
             log.warning("association from %s@%s rejected: calling AE not in callers", calling, peer)
             event.assoc.acse.send_reject(*REJECT_CALLING_AE)
+            metrics.association_rejected("callers")
             time.sleep(0.1)  # else the peer may see an abort before the reject arrives
 
     def _on_store(self, event: Event) -> Dataset:

@@ -419,3 +419,31 @@ _SELECT = (
     " d.last_status, d.last_error, o.sop_instance_uid, o.sop_class_uid, o.transfer_syntax,"
     " o.received_at FROM deliveries d JOIN objects o ON o.id = d.object_id"
 )
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """One destination's queue as a monitor sees it."""
+
+    pending: int = 0
+    dead: int = 0
+    oldest_pending: float | None = None  # received_at (epoch s) of the oldest pending
+
+
+def queue_stats(root: Path) -> dict[str, QueueStats]:
+    """Per destination: pending, dead letters, oldest pending; a short read-only look."""
+    path = root / "queue.db"
+    if not path.exists():
+        return {}
+    # Read-only and short-lived: a scrape never holds a lock the daemon or forwarder needs.
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+    try:
+        rows = conn.execute(
+            "SELECT d.destination, SUM(d.state='pending'), SUM(d.state='dead'),"
+            " MIN(CASE WHEN d.state='pending' THEN o.received_at END)"
+            " FROM deliveries d JOIN objects o ON o.id = d.object_id"
+            " WHERE d.state IN ('pending', 'dead') GROUP BY d.destination"
+        ).fetchall()
+    finally:
+        conn.close()
+    return {r[0]: QueueStats(int(r[1] or 0), int(r[2] or 0), r[3]) for r in rows}
