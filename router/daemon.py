@@ -83,6 +83,8 @@ class Daemon:
         # Before the forwarder is spawned: it inherits PROMETHEUS_MULTIPROC_DIR (or not).
         if loaded.config.metrics:
             metrics.enable(spool, loaded.config)
+            # Bound before the DICOM port: once that listens, /metrics answers too.
+            self.exporter = Exporter(loaded.config.metrics.host, loaded.config.metrics.port, self)
         else:
             metrics.disable_children()
         # pynetdicom receives into tempfile's folder: on the spool's filesystem, a
@@ -99,8 +101,7 @@ class Daemon:
         self.forwarder.start(loaded)
         self.scp.start()
         self.accepting = True
-        if loaded.config.metrics:
-            self.exporter = Exporter(loaded.config.metrics.host, loaded.config.metrics.port, self)
+        if self.exporter is not None:
             self.exporter.start()
         if self._watch:
             self._watcher = RuleFileWatcher(loaded.path, lambda: self.request("reload"))
