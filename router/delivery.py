@@ -52,6 +52,7 @@ class DestinationWorkers:
         self._inflight: set[int] = set()
         self._blocked_until = 0.0
         self._failures = 0
+        metrics.destination_started(name)
         self._threads = [
             threading.Thread(target=self._work, name=f"forward-{name}-{i}", daemon=True)
             for i in range(dest.associations)

@@ -134,7 +134,7 @@ def _spool_metrics(loaded: LoadedConfig) -> Iterable[Any]:
     )
     names = [n for n, d in loaded.config.destinations.items() if isinstance(d, DicomDestination)]
     try:
-        stats = spool_db.queue_stats(root)
+        stats = spool_db.queue_stats(root, names)
     except Exception as exc:  # a scrape reports what it can; the queue is not ours to fix
         log.warning("cannot read the queue for /metrics: %s", exc)
         stats = {}
@@ -154,9 +154,7 @@ def _spool_metrics(loaded: LoadedConfig) -> Iterable[Any]:
         ),
     }
     now = time.time()
-    # Removed destinations still holding deliveries are shown too (their names came
-    # from a config; `queue purge --all` removes them).
-    for name in dict.fromkeys([*names, *sorted(stats)]):
+    for name in names:  # a removed destination's leftovers: `dicom-router queue`
         q = stats.get(name, spool_db.QueueStats())
         families["pending"].add_metric([name], q.pending)
         families["dead"].add_metric([name], q.dead)

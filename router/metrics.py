@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 PREFIX = "dicom_router_"
 STORE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+SEND_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120)
 OTHER = "other"
 REJECT_REASONS = ("callers", "limit", "called_ae", "protocol", OTHER)
 DELIVERY_RESULTS = ("delivered", "dead_letter")
@@ -230,7 +230,6 @@ def config_applied(config: Config) -> None:
         m.retries.labels(name)
         m.unreachable.labels(name)
         m.sent_bytes.labels(name)
-        m.send_seconds.labels(name)
         m.last_delivery.labels(name).set(0)
         if name not in m.known_destinations:  # never overwrite a state seen since
             m.known_destinations.add(name)
@@ -331,6 +330,12 @@ def timer() -> Callable[[], float]:
     """A stopwatch: call the result for the seconds since."""
     start = time.perf_counter()
     return lambda: time.perf_counter() - start
+
+
+def destination_started(destination: str) -> None:
+    """The forwarder serves a destination: its histogram exists (only in that process)."""
+    if _m is not None:
+        _m.send_seconds.labels(destination)
 
 
 def delivery_sent(destination: str, path: Path, seconds: float) -> None:

@@ -430,20 +430,41 @@ class QueueStats:
     oldest_pending: float | None = None  # received_at (epoch s) of the oldest pending
 
 
-def queue_stats(root: Path) -> dict[str, QueueStats]:
-    """Per destination: pending, dead letters, oldest pending; a short read-only look."""
+def queue_stats(root: Path, destinations: Sequence[str]) -> dict[str, QueueStats]:
+    """Per destination: pending, dead letters, oldest pending; a short read-only look.
+
+    Index searches only (delivered rows, kept for `trace`, are never scanned): the cost
+    grows with the pending and dead rows of these destinations.
+    """
     path = root / "queue.db"
-    if not path.exists():
+    if not path.exists() or not destinations:
         return {}
+    marks = ",".join("?" * len(destinations))
     # Read-only and short-lived: a scrape never holds a lock the daemon or forwarder needs.
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
     try:
-        rows = conn.execute(
-            "SELECT d.destination, SUM(d.state='pending'), SUM(d.state='dead'),"
-            " MIN(CASE WHEN d.state='pending' THEN o.received_at END)"
-            " FROM deliveries d JOIN objects o ON o.id = d.object_id"
-            " WHERE d.state IN ('pending', 'dead') GROUP BY d.destination"
-        ).fetchall()
+        counts: dict[tuple[str, str], tuple[int, int]] = {
+            (r[0], r[1]): (r[2], r[3])
+            for r in conn.execute(
+                "SELECT destination, state, COUNT(*), MIN(id) FROM deliveries"
+                f" WHERE destination IN ({marks}) AND state IN ('pending', 'dead')"
+                " GROUP BY destination, state",
+                list(destinations),
+            )
+        }
+        # Ids grow with enqueue order, so the lowest pending id is the oldest instance.
+        oldest = [first for (_, state), (_, first) in counts.items() if state == "pending"]
+        received = dict(
+            conn.execute(
+                "SELECT d.id, o.received_at FROM deliveries d JOIN objects o"
+                f" ON o.id = d.object_id WHERE d.id IN ({','.join('?' * len(oldest))})",
+                oldest,
+            ).fetchall()
+        )
     finally:
         conn.close()
-    return {r[0]: QueueStats(int(r[1] or 0), int(r[2] or 0), r[3]) for r in rows}
+    out = {}
+    for name in destinations:
+        pending, first = counts.get((name, "pending"), (0, 0))
+        out[name] = QueueStats(pending, counts.get((name, "dead"), (0, 0))[0], received.get(first))
+    return out

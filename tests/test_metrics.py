@@ -130,7 +130,9 @@ def test_every_label_set_the_config_names_is_zero_at_start_up(
     assert value(s, M + "queue_pending", destination="pacs") == 0
     assert value(s, M + "queue_oldest_pending_age_seconds", destination="pacs") == 0
     assert value(s, M + "destination_up", destination="pacs") == 1
-    assert value(s, M + "delivery_duration_seconds_count", destination="pacs") == 0
+    assert wait_value(  # created by the forwarder process, once it runs
+        metrics_port, M + "delivery_duration_seconds_count", lambda v: v == 0, destination="pacs"
+    ) == 0
     assert value(s, M + "associations_active") == 0
 
 
