@@ -370,6 +370,9 @@ def test_the_dashboard_uses_only_metrics_the_router_serves(
     import re
 
     router(rule_file(metrics_port, free_port()))
+    wait_value(  # the forwarder's histogram is there once it runs
+        metrics_port, M + "delivery_duration_seconds_count", lambda v: v == 0, destination="pacs"
+    )
     served = {k[0] for k in scrape(metrics_port)}
     served |= {n.removesuffix("_bucket") for n in served}
     dashboard = json.loads((REPO / "docs" / "monitoring" / "grafana-dashboard.json").read_text())
