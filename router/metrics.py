@@ -129,6 +129,7 @@ class _Instruments:
         self.store_children: dict[tuple[str, int, str], tuple[Any, ...]] = {}
         self.open_associations: dict[int, bool] = {}
         self.known_destinations: set[str] = set()
+        self.owner = False  # the daemon: the one process that sets initial gauge values
 
     def caller(self, calling_ae: str) -> str:
         """The `callers` entry this AE title matches (as written), else 'other'."""
@@ -175,6 +176,7 @@ def enable(spool: Path, config: Config) -> None:
     os.environ[ENV] = str(folder)
     _check_multiprocess()
     _m = _Instruments()
+    _m.owner = True
     config_applied(config)
 
 
@@ -201,7 +203,10 @@ def _check_multiprocess() -> None:
 
 
 def config_applied(config: Config) -> None:
-    """Create every label set the config names, at zero, so alerts work before any event."""
+    """Create every label set the config names, at zero, so alerts work before any event.
+
+    Call it in each process that receives a config (start-up, reload); safe in any.
+    """
     m = _m
     if m is None:
         return
@@ -231,7 +236,9 @@ def config_applied(config: Config) -> None:
         m.unreachable.labels(name)
         m.sent_bytes.labels(name)
         m.last_delivery.labels(name).set(0)
-        if name not in m.known_destinations:  # never overwrite a state seen since
+        # Only the daemon, once per name: a worker started later must not overwrite
+        # a "down" the forwarder has seen since (mostrecent mode).
+        if m.owner and name not in m.known_destinations:
             m.known_destinations.add(name)
             m.up.labels(name).set(1)
 

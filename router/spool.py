@@ -6,6 +6,7 @@ Layout under the spool folder:
     objects/      one file per queued instance, however many destinations want it
     queue.db      SQLite (WAL, synchronous=FULL): objects and deliveries
     decisions.db  SQLite (WAL): one row per C-STORE, read by `trace`
+    metrics/      per-process Prometheus files when `metrics` is on (router.metrics)
 
 Durability of `enqueue()`, before the sender gets its status: the file's data is fsync'd,
 it is linked into objects/ and that folder fsync'd, then the rows are committed (FULL
