@@ -7,10 +7,12 @@ its metric files, summed by the daemon's scrape.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Callable
@@ -89,6 +91,34 @@ def test_metrics_off_when_absent_and_host_defaults_to_loopback() -> None:
     assert Config.model_validate(base).metrics is None
     on = Config.model_validate({**base, "metrics": {"port": 9110}})
     assert on.metrics is not None and on.metrics.host == "127.0.0.1"
+
+
+def test_status_labels_keep_the_set_of_codes_small() -> None:
+    from router.metrics import status_labels
+
+    assert status_labels(0x0000) == ("success", "0x0000")
+    assert status_labels(0xB007) == ("warning", "0xB007")
+    assert status_labels(0xA7FE) == ("failure", "0xA7xx")
+    assert status_labels(0xC123) == ("failure", "0xCxxx")
+    assert status_labels(0x1234) == ("failure", "other")
+
+
+def test_counts_of_worker_processes_add_up_and_survive_a_killed_worker(tmp_path: Path) -> None:
+    from tests.metrics_workers import PER_WORKER
+
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.metrics_workers", tmp_path],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    sums = json.loads(done.stdout)
+    # Two workers and the replacement of the killed one: all three counted.
+    assert sums[M + 'received_instances_total{"calling_ae": "CT*"}'] == 3 * PER_WORKER
+    assert sums[M + 'received_bytes_total{"calling_ae": "CT*"}'] == 3 * PER_WORKER * 1000
+    assert sums[M + "c_store_duration_seconds_count{}"] == 3 * PER_WORKER
+    assert sums[M + 'associations_accepted_total{"calling_ae": "CT*"}'] == 3
+    # The killed worker's open association is no longer active once it is marked dead.
+    assert sums[M + "associations_active{}"] == 0
 
 
 def test_served_text_passes_promtool_and_carries_no_uid_or_address(
@@ -366,7 +396,6 @@ def test_alert_rules_pass_promtool_and_fire_as_documented() -> None:
 def test_the_dashboard_uses_only_metrics_the_router_serves(
     router: Start, metrics_port: int
 ) -> None:
-    import json
     import re
 
     router(rule_file(metrics_port, free_port()))
