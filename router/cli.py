@@ -159,7 +159,8 @@ def _print_summary(cfg: Config, loaded: LoadedConfig) -> None:
         f"{' (TLS)' if listen.tls else ''}, spool {loaded.spool}"
     )
     if cfg.metrics:
-        where = f"http://{cfg.metrics.host}:{cfg.metrics.port}"
+        host = f"[{cfg.metrics.host}]" if ":" in cfg.metrics.host else cfg.metrics.host
+        where = f"http://{host}:{cfg.metrics.port}"
         print(f"  metrics   {where}/metrics (and /healthz, /readyz)")
     for name, dest in cfg.destinations.items():
         if isinstance(dest, DicomDestination):
