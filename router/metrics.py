@@ -11,6 +11,9 @@ Everything here is a no-op until `enable()` (daemon) or `init_process()` (a chil
 without `metrics:` in the rule file the hot path pays one global lookup. What the
 daemon alone knows (config version, reloads, queues, spool space) is read at scrape
 time by `router.exporter`, not written here.
+
+A worker process calls `init_process()` then `config_applied(config)` (and again after
+each reload it gets); its supervisor calls `process_dead(pid)` when a worker dies.
 """
 
 from __future__ import annotations
