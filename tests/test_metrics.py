@@ -205,6 +205,27 @@ def test_active_associations_count_an_open_association(
     assert wait_value(metrics_port, M + "associations_active", lambda v: v == 0) == 0
 
 
+def test_an_association_over_max_associations_is_counted_as_limit(
+    router: Start, metrics_port: int
+) -> None:
+    config = rule_file(metrics_port, free_port()).replace(
+        "port: {port}}", "port: {port}, max_associations: 1}"
+    )
+    d = router(config)
+    ae = AE(ae_title="CT_OPEN")
+    ae.add_requested_context(Verification)
+    first = ae.associate(LOOPBACK, d.port, ae_title="ROUTER")
+    try:
+        assert first.is_established
+        second = ae.associate(LOOPBACK, d.port, ae_title="ROUTER")
+        assert second.is_rejected
+    finally:
+        first.release()
+    s = scrape(metrics_port)
+    assert value(s, M + "associations_rejected_total", reason="limit") == 1
+    assert value(s, M + "associations_accepted_total", calling_ae="CT*") == 1
+
+
 def test_a_down_destination_shows_queue_depth_age_and_down(
     router: Start, tmp_path: Path, metrics_port: int
 ) -> None:
