@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -57,6 +58,7 @@ def per_c_store(calls: int) -> None:
     print(f"per C-STORE, {calls} calls, best of 3, CPU time:")
     print(f"  metrics off  {off * 1e6:6.2f} µs")
     print(f"  metrics on   {on * 1e6:6.2f} µs  (of which the file's stat {stat * 1e6:.2f} µs)")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def big_config(queued: int, metrics_port: int) -> str:
@@ -109,6 +111,7 @@ def scrape_latency(queued: int, scrapes: int) -> None:
         cpu = (_cpu_seconds(daemon.proc.pid) - cpu) / scrapes  # type: ignore[union-attr]
     finally:
         daemon.stop()
+    shutil.rmtree(base, ignore_errors=True)
     took.sort()
     q = statistics.quantiles(took, n=100)
     lines = body.count(b"\n")
