@@ -113,7 +113,7 @@ def scrape_latency(queued: int, scrapes: int) -> None:
         daemon.stop()
     shutil.rmtree(base, ignore_errors=True)
     took.sort()
-    q = statistics.quantiles(took, n=100)
+    q = statistics.quantiles(took, n=100, method="inclusive")
     lines = body.count(b"\n")
     print(
         f"/metrics with 20 destinations, 100 rules, {queued * 20} queued deliveries"
