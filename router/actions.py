@@ -21,7 +21,7 @@ from typing import Protocol
 
 from pydicom.dataset import Dataset
 
-from router import dataset, modify, store
+from router import dataset, metrics, modify, store
 from router.config import (
     Action,
     FilesystemDestination,
@@ -135,6 +135,7 @@ class Pipeline:
 
     def process(self, received: Received) -> Outcome:
         """Decide and act on one received instance; never raises."""
+        timer = metrics.c_store_started(received.path)
         loaded = self._current()  # the rules current when this C-STORE arrived
         header: Dataset | None = None
         decision: Decision | None = None
@@ -165,6 +166,7 @@ class Pipeline:
         )
         if self._journal is not None:
             self._record(received, outcome)
+        metrics.c_store_done(timer, received, outcome)
         return outcome
 
     def _record(self, received: Received, outcome: Outcome) -> None:

@@ -166,6 +166,10 @@ def _print_summary(cfg: Config, loaded: LoadedConfig) -> None:
         f"  listen    {listen.ae_title} on {listen.host}:{listen.port}"
         f"{' (TLS)' if listen.tls else ''}, spool {loaded.spool}"
     )
+    if cfg.metrics:
+        host = f"[{cfg.metrics.host}]" if ":" in cfg.metrics.host else cfg.metrics.host
+        where = f"http://{host}:{cfg.metrics.port}"
+        print(f"  metrics   {where}/metrics (and /healthz, /readyz)")
     for name, dest in cfg.destinations.items():
         if isinstance(dest, DicomDestination):
             print(f"  dest      {name}: DICOM {dest.ae_title}@{dest.host}:{dest.port}")

@@ -109,6 +109,13 @@ class Caller(Strict):
     hosts: list[IPvAnyNetwork] | None = Field(None, description="IPs or CIDRs")
 
 
+class Metrics(Strict):
+    """The Prometheus endpoint: /metrics, /healthz and /readyz on one port."""
+
+    host: str = Field("127.0.0.1", description="address to serve on; loopback by default")
+    port: int = Field(9110, ge=1, le=65535)
+
+
 # --- destinations ----------------------------------------------------------------------
 
 Policy = Literal["delivered", "retry", "dead_letter"]
@@ -609,6 +616,7 @@ class Config(Strict):
     spool: str = Field("spool", description="received instances and queues")
     spool_min_free: ByteSize = Field(2 * 1024**3, description="below it, new instances get 0xA700")
     callers: list[Caller] | None = Field(None, description="when present, only these may associate")
+    metrics: Metrics | None = Field(None, description="Prometheus /metrics; off when absent")
     destinations: dict[Name, Destination] = Field(default_factory=dict)
     sop_class_groups: dict[Name, GroupMembers] = Field(default_factory=dict)
     rules: list[Rule] = Field(default_factory=list)

@@ -21,9 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from router import metrics
 from router.actions import Pipeline
 from router.delivery import ForwarderProcess, SpoolForwarding
 from router.errors import ConfigError, OutOfResources, StartupError
+from router.exporter import Exporter, ReloadStats
 from router.journal import Journal
 from router.loader import LoadedConfig, load
 from router.reload import RuleFileWatcher
@@ -69,6 +71,10 @@ class Daemon:
         self.pool: WorkerPool | None = None
         self._reserved: socket.socket | None = None
         self._watcher: RuleFileWatcher | None = None
+        self.exporter: Exporter | None = None
+        self.accepting = False  # read by /readyz
+        self.last_tick = time.monotonic()  # read by /healthz
+        self.reloads = ReloadStats(last_success=time.time())
 
     def current(self) -> LoadedConfig:
         """The rules in force now."""
@@ -79,6 +85,14 @@ class Daemon:
         loaded = self._loaded
         spool = loaded.spool
         spool_db = self._recover_spool(spool)
+        # Before anything is spawned or forked: children inherit PROMETHEUS_MULTIPROC_DIR
+        # (or not).
+        if loaded.config.metrics:
+            metrics.enable(spool, loaded.config)
+            # Bound before the DICOM port: once that listens, /metrics answers too.
+            self.exporter = Exporter(loaded.config.metrics.host, loaded.config.metrics.port, self)
+        else:
+            metrics.disable_children()
         listen = loaded.config.listen
         tls = tls_context(listen.tls, loaded.resolve) if listen.tls else None
         self.forwarder = ForwarderProcess(spool, self._log_format, self._debug)
@@ -100,6 +114,9 @@ class Daemon:
             self.pool = WorkerPool(workers, spool, port, self._log_format, self._debug)
             self.forwarder.start(loaded)
             self.pool.start(loaded)
+        self.accepting = True
+        if self.exporter is not None:
+            self.exporter.start()
         if self._watch:
             self._watcher = RuleFileWatcher(loaded.path, lambda: self.request("reload"))
             self._watcher.start()
@@ -169,6 +186,7 @@ class Daemon:
             if self.pool is not None:
                 self.pool.check()
             self.notifier.watchdog()
+            self.last_tick = time.monotonic()
 
     def _file_changed(self) -> bool:
         signature = _signature(self._loaded.path)
@@ -187,13 +205,15 @@ class Daemon:
             except ConfigError as exc:
                 return self._refuse(exc.problems)
             if new.fixture_failures:
-                return self._refuse(new.fixture_failures)
+                return self._refuse(new.fixture_failures, len(new.fixture_failures))
+            self.reloads.record(ok=True)
             if new.version == old.version:
                 return True
             for key in _restart_only(old, new):
                 log.warning("%s changed: it takes effect on restart", key)
             _log_warnings(new)
             self._loaded = new
+            metrics.config_applied(new.config)  # before the forwarder gets it: see metrics.up
             if self.forwarder is not None:
                 self.forwarder.update(new)
             if self.pool is not None:
@@ -211,8 +231,9 @@ class Daemon:
                 f"config {self._loaded.version}, {self.failed_reloads} failed reloads"
             )
 
-    def _refuse(self, problems: Sequence[object]) -> bool:
+    def _refuse(self, problems: Sequence[object], failed_fixtures: int = 0) -> bool:
         self.failed_reloads += 1
+        self.reloads.record(ok=False, failed_fixtures=failed_fixtures)
         for problem in problems:
             log.error("%s", problem, extra={"event": "reload-failed"})
         log.error(
@@ -226,6 +247,7 @@ class Daemon:
     def shutdown(self) -> None:
         """Stop accepting, let in-flight C-STOREs finish (bounded), then stop."""
         self.notifier.stopping()
+        self.accepting = False
         if self._watcher:
             self._watcher.stop()
         if self.scp:
@@ -248,6 +270,8 @@ class Daemon:
             self.journal.stop()
         if self.forwarder is not None:
             self.forwarder.stop(timeout=FORWARDER_STOP_SECONDS)
+        if self.exporter is not None:
+            self.exporter.stop()
 
 
 def _wait_for_old_workers(spool: Path, timeout: float = 2 * DRAIN_SECONDS + 10) -> None:
@@ -282,6 +306,8 @@ def _restart_only(old: LoadedConfig, new: LoadedConfig) -> list[str]:
     ]
     if old.spool != new.spool:
         changed.append("spool")
+    if old.config.metrics != new.config.metrics:
+        changed.append("metrics")
     return changed
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from router import forward, logs
+from router import forward, logs, metrics
 from router.actions import Received
 from router.config import DicomDestination, StowDestination
 from router.errors import ActionError, OutOfResources
@@ -54,6 +54,7 @@ class DestinationWorkers:
         self._inflight: set[int] = set()
         self._blocked_until = 0.0
         self._failures = 0
+        metrics.destination_started(name)
         self._threads = [
             threading.Thread(target=self._work, name=f"forward-{name}-{i}", daemon=True)
             for i in range(
@@ -132,8 +133,10 @@ class DestinationWorkers:
         if not d.path.exists():
             self._outcome(d, "dead", None, "spooled file is missing")
             return
+        took = metrics.timer()
         try:
             sent = sender.send(d.path, d.sop_class_uid, d.transfer_syntax)
+            metrics.delivery_sent(self.name, d.path, took())
         except TransientError as exc:
             self._retry(d, exc.status, str(exc))
             return
@@ -157,6 +160,7 @@ class DestinationWorkers:
             return
         delay = forward.backoff(attempts, self.dest.retry)
         self.spool.retry_later(d.id, time.time() + delay, status, error)
+        metrics.delivery_retry(self.name)
         self._log(d, "retry", status, f"{error}; attempt {attempts}, next in {delay:.1f} s")
 
     def _outcome(self, d: Delivery, state: str, status: int | None, error: str | None) -> None:
@@ -164,11 +168,13 @@ class DestinationWorkers:
             self.spool.delivered(d.id, status or 0)
         else:
             self.spool.dead(d.id, status, error or "dead letter")
+        metrics.delivery_done(self.name, "delivered" if state == "delivered" else "dead_letter")
         self._log(d, state, status, error)
 
     def _block(self, error: str) -> float:
         """The destination is unreachable: back off as a whole; attempts are not counted."""
         self._failures += 1
+        metrics.destination_unreachable(self.name)
         delay = forward.backoff(self._failures, self.dest.retry)
         with self._lock:
             self._blocked_until = max(self._blocked_until, time.time() + delay)
@@ -252,6 +258,7 @@ def forwarder_main(
     from router.scp import configure_pynetdicom
 
     logs.setup(log_format, debug)
+    metrics.init_process()  # on when the daemon set PROMETHEUS_MULTIPROC_DIR for us
     configure_pynetdicom(Path(spool_root) / "incoming")
     stop = threading.Event()
     # SIGTERM reaches the whole cgroup under systemd: finish the instance in hand, exit.
@@ -323,6 +330,7 @@ class ForwarderProcess:
         """Restart the process if it died."""
         if self._proc is not None and not self._proc.is_alive() and self._config:
             log.error("forwarder process exited (code %s): restarting", self._proc.exitcode)
+            metrics.process_dead(self._proc.pid)
             path, text, base_dir = self._config
             self.start(load(Path(path), base_dir=Path(base_dir), text=text))
 

@@ -29,7 +29,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from router import netlayer
+from router import metrics, netlayer
 from router.actions import Outcome, Pipeline, Received
 from router.config import TLS, Config, Listen
 from router.errors import StartupError
@@ -87,8 +87,20 @@ def tls_context(tls: TLS, resolve: Callable[[str], Any]) -> ssl.SSLContext:
     return ctx
 
 
+def _on_accepted(event: Event) -> None:
+    metrics.association_accepted(event.assoc, event.assoc.requestor.ae_title.strip())
+
+
+def _on_rejected(event: Event) -> None:
+    rj = event.assoc.acceptor.primitive
+    metrics.association_rejected(
+        metrics.reject_reason(rj.result_source, rj.diagnostic) if rj else "other"
+    )
+
+
 def _log_close(event: Event) -> None:
     assoc = event.assoc
+    metrics.association_closed(assoc)
     if assoc.is_released or assoc.is_rejected or getattr(assoc, "router_logged", False):
         return  # nothing to say, or router.netlayer said it
     primitive = assoc.requestor.primitive
@@ -134,6 +146,8 @@ class StorageSCP:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_CONN_CLOSE, self._on_close),
+            (evt.EVT_ACCEPTED, _on_accepted),
+            (evt.EVT_REJECTED, _on_rejected),
         ]
         try:
             server = self.ae.make_server(
@@ -219,6 +233,7 @@ class StorageSCP:
         if not caller_allowed(self._current(), calling, peer):
             log.warning("association from %s@%s rejected: calling AE not in callers", calling, peer)
             event.assoc.acse.send_reject(*REJECT_CALLING_AE)
+            metrics.association_rejected("callers")
             time.sleep(0.1)  # else the peer may see an abort before the reject arrives
             return
         if self._budget is not None:
@@ -229,6 +244,7 @@ class StorageSCP:
                     peer,
                     self._budget.limit,
                 )
+                metrics.association_rejected("limit")
                 event.assoc.acse.send_reject(*REJECT_BUSY)
                 time.sleep(0.1)
                 return

@@ -6,6 +6,7 @@ Layout under the spool folder:
     objects/      one file per queued instance, however many destinations want it
     queue.db      SQLite (WAL, synchronous=FULL): objects and deliveries
     decisions.db  SQLite (WAL): one row per C-STORE, read by `trace`
+    metrics/      per-process Prometheus files when `metrics` is on (router.metrics)
 
 Durability of `enqueue()`, before the sender gets its status: the file's data is fsync'd,
 it is linked into objects/ and that folder fsync'd, then the rows are committed (FULL
@@ -428,3 +429,52 @@ _SELECT = (
     " d.last_status, d.last_error, o.sop_instance_uid, o.sop_class_uid, o.transfer_syntax,"
     " o.received_at FROM deliveries d JOIN objects o ON o.id = d.object_id"
 )
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """One destination's queue as a monitor sees it."""
+
+    pending: int = 0
+    dead: int = 0
+    oldest_pending: float | None = None  # received_at (epoch s) of the oldest pending
+
+
+def queue_stats(root: Path, destinations: Sequence[str]) -> dict[str, QueueStats]:
+    """Per destination: pending, dead letters, oldest pending; a short read-only look.
+
+    Index searches only (delivered rows, kept for `trace`, are never scanned): the cost
+    grows with the pending and dead rows of these destinations.
+    """
+    path = root / "queue.db"
+    if not path.exists() or not destinations:
+        return {}
+    marks = ",".join("?" * len(destinations))
+    # Read-only and short-lived: a scrape never holds a lock the daemon or forwarder needs.
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+    try:
+        counts: dict[tuple[str, str], tuple[int, int]] = {
+            (r[0], r[1]): (r[2], r[3])
+            for r in conn.execute(
+                "SELECT destination, state, COUNT(*), MIN(id) FROM deliveries"
+                f" WHERE destination IN ({marks}) AND state IN ('pending', 'dead')"
+                " GROUP BY destination, state",
+                list(destinations),
+            )
+        }
+        # Ids grow with enqueue order, so the lowest pending id is the oldest instance.
+        oldest = [first for (_, state), (_, first) in counts.items() if state == "pending"]
+        received = dict(
+            conn.execute(
+                "SELECT d.id, o.received_at FROM deliveries d JOIN objects o"
+                f" ON o.id = d.object_id WHERE d.id IN ({','.join('?' * len(oldest))})",
+                oldest,
+            ).fetchall()
+        )
+    finally:
+        conn.close()
+    out = {}
+    for name in destinations:
+        pending, first = counts.get((name, "pending"), (0, 0))
+        out[name] = QueueStats(pending, counts.get((name, "dead"), (0, 0))[0], received.get(first))
+    return out

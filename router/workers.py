@@ -34,7 +34,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from router import logs
+from router import logs, metrics
 from router.errors import StartupError
 from router.loader import LoadedConfig, load
 
@@ -182,6 +182,7 @@ class WorkerPool:
                 proc.exitcode,
                 extra={"event": "worker-restarted"},
             )
+            metrics.process_dead(proc.pid)
             for stale in (self._spool / "incoming").glob(f"{proc.pid}-*"):
                 stale.unlink(missing_ok=True)
             self.restarts += 1
@@ -228,6 +229,7 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process decides
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logs.setup(log_format, debug)
+    metrics.init_process()  # on when the main process set PROMETHEUS_MULTIPROC_DIR
     spool = Path(spool_root)
     lock = os.open(spool / "workers.lock", os.O_RDWR | os.O_CREAT, 0o640)
     fcntl.flock(lock, fcntl.LOCK_SH)
@@ -236,6 +238,7 @@ def worker_main(
     except StartupError as exc:
         conn.send(("failed", str(exc)))
         return
+    metrics.config_applied(receiver.loaded.config)
     conn.send(("listening", os.getpid()))
     while not stop.is_set() and os.getppid() == parent:
         try:
@@ -246,6 +249,7 @@ def worker_main(
             break
         if message[0] == "config":
             receiver.loaded = _load(message[1])
+            metrics.config_applied(receiver.loaded.config)
     receiver.shutdown()
 
 
