@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS   ?=
 
-.PHONY: run test lint bench setup system-deps clean
+.PHONY: run test lint bench fuzz setup system-deps clean
 
 run: setup
 	$(BIN)/dicom-router run $(ARGS)
@@ -19,6 +19,12 @@ lint: setup
 
 bench: system-deps setup
 	$(BIN)/python bench/store_throughput.py
+
+# A long fuzz campaign against a fresh daemon (docs/security.md); exits 1 on a violation.
+SEED  ?= 1
+COUNT ?= 10000
+fuzz: system-deps setup
+	$(BIN)/python -m tests.fuzz --seed $(SEED) --count $(COUNT) $(ARGS)
 
 setup: $(VENV)/.installed
 
