@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 
 from tests.daemon import RouterDaemon
 from tests.fuzz.cases import Case, contexts, make_case
+from tests.fuzz.pdus import IN_MUTATIONS, RQ_MUTATIONS
 from tests.fuzz.ul import (
     ABORT,
     ASSOCIATE_AC,
@@ -163,8 +164,6 @@ class Session:
 
 def run_rq(case: Case, session: Session) -> Result:
     """A fresh connection opened with a broken A-ASSOCIATE-RQ."""
-    from tests.fuzz.pdus import RQ_MUTATIONS
-
     result = Result(case.name, case.family, case.kind, "closed")
     conn = Connection(session.port)
     if conn.send(RQ_MUTATIONS[case.kind](case.rng)):
@@ -178,8 +177,6 @@ def run_rq(case: Case, session: Session) -> Result:
 
 def run_in(case: Case, session: Session) -> Result:
     """One broken PDU on an established association, then a C-ECHO probe."""
-    from tests.fuzz.pdus import IN_MUTATIONS
-
     result = Result(case.name, case.family, case.kind, "closed")
     conn = session.association("pdu")
     data = IN_MUTATIONS[case.kind](case.rng, session.next_id())

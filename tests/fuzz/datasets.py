@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -100,9 +101,9 @@ def bases() -> tuple[Base, ...]:
                          ("rtplan.dcm", IMPLICIT_LE)):
         found = get_testdata_file(name)
         assert found is not None, f"pydicom test file {name} missing"
-        ds = dcmread(found)
-        ds.SOPInstanceUID = PLACEHOLDER
-        sources.append((name.removesuffix(".dcm"), ds, syntax))
+        bundled = dcmread(found)
+        bundled.SOPInstanceUID = PLACEHOLDER
+        sources.append((name.removesuffix(".dcm"), bundled, syntax))
     for name, ds, syntax in sources:
         body = _encode(ds, syntax == IMPLICIT_LE)
         assert body.count(PLACEHOLDER.encode()) == 1, name
@@ -152,8 +153,6 @@ def base_index(base: Base) -> list[Element]:
 
 
 def _is_sq(tag: int) -> bool:
-    from pydicom.datadict import dictionary_VR
-
     try:
         return bool(dictionary_VR(tag) == "SQ")
     except KeyError:

@@ -12,6 +12,7 @@ import struct
 import time
 from dataclasses import dataclass
 from functools import cache
+from typing import BinaryIO, cast
 
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -134,7 +135,7 @@ def decode_command(data: bytes) -> Dataset | None:
     try:
         fp = DicomBytesIO(data)
         fp.is_little_endian, fp.is_implicit_VR = True, True
-        ds = read_dataset(fp, is_implicit_VR=True, is_little_endian=True)
+        ds = read_dataset(cast(BinaryIO, fp), is_implicit_VR=True, is_little_endian=True)
         _ = [elem.value for elem in ds]
         return ds
     except Exception:  # anything unparsable from the router is reported, not raised
