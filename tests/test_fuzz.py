@@ -11,7 +11,13 @@ import os
 
 import pytest
 
-from tests.fuzz.checks import RSS_GROWTH_LIMIT_KIB, Report, rss_growth_kib, run_campaign
+from tests.fuzz.checks import (
+    RSS_GROWTH_LIMIT_KIB,
+    Report,
+    rss_growth_kib,
+    run_campaign,
+    summary,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -23,8 +29,10 @@ CAMPAIGN_BUDGET = 45.0  # seconds for the cases alone; the test as a whole stays
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory: pytest.TempPathFactory) -> Report:
     """The campaign every test here checks, run once against a fresh daemon."""
-    return run_campaign(tmp_path_factory.mktemp("fuzz") / "router", SEED, PDUS, DATASETS,
-                        workers=8)
+    report = run_campaign(tmp_path_factory.mktemp("fuzz") / "router", SEED, PDUS, DATASETS,
+                          workers=8)
+    print(summary(report))  # shown with the first failure, or with -s
+    return report
 
 
 def examples(report: Report, violation: str) -> str:
