@@ -159,6 +159,7 @@ class Connection:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.max_pdu = 16384
         self.accepted: dict[int, str] = {}  # context ID -> transfer syntax
+        self.last_used = 0.0  # monotonic time of the last case on this association
         self._buffer = bytearray()
 
     def close(self) -> None:
