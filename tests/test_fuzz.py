@@ -13,6 +13,7 @@ import pytest
 
 from tests.fuzz.checks import (
     RSS_GROWTH_LIMIT_KIB,
+    STOP_LIMIT,
     Report,
     rss_growth_kib,
     run_campaign,
@@ -76,6 +77,12 @@ def test_the_router_closes_every_connection_the_client_gave_up(campaign: Report)
 def test_c_echo_still_works_after_the_campaign(campaign: Report) -> None:
     """DCMTK echoscu gets a C-ECHO answered once the fuzzing is over."""
     assert campaign.echo_ok, campaign.echo_output
+
+
+def test_sigterm_after_the_campaign_stops_promptly(campaign: Report) -> None:
+    """Once the fuzzing senders are gone, SIGTERM ends the daemon with exit 0 within 5 s."""
+    assert (campaign.exit_code, campaign.stop_seconds <= STOP_LIMIT) == (0, True), (
+        f"exit {campaign.exit_code} after {campaign.stop_seconds:.1f} s")
 
 
 def test_rss_stays_bounded(campaign: Report) -> None:

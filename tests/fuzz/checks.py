@@ -17,6 +17,8 @@ MiB_KIB = 1024
 # Growth of daemon + children (forwarder, resource tracker) over their idle RSS (~90 MiB):
 # a campaign without bombs peaks ~75 MiB above idle on 2 cores with 8 clients.
 RSS_GROWTH_LIMIT_KIB = 100 * MiB_KIB
+STOP_LIMIT = 5.0  # SIGTERM to exit 0 once the senders are gone (test_scp_hostile's bound)
+STOP_TIMEOUT = 8.0  # then SIGKILL: a slow stop must not cost CI its whole budget
 TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
 ACCEPTED = ("0x0000", "warning")
 
@@ -33,6 +35,8 @@ class Report:
     stray_files: list[str] = field(default_factory=list)
     tracebacks: list[str] = field(default_factory=list)
     exceptions: Counter[str] = field(default_factory=Counter)
+    stop_seconds: float = 0.0  # SIGTERM to exit
+    exit_code: int | None = None
     log_tail: str = ""
 
     @property
@@ -101,6 +105,7 @@ def run_campaign(workdir: Path, seed: int, pdus: int, datasets: int, workers: in
                  names: list[str] | None = None, progress: bool = False) -> Report:
     """Start a daemon in `workdir`, run the cases, check everything, stop it."""
     daemon = RouterDaemon(workdir, RULE_FILE).start()
+    report = Report(seed, Campaign())
     try:
         todo = names or case_names(seed, pdus, datasets)
 
@@ -109,14 +114,16 @@ def run_campaign(workdir: Path, seed: int, pdus: int, datasets: int, workers: in
                 print(f"  {done}/{len(todo)} cases", flush=True)
 
         campaign = run_cases(daemon, todo, workers, show)
-        report = Report(seed, campaign)
+        report.campaign = campaign
         accepted = {r.uid for r in campaign.results if r.outcome in ACCEPTED and r.uid}
         report.spool_leftovers = spool_leftovers(daemon, wait=3.0)
         echo = echoscu(daemon.port, timeout=20)
         report.echo_ok, report.echo_output = echo.returncode == 0, echo.stdout + echo.stderr
         report.stray_files = stray_files(daemon, accepted)
     finally:
-        daemon.stop(timeout=10)
+        start = time.monotonic()
+        report.exit_code = daemon.stop(timeout=STOP_TIMEOUT)
+        report.stop_seconds = time.monotonic() - start
     log = daemon.log()
     report.tracebacks = tracebacks(log)
     report.exceptions = exception_counts(log)
@@ -152,6 +159,8 @@ def summary(report: Report) -> str:
         f"limit idle + {RSS_GROWTH_LIMIT_KIB / 1024:.0f} MiB",
         f"daemon CPU {c.daemon_cpu_seconds:.1f} s",
         f"C-ECHO after the campaign: {'ok' if report.echo_ok else 'FAILED'}",
+        f"SIGTERM afterwards: exit {report.exit_code} after {report.stop_seconds:.1f} s "
+        f"(limit {STOP_LIMIT:.0f} s)",
         f"spool/incoming + spool/work leftovers: {len(report.spool_leftovers)}",
         f"stray or missing files in the store folder: {len(report.stray_files)}",
         f"tracebacks in the daemon's log: {len(report.tracebacks)}",
@@ -177,4 +186,5 @@ def failed(report: Report) -> bool:
         any(r.violation for r in report.results) or not report.echo_ok
         or report.spool_leftovers or report.stray_files or report.tracebacks
         or rss_growth_kib(report) > RSS_GROWTH_LIMIT_KIB
+        or report.exit_code != 0 or report.stop_seconds > STOP_LIMIT
     )
