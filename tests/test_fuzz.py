@@ -74,6 +74,12 @@ def test_the_router_closes_every_connection_the_client_gave_up(campaign: Report)
     assert campaign.violations("held-open") == [], examples(campaign, "held-open")
 
 
+def test_a_sender_that_stalls_mid_pdu_is_dropped(campaign: Report) -> None:
+    """A connection left open and silent after part of a PDU is closed by the router."""
+    assert campaign.violations("stall-not-dropped") == [], examples(
+        campaign, "stall-not-dropped")
+
+
 def test_c_echo_still_works_after_the_campaign(campaign: Report) -> None:
     """DCMTK echoscu gets a C-ECHO answered once the fuzzing is over."""
     assert campaign.echo_ok, campaign.echo_output

@@ -91,6 +91,22 @@ def reply_class(reply: Reply) -> str:
     return {"eof": "closed", "reset": "closed", "timeout": "silent"}.get(reply.kind, reply.kind)
 
 
+STALLS = ("rq-stall", "pdata-stall")
+
+
+def wait_dropped(conn: Connection) -> tuple[str, str | None]:
+    """Stay connected and silent; the router must close within network_timeout + 3 s."""
+    deadline = time.monotonic() + CLOSE_GRACE
+    outcome = ""
+    try:
+        while (reply := conn.read_pdu(max(0.0, deadline - time.monotonic()))).kind == "pdu":
+            outcome = outcome or reply_class(reply)
+        return outcome or reply_class(reply), "stall-not-dropped" if reply.kind == "timeout" \
+            else None
+    finally:
+        conn.close()
+
+
 def finish(conn: Connection) -> str | None:
     """Half-close and wait for the router to close; a violation when it does not."""
     with contextlib.suppress(OSError):
@@ -174,6 +190,10 @@ def run_rq(case: Case, session: Session) -> Result:
     """A fresh connection opened with a broken A-ASSOCIATE-RQ."""
     result = Result(case.name, case.family, case.kind, "closed")
     conn = Connection(session.port)
+    if case.kind in STALLS:
+        conn.send(RQ_MUTATIONS[case.kind](case.rng))
+        result.outcome, result.violation = wait_dropped(conn)
+        return result
     if conn.send(RQ_MUTATIONS[case.kind](case.rng)):
         reply = conn.read_pdu(ANSWER)
         result.outcome = reply_class(reply)
@@ -190,6 +210,10 @@ def run_in(case: Case, session: Session) -> Result:
     data = IN_MUTATIONS[case.kind](case.rng, session.next_id())
     probe = session.next_id()
     conn.send(data)
+    if case.kind in STALLS:
+        session.conns.pop("pdu")
+        result.outcome, result.violation = wait_dropped(conn)
+        return result
     conn.send(pdu(0x04, pdv(1, 0x03, echo_rq(probe))))
     while True:
         answer = conn.read_command(ANSWER)

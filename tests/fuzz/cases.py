@@ -22,11 +22,13 @@ from tests.fuzz.datasets import (
 from tests.fuzz.oracle import DEFLATED_LE, invalid_reason
 from tests.fuzz.pdus import IN_MUTATIONS, RQ_MUTATIONS
 
-# Relative weights; the rest weigh 1. Valid controls prove the harness can succeed;
-# deep nesting is costly (for sender and router), so rarer. A deflate bomb costs ~1 s
-# of CPU on each side: not drawn, but every BOMB_EVERY-th dataset case (1 in CI).
+# Relative weights; the rest weigh 1. Valid controls prove the harness can succeed.
+# Deep nesting and stalls (a client waits up to network_timeout) are costly, so rarer.
+# A deflate bomb costs ~1 s of CPU on each side: not drawn, but every BOMB_EVERY-th
+# dataset case (1 in CI).
 WEIGHTS = {"rq-valid": 0.3, "pdata-valid": 0.3, "valid": 1.5, "deflate-valid": 0.5,
-           "deflate-bomb": 0.0, "deep-nesting": 0.3, "deep-nesting-unclosed": 0.3}
+           "deflate-bomb": 0.0, "deep-nesting": 0.3, "deep-nesting-unclosed": 0.3,
+           "rq-stall": 0.5, "pdata-stall": 0.5}
 BOMB_EVERY = 1000
 PDU_KINDS = [*RQ_MUTATIONS, *IN_MUTATIONS]
 DATASET_KINDS = [*MUTATIONS, *DEFLATE_KINDS]

@@ -221,6 +221,8 @@ RQ_MUTATIONS: dict[str, RqMutation] = {
     "rq-long-uid": rq_long_uid,
     "rq-garbage": lambda rng: rng.randbytes(rng.randrange(1, 512)),
     "rq-trailing-garbage": lambda rng: valid_rq() + rng.randbytes(rng.randrange(1, 64)),
+    # Then the client stays connected and silent: the router must drop it on its own.
+    "rq-stall": lambda rng: valid_rq()[: rng.randrange(0, len(valid_rq()))],
 }
 
 
@@ -348,4 +350,6 @@ IN_MUTATIONS: dict[str, InMutation] = {
     "release-mutated": release_mutated,
     "abort-mutated": abort_mutated,
     "garbage": lambda rng, mid: rng.randbytes(rng.randrange(1, 1024)),
+    # Then silence, the connection kept open: the router must drop it on its own.
+    "pdata-stall": lambda rng, mid: _truncate(rng, _echo_pdu(mid)),
 }
