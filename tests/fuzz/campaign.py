@@ -1,9 +1,11 @@
 """Run fuzz cases against a real `dicom-router run` and check what it must never do.
 
-Several client threads share the cases. Each keeps one association open across cases
-while it survives, and opens a fresh connection for every A-ASSOCIATE-RQ case. When the
-router stops answering a case, the client half-closes (the router sees EOF, as from a
-sender that gave up) and the router must then close the connection.
+Client threads share the cases: a quarter take the dataset cases, the rest the PDU
+cases. A client keeps its association across cases while it survives (replacing one
+left idle too long), opens a fresh connection for every A-ASSOCIATE-RQ case, and a fresh
+association for every deflate bomb. When the router stops answering a case, the client
+half-closes (the router sees EOF, as from a sender that gave up) and the router must
+then close the connection; a stall case instead stays connected and silent.
 """
 
 from __future__ import annotations
