@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS   ?=
 
-.PHONY: run test lint bench pynetdicom-tests setup system-deps clean
+.PHONY: run test lint bench fuzz pynetdicom-tests setup system-deps clean
 
 run: setup
 	$(BIN)/dicom-router run $(ARGS)
@@ -26,6 +26,12 @@ pynetdicom-tests: setup
 	cd /tmp && for t in $(UPSTREAM_TESTS); do \
 		PYTHONPATH=$(CURDIR) $(CURDIR)/$(BIN)/python -m pytest -q -c /dev/null -p tests.upstream_plugin \
 			--pyargs pynetdicom.tests.$$t -p no:cacheprovider || exit 1; done
+
+# A long fuzz campaign against a fresh daemon (docs/security.md); exits 1 on a violation.
+SEED  ?= 1
+COUNT ?= 10000
+fuzz: system-deps setup
+	$(BIN)/python -m tests.fuzz --seed $(SEED) --count $(COUNT) $(ARGS)
 
 setup: $(VENV)/.installed
 
