@@ -190,7 +190,7 @@ class Pipeline:
     def evaluate(self, loaded: LoadedConfig, received: Received) -> tuple[Decision, Dataset]:
         """Read the header as far as needed, check its SOP class, and decide."""
         plan = self._plan(loaded)
-        header = dataset.read_header(received.path, plan.keywords)
+        header = dataset.read_received(received.path, plan.keywords)  # walks it first
         dataset.check_identity(header, received.sop_instance_uid)
         found = str(header.SOPClassUID)
         if found != received.sop_class_uid:
