@@ -246,7 +246,13 @@ class Pipeline:
                 if isinstance(action, StoreAction):
                     base, template, on_exists = self._plan(loaded).templates[action.store.to]
                     target = store.target_path(base, template, _lookup(header))
-                    store.place(work, target, action.store.on_exists or on_exists, synced=True)
+                    store.place(
+                        work,
+                        target,
+                        action.store.on_exists or on_exists,
+                        synced=True,
+                        journal=self._work_dir.parent / store.JOURNAL,
+                    )
                 elif isinstance(action, ForwardAction):
                     if self._forwarding is None:
                         raise ActionError("forwarding is not running", status=0xA700)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 from pydicom import dcmread
@@ -22,6 +23,7 @@ from tests.dicomgen import make_ct, make_instance
 
 MiB = 1024 * 1024
 UNDEFINED = 0xFFFFFFFF
+Builder = Callable[[Path], Path]
 
 
 def _explicit(tag: int, vr: bytes, value: bytes) -> bytes:
@@ -42,6 +44,13 @@ def _header(path: Path, **keywords: str) -> tuple[bytes, bytes]:
     meta = read_file_meta_info(path)
     offset = 132 + 12 + int(meta.FileMetaInformationGroupLength)
     return raw[:offset], raw[offset:]
+
+
+def appended(path: Path, raw: bytes) -> Path:
+    """A valid CT header without pixel data, then `raw` bytes."""
+    meta, body = _header(path)
+    path.write_bytes(meta + body + raw)
+    return path
 
 
 def truncated_pixel_data(path: Path) -> Path:
