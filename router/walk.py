@@ -236,20 +236,26 @@ class _Walker:
                 vr = s.buf[i + 4 : i + 6]
                 if vr in LONG_VRS:
                     (length,) = self.u32.unpack_from(s.buf, s.take(4))
-                elif vr in SHORT_VRS:
+                elif vr in SHORT_VRS or b"AA" <= vr <= b"ZZ":
+                    # pydicom reads a VR it does not know with a 2-byte length
                     (length,) = self.u16.unpack_from(s.buf, i + 6)
                 else:
-                    raise InvalidStructure(f"unknown VR {vr!r} of {_t(tag)} at {at}")
+                    # Not a VR: as pydicom does, an implicit element amid explicit ones
+                    # (some writers switch inside sequences).
+                    vr = b""
+                    (length,) = self.u32.unpack_from(s.buf, i + 4)
             if vr == b"SQ":
                 self.sequence(length, depth + 1, implicit, tag)
             elif length == UNDEFINED:
-                if vr == b"UN" or (implicit and tag != PIXEL_DATA):
+                if vr == b"UN":
                     self.sequence(length, depth + 1, True, tag)  # PS3.5 6.2.2: UN is implicit
+                elif not vr and tag != PIXEL_DATA:
+                    self.sequence(length, depth + 1, implicit, tag)
                 elif vr in (b"OB", b"OW", b""):
                     self.fragments(tag)
                 else:
                     raise InvalidStructure(f"{_t(tag)} {vr.decode()} has undefined length")
-            elif implicit and _implicit_is_sq(tag):
+            elif not vr and _implicit_is_sq(tag):
                 self.sequence(length, depth + 1, implicit, tag)
             else:
                 s.skip(length, _t(tag))
