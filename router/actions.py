@@ -195,7 +195,7 @@ class Pipeline:
     def evaluate(self, loaded: LoadedConfig, received: Received) -> tuple[Decision, Dataset]:
         """Read the header as far as needed, check its SOP class, and decide."""
         plan = self._plan(loaded)
-        header = dataset.read_header(received.path, plan.keywords)
+        header = dataset.read_received(received.path, plan.keywords)  # walks it first
         dataset.check_identity(header, received.sop_instance_uid)
         found = str(header.SOPClassUID)
         if found != received.sop_class_uid:
@@ -251,7 +251,13 @@ class Pipeline:
                 if isinstance(action, StoreAction):
                     template, on_exists = self._plan(loaded).templates[action.store.to]
                     target = template.target(_lookup(header))
-                    store.place(work, target, action.store.on_exists or on_exists, synced=True)
+                    store.place(
+                        work,
+                        target,
+                        action.store.on_exists or on_exists,
+                        synced=True,
+                        journal=self._work_dir.parent / store.JOURNAL,
+                    )
                 elif isinstance(action, ForwardAction):
                     if self._forwarding is None:
                         raise ActionError("forwarding is not running", status=0xA700)

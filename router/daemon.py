@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from router import metrics
+from router import metrics, store
 from router.actions import Pipeline
 from router.delivery import ForwarderProcess, SpoolForwarding
 from router.errors import ConfigError, OutOfResources, StartupError
@@ -149,6 +149,10 @@ class Daemon:
                 folder.mkdir(exist_ok=True)
                 for stale in folder.iterdir():  # partial receives, modify outputs
                     stale.unlink(missing_ok=True) if stale.is_file() else shutil.rmtree(stale)
+            journal = spool / store.JOURNAL
+            journal.mkdir(exist_ok=True)
+            for leftover in store.remove_leftovers(journal):
+                log.info("removed %s, left by a run killed while storing it", leftover)
             spool_db = Spool(spool)
             spool_db.collect_garbage(grace=0)  # files linked before their rows were committed
         except (OSError, OutOfResources) as exc:

@@ -2,29 +2,53 @@
 
 Only the header is parsed, and only as far as the highest tag anything needs: the
 identity elements up to Series Instance UID (0020,000E) always, further only when a rule's
-`tags` or a path template asks. Pixel data is never decoded.
+`tags` or a path template asks. Pixel data is never decoded. A received file's structure
+is walked first (`router.walk`); a deflated one's header is parsed from the walk's
+inflated head, so it is never inflated whole in memory.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
+from io import BytesIO
 from pathlib import Path
 
 from pydicom.datadict import keyword_dict
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_partial
+from pydicom.filereader import read_dataset, read_file_meta_info, read_partial
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import RE_VALID_UID
 
 from router.errors import CannotUnderstand
 from router.rules import TagValues
+from router.walk import walk
 
 # Everything the 0xA900 check, the log and `trace` need; Series Instance UID comes last.
 IDENTITY = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 PIXEL_DATA = 0x7FE00010
+
+
+def _last_tag(wanted: Collection[str]) -> int:
+    return min(max(keyword_dict[k] for k in wanted), PIXEL_DATA - 1)
+
+
+def read_received(path: Path, keywords: Collection[str] = ()) -> Dataset:
+    """Walk a received file's structure (InvalidStructure, InflateLimit), then read its header."""
+    last = _last_tag({*IDENTITY, *keywords})
+    walked = walk(path, keep_until=last)
+    if walked.head is None:
+        return read_header(path, keywords)
+    return _parse(lambda: _read_head(path, walked.head or b"", last), {*IDENTITY, *keywords})
+
+
+def _read_head(path: Path, head: bytes, last: int) -> Dataset:
+    # Deflated: pydicom would inflate the whole dataset in memory; parse the walk's head.
+    ds = read_dataset(BytesIO(head), False, True, stop_when=lambda tag, vr, length: int(tag) > last)
+    ds.file_meta = read_file_meta_info(path)
+    return ds
 
 
 def read_header(path: Path, keywords: Collection[str] = ()) -> Dataset:
@@ -34,17 +58,24 @@ def read_header(path: Path, keywords: Collection[str] = ()) -> Dataset:
     element we need raises CannotUnderstand here and one we do not need costs nothing.
     """
     wanted = {*IDENTITY, *keywords}
-    last = min(max(keyword_dict[k] for k in wanted), PIXEL_DATA - 1)
+    last = _last_tag(wanted)
 
     def stop(tag: BaseTag, vr: str | None, length: int) -> bool:
         return int(tag) > last
 
-    try:
+    def read() -> Dataset:
         with path.open("rb") as fp:
-            ds = read_partial(fp, stop_when=stop, defer_size=4096)
-            for keyword in wanted:
-                if keyword in ds:
-                    _ = ds[keyword].value
+            return read_partial(fp, stop_when=stop, defer_size=4096)
+
+    return _parse(read, wanted)
+
+
+def _parse(read: Callable[[], Dataset], wanted: Collection[str]) -> Dataset:
+    try:
+        ds = read()
+        for keyword in wanted:
+            if keyword in ds:
+                _ = ds[keyword].value
     except Exception as exc:  # pydicom raises many types for a corrupt stream
         raise CannotUnderstand(f"cannot parse the dataset: {exc}") from exc
     return ds

@@ -70,3 +70,13 @@ class CannotUnderstand(ActionError):
     """A rule needs tags and the dataset cannot be parsed: 0xC210."""
 
     status = 0xC210
+
+
+class InvalidStructure(CannotUnderstand):
+    """The dataset's structure is broken (lengths, delimiters, tag order): 0xC210."""
+
+
+class InflateLimit(CannotUnderstand):
+    """A deflated dataset inflates past the router's bound (a decompression bomb): 0xC212."""
+
+    status = 0xC212

@@ -3,6 +3,7 @@
 Layout under the spool folder:
     incoming/     partial receives (pynetdicom's temporary files); cleared at start-up
     work/         `modify` outputs while a C-STORE is handled; cleared at start-up
+    placing/      links to store destinations' temporary names; removed at start-up
     objects/      one file per queued instance, however many destinations want it
     queue.db      SQLite (WAL, synchronous=FULL): objects and deliveries
     decisions.db  SQLite (WAL): one row per C-STORE, read by `trace`
@@ -138,6 +139,9 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
+IDLE_CONNECTIONS = 4  # per database: enough for the SCP's and the forwarder's threads
+
+
 class Spool:
     """The spool folder and its two databases; one per process, thread-safe."""
 
@@ -145,7 +149,9 @@ class Spool:
         self.root = root
         self._synchronous = synchronous
         self.objects = root / "objects"
-        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._idle: dict[str, list[sqlite3.Connection]] = {}
+        self._closed = False
         try:
             self.objects.mkdir(parents=True, exist_ok=True)
             with self._queue() as db:
@@ -155,21 +161,46 @@ class Spool:
         except (OSError, sqlite3.Error) as exc:
             raise OutOfResources(f"spool {root} unusable: {exc}") from exc
 
-    # Each thread gets its own connections: sqlite3 objects must not be shared.
+    # sqlite3 objects must not be used by two threads at once: each `with` block borrows
+    # a connection from a small pool and gives it back, so an association's thread holds
+    # none once its C-STORE is answered, and at most IDLE_CONNECTIONS wait idle per db.
     @contextmanager
     def _queue(self) -> Iterator[sqlite3.Connection]:
-        conn = getattr(self._local, "queue", None)
-        if conn is None:
-            conn = self._local.queue = _connect(self.root / "queue.db", self._synchronous)
-        yield conn
+        with self._borrow("queue.db", self._synchronous) as conn:
+            yield conn
 
     @contextmanager
     def _decisions(self) -> Iterator[sqlite3.Connection]:
-        conn = getattr(self._local, "decisions", None)
+        # A lost log line on power loss is acceptable; the queue's rows are not.
+        with self._borrow("decisions.db", "NORMAL") as conn:
+            yield conn
+
+    @contextmanager
+    def _borrow(self, name: str, synchronous: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            idle = self._idle.setdefault(name, [])
+            conn = idle.pop() if idle else None
         if conn is None:
-            # A lost log line on power loss is acceptable; the queue's rows are not.
-            conn = self._local.decisions = _connect(self.root / "decisions.db", "NORMAL")
-        yield conn
+            conn = _connect(self.root / name, synchronous)
+        try:
+            yield conn
+        finally:
+            with self._lock:
+                idle = self._idle.setdefault(name, [])
+                keep = not self._closed and len(idle) < IDLE_CONNECTIONS
+                if keep:
+                    idle.append(conn)
+            if not keep:
+                conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections; borrowed ones close when given back."""
+        with self._lock:
+            self._closed = True
+            conns = [c for idle in self._idle.values() for c in idle]
+            self._idle.clear()
+        for conn in conns:
+            conn.close()
 
     def path_of(self, object_id: str) -> Path:
         """The spooled file of an object."""

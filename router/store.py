@@ -4,6 +4,10 @@ A file is placed by linking (or copying, across filesystems) it to a temporary n
 the target folder, fsync'ing it, renaming it over the final name and fsync'ing the
 folder: a reader or a crash sees the old file or the whole new one, never a torn one.
 Disk full, quota, read-only or permission problems become `OutOfResources` (0xA700).
+
+While a temporary name exists, a symbolic link to it sits in the spool's `placing/`
+folder (the journal): after a kill -9 or a crash, start-up removes the temporary files
+the journal names (`remove_leftovers`) without walking the archive tree.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from router.errors import ActionError, OutOfResources
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
 _MAX_COMPONENT = 128  # bytes; leaves room below NAME_MAX (255) for suffixes
+JOURNAL = "placing"  # the spool's folder of notes on temporary names
+_TMP_NAME = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")  # what place() names its temporary files
 
 
 def sanitize(value: str | None) -> str:
@@ -117,17 +123,27 @@ def link_or_copy(source: Path, target: Path) -> None:
 
 
 def place(
-    source: Path, target: Path, on_exists: str = "overwrite", *, synced: bool = False
+    source: Path,
+    target: Path,
+    on_exists: str = "overwrite",
+    *,
+    synced: bool = False,
+    journal: Path | None = None,
 ) -> Path:
     """Durably put `source` at `target` (overwrite, keep or rename); return where it went.
 
-    `synced` says the source's data is already fsync'd (a hard link shares it).
+    `synced` says the source's data is already fsync'd (a hard link shares it); `journal`
+    is the folder where the temporary name is noted while it exists (see module doc).
     """
     try:
         _makedirs(target.parent)
         if on_exists == "keep" and target.exists():
             return target
-        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        token = uuid.uuid4().hex
+        tmp = target.parent / f".{target.name}.{token}.tmp"
+        note = journal / token if journal is not None else None
+        if note is not None:
+            os.symlink(tmp.absolute(), note)  # before the name exists: no window without a note
         try:
             link_or_copy(source, tmp)
             if not synced or not os.path.samefile(source, tmp):
@@ -139,12 +155,33 @@ def place(
                 final = target
         finally:
             tmp.unlink(missing_ok=True)
+            if note is not None:
+                note.unlink(missing_ok=True)
         fsync_dir(target.parent)
         return final
     except OSError as exc:
         # Whatever the filesystem says (full, read-only, a file where a folder should be),
         # the target cannot take the instance: 0xA700, and nothing was left half-written.
         raise OutOfResources(f"cannot write {target}: {exc.strerror or exc}") from exc
+
+
+def remove_leftovers(journal: Path) -> list[Path]:
+    """Remove the temporary files a killed run left, as noted in `journal`; return them."""
+    removed = []
+    for note in journal.iterdir():
+        try:
+            tmp = Path(os.readlink(note))
+        except OSError:  # not a note of ours (a plain file): drop it all the same
+            note.unlink(missing_ok=True)
+            continue
+        if _TMP_NAME.fullmatch(tmp.name) and tmp.name.endswith(f".{note.name}.tmp"):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except FileNotFoundError:
+                pass
+        note.unlink()
+    return removed
 
 
 def _claim(tmp: Path, target: Path) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from router.errors import OutOfResources
-from router.store import place, render, sanitize, target_path, template_root
+from router.store import place, remove_leftovers, render, sanitize, target_path, template_root
 
 TEMPLATE = "archive/{PatientID}/{StudyInstanceUID}/{SOPInstanceUID}.dcm"
 
@@ -293,3 +293,42 @@ def test_place_where_a_file_blocks_the_folder_writes_nothing(
         place(source, blocker / below)
     assert blocker.read_bytes() == b"I am a file"
     assert temp_files(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- the journal
+
+
+def test_place_with_a_journal_leaves_it_empty(tmp_path: Path, source: Path) -> None:
+    """A completed place removes its note: placing/ holds notes only while a store runs."""
+    journal = tmp_path / "placing"
+    journal.mkdir()
+    place(source, tmp_path / "out" / "a.dcm", journal=journal)
+    assert list(journal.iterdir()) == []
+    assert temp_files(tmp_path / "out") == []
+
+
+def test_remove_leftovers_removes_the_noted_temporary_file(tmp_path: Path) -> None:
+    """A note (a link named by the token) and its `.<name>.<token>.tmp` both go."""
+    journal, folder = tmp_path / "placing", tmp_path / "deep" / "archive"
+    journal.mkdir()
+    folder.mkdir(parents=True)
+    token = "0123456789abcdef0123456789abcdef"
+    leftover = folder / f".x.dcm.{token}.tmp"
+    leftover.write_bytes(b"half")
+    os.symlink(leftover, journal / token)
+    assert remove_leftovers(journal) == [leftover]
+    assert not leftover.exists() and list(journal.iterdir()) == []
+
+
+def test_remove_leftovers_never_removes_what_is_not_a_temporary_name(tmp_path: Path) -> None:
+    """A note pointing at a stored file, or at another token's name, removes only the note."""
+    journal = tmp_path / "placing"
+    journal.mkdir()
+    stored = tmp_path / "x.dcm"
+    stored.write_bytes(b"kept")
+    other = tmp_path / f".x.dcm.{'f' * 32}.tmp"
+    other.write_bytes(b"kept")
+    os.symlink(stored, journal / ("0" * 32))
+    os.symlink(other, journal / ("1" * 32))
+    assert remove_leftovers(journal) == []
+    assert stored.exists() and other.exists() and list(journal.iterdir()) == []
