@@ -1,12 +1,13 @@
 """End-to-end forwarding: storescu -> router (queued forward) -> storescp, vs storescu -> storescp.
 
-    .venv/bin/python bench/forward_throughput.py [-n 200] [--big-mb 300] [--no-orthanc]
+    .venv/bin/python bench/forward_throughput.py [-n 200] [--big-mb 300] [--no-orthanc] [--sync]
 
 The router's time runs from the first byte sent until the last instance is delivered
 (its queue is empty: storescp acknowledged it, after writing it). Orthanc forwarding with
 a Lua OnStoredInstance -> SendToModality script is measured as the peer baseline, until
 storescp has every file. Targets (2 cores): router >= 0.12x the direct hop; router peak
-RSS <= 200 MiB while routing a 300 MB instance.
+RSS <= 200 MiB while routing a 300 MB instance. `--sync` also measures `mode: sync`, where
+each C-STORE waits for storescp's answer: the time is storescu's.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ destinations:
   pacs: {ae_title: STORESCP, host: 127.0.0.1, port: %d}
 default: [{forward: pacs}]
 """)
+SYNC_CONFIG = CONFIG.replace("{forward: pacs}", "{forward: {to: pacs, mode: sync}}")
 
 LUA = """
 function OnStoredInstance(instanceId, tags, metadata, origin)
@@ -56,11 +58,11 @@ def pending(spool: Path) -> int:
 
 
 def routed(
-    base: Path, files: list[Path], label: str, warmup: list[Path]
+    base: Path, files: list[Path], label: str, warmup: list[Path], config: str = CONFIG
 ) -> tuple[float, float, float]:
     """Seconds until every file is delivered, and peak RSS of daemon and forwarder."""
     with storescp(base / f"scp-{label}") as (scp_port, _out):
-        daemon = RouterDaemon(base / f"router-{label}", CONFIG % scp_port).start()
+        daemon = RouterDaemon(base / f"router-{label}", config % scp_port).start()
         try:
             assert daemon.proc is not None
             spool = daemon.workdir / "spool"
@@ -139,6 +141,7 @@ def main() -> None:
     parser.add_argument("--big-mb", type=int, default=300, help="multi-frame size, 0 to skip")
     parser.add_argument("--no-orthanc", action="store_true", help="skip the Orthanc baseline")
     parser.add_argument("--rounds", type=int, default=5, help="the median of this many runs counts")
+    parser.add_argument("--sync", action="store_true", help="also measure mode: sync forwarding")
     args = parser.parse_args()
     base = workdir("forward")
     files = ct_files(base / "data", args.n)
@@ -158,6 +161,14 @@ def main() -> None:
         f"  router peak RSS: daemon {max(r[1] for r in runs):.0f} MiB,"
         f" forwarder {max(r[2] for r in runs):.0f} MiB"
     )
+    if args.sync:
+        sync = median(
+            routed(base, files, f"s{i}", warmup, SYNC_CONFIG)[0] for i in range(args.rounds)
+        )
+        print(
+            f"  storescu -> dicom-router -> storescp sync {args.n / sync:7.1f} inst/s"
+            f"   ratio {direct / sync:.2f}"
+        )
     if not args.no_orthanc:
         orthanc = via_orthanc(base, files, warmup)
         if orthanc:
