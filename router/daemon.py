@@ -55,6 +55,7 @@ class Daemon:
         self._log_format = log_format
         self._debug = debug
         self.forwarder: ForwarderProcess | None = None
+        self._forwarding: SpoolForwarding | None = None
         self._watch = watch and loaded.path.exists()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -80,9 +81,8 @@ class Daemon:
         configure_pynetdicom()
         listen = loaded.config.listen
         tls = tls_context(listen.tls, loaded.resolve) if listen.tls else None
-        pipeline = Pipeline(
-            self.current, SpoolForwarding(spool_db, self.current), spool / "work", spool_db
-        )
+        self._forwarding = SpoolForwarding(spool_db, self.current)
+        pipeline = Pipeline(self.current, self._forwarding, spool / "work", spool_db)
         self.scp = StorageSCP(listen, pipeline, lambda: self._loaded.config, tls)
         self.forwarder = ForwarderProcess(spool, self._log_format, self._debug)
         self.forwarder.start(loaded)
@@ -214,6 +214,8 @@ class Daemon:
                 self.scp.abort_all()
                 self.scp.drain(5.0)
             log.info("stopped after %.1f s drain", time.monotonic() - start)
+        if self._forwarding is not None:
+            self._forwarding.close()  # sync forwarding's open associations
         if self.forwarder is not None:
             self.forwarder.stop(timeout=FORWARDER_STOP_SECONDS)
 

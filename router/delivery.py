@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from router.forward import PermanentError, Sender, TransientError, Unreachable
 from router.loader import LoadedConfig, load
 from router.spool import Delivery, Instance, Spool
 from router.status import hex_code
+from router.syncpool import SyncPool
 
 log = logging.getLogger("router.forward")
 
@@ -42,11 +43,19 @@ PRUNE_AFTER = 30 * 86400  # delivered rows are kept this long for `trace`
 class DestinationWorkers:
     """The worker threads of one destination and the state they share."""
 
-    def __init__(self, name: str, dest: DicomDestination, calling_ae: str, spool: Spool) -> None:
+    def __init__(
+        self,
+        name: str,
+        dest: DicomDestination,
+        calling_ae: str,
+        spool: Spool,
+        resolve: Callable[[str], Path] = Path,
+    ) -> None:
         self.name = name
         self.dest = dest
         self.calling_ae = calling_ae
         self.spool = spool
+        self.resolve = resolve
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._inflight: set[int] = set()
@@ -80,7 +89,8 @@ class DestinationWorkers:
             self._inflight.difference_update(d.id for d in batch)
 
     def _work(self) -> None:
-        sender = Sender(self.name, self.dest, self.calling_ae)
+        work = self.spool.root / "work"
+        sender = Sender(self.name, self.dest, self.calling_ae, resolve=self.resolve, scratch=work)
         try:
             while not self._stop.is_set():
                 wait = self._blocked_until - time.time()
@@ -219,7 +229,9 @@ class Forwarder:
                     log.info("destination %s removed: its queue waits until it is back", name)
         for name, dest in wanted.items():
             if name not in self.workers:
-                self.workers[name] = DestinationWorkers(name, dest, calling, self.spool)
+                self.workers[name] = DestinationWorkers(
+                    name, dest, calling, self.spool, loaded.resolve
+                )
                 self.workers[name].start()
 
     def stop(self, timeout: float) -> None:
@@ -333,6 +345,7 @@ class SpoolForwarding:
     def __init__(self, spool: Spool, current: Any) -> None:
         self.spool = spool
         self._current = current
+        self._sync = SyncPool(spool.root / "work")
 
     def enqueue(
         self, file: Path, destinations: Sequence[str], received: Received, identity: Dataset
@@ -358,19 +371,22 @@ class SpoolForwarding:
         assert isinstance(dest, DicomDestination)
         meta = identity.file_meta  # the header the pipeline read from this very file
         try:
-            sent = forward.send_once(
+            sent = self._sync.send(
                 destination,
                 dest,
                 loaded.config.listen.ae_title,
-                file,
-                str(meta.MediaStorageSOPClassUID),
-                str(meta.TransferSyntaxUID),
+                loaded.resolve,
+                (file, str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)),
             )
         except (Unreachable, TransientError) as exc:
             raise OutOfResources(f"{destination}: {exc}") from exc
         except PermanentError as exc:
             raise ActionError(f"{destination}: {exc}", status=0x0122) from exc
         return sent.status, sent.comment
+
+    def close(self) -> None:
+        """Release sync forwarding's open associations (at shutdown)."""
+        self._sync.close()
 
 
 def _file_ts(identity: Dataset, fallback: str) -> str:

@@ -362,14 +362,3 @@ class Sender:
 def _converted(path: Path) -> Dataset:
     """The uncompressed dataset, loaded: pynetdicom converts it to an accepted syntax."""
     return dcmread(path)
-
-
-def send_once(
-    name: str, dest: DicomDestination, calling_ae: str, path: Path, sop_class: str, ts: str
-) -> Sent:
-    """One association, one C-STORE, released (sync mode)."""
-    sender = Sender(name, dest, calling_ae)
-    try:
-        return sender.send(path, sop_class, ts)
-    finally:
-        sender.close()
