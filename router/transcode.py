@@ -93,7 +93,8 @@ def decompress(src: Path, dst: Path, target: str = ExplicitVRLittleEndian) -> No
         raise
     except Exception as exc:  # a codec's or pydicom's error: corrupt or unsupported data
         dst.unlink(missing_ok=True)
-        raise TranscodeError(f"{ts.name}: {type(exc).__name__}: {exc}") from exc
+        # One line: it ends up in `queue`'s last-error column and in the log.
+        raise TranscodeError(f"{type(exc).__name__}: {' '.join(str(exc).split())}") from exc
 
 
 def _frames(decoder: Any, fp: Any, opts: dict[str, Any]) -> Iterator[tuple[Any, dict[str, Any]]]:
