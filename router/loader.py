@@ -17,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from router import sopclass
-from router.config import Config, FilesystemDestination, validation_context
+from router.config import Config, DicomDestination, FilesystemDestination, validation_context
 from router.errors import ConfigError, Located
 from router.fixtures import FixtureResult, describe, run_all
 
@@ -255,6 +255,16 @@ def _warnings(name: str, root: yaml.Node, config: Config) -> list[Located]:
                     )
                 )
     for dname, dest in config.destinations.items():
+        if isinstance(dest, DicomDestination) and dest.tls and not dest.tls.verify:
+            out.append(
+                _at(
+                    name,
+                    root,
+                    ["destinations", dname, "tls", "verify"],
+                    f"destinations.{dname}.tls.verify: false: the destination's certificate is"
+                    " not checked, anyone in the path can read and change what is sent",
+                )
+            )
         if isinstance(dest, FilesystemDestination) and "{" not in dest.path:
             out.append(
                 _at(
