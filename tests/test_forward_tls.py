@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from router.config import DestinationTLS
+from router.errors import ConfigError
+from router.loader import load
 from router.tls import BCP195_CIPHERS, client_context
 from tests.certs import CA, Pair
 from tests.daemon import DICOM_ROUTER
@@ -193,3 +195,20 @@ def test_a_missing_key_file_is_reported_as_unreachable_with_the_file(
     assert send(d, [path]) == [0]
     rows = wait_until("the error in queue", lambda: [r for r in queue_list(d)[0] if r.error])
     assert "tls:" in rows[0].error and "No such file" in rows[0].error, rows[0].error
+
+
+def test_a_client_certificate_without_its_key_is_a_config_error(tmp_path: Path) -> None:
+    """`certificate` without `private_key`: the rule file does not load, and says so."""
+    path = tmp_path / "router.yaml"
+    path.write_text(
+        "version: 1\n"
+        "listen: {ae_title: ROUTER}\n"
+        "destinations:\n"
+        "  pacs: {ae_title: PACS, host: 127.0.0.1, port: 104, tls: {certificate: c.pem}}\n"
+        "default: [forward: pacs]\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    (problem,) = caught.value.problems
+    assert "destinations.pacs" in str(problem) and "tls" in str(problem), str(problem)
+    assert "write both certificate and private_key, or neither" in str(problem)
