@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sqlite3
 import time
@@ -57,10 +58,17 @@ def pending(spool: Path) -> int:
         )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def routed(
     base: Path, files: list[Path], label: str, warmup: list[Path], config: str = CONFIG
-) -> tuple[float, float, float]:
-    """Seconds until every file is delivered, and peak RSS of daemon and forwarder."""
+) -> tuple[float, float, float, float]:
+    """Seconds until every file is delivered, peak RSS of daemon and forwarder, and the
+    daemon's CPU milliseconds per instance (less sensitive to a busy machine than time)."""
     with storescp(base / f"scp-{label}") as (scp_port, _out):
         daemon = RouterDaemon(base / f"router-{label}", config % scp_port).start()
         try:
@@ -70,17 +78,19 @@ def routed(
             send(daemon.port, warmup, "ROUTER")
             while pending(spool):
                 time.sleep(0.005)
+            cpu = cpu_seconds(daemon.proc.pid)
             start = time.perf_counter()
             send(daemon.port, files, "ROUTER")
             while pending(spool):
                 time.sleep(0.005)
             took = time.perf_counter() - start
+            cpu_ms = (cpu_seconds(daemon.proc.pid) - cpu) * 1000 / len(files)
             forwarder = children(daemon.proc.pid)
             rss_fw = max((peak_rss_mib(p) for p in forwarder), default=0.0)
             rss_main = peak_rss_mib(daemon.proc.pid)
         finally:
             daemon.stop()
-    return took, rss_main, rss_fw
+    return took, rss_main, rss_fw, cpu_ms
 
 
 def via_orthanc(base: Path, files: list[Path], warmup: list[Path]) -> float | None:
@@ -162,12 +172,15 @@ def main() -> None:
         f" forwarder {max(r[2] for r in runs):.0f} MiB"
     )
     if args.sync:
-        sync = median(
-            routed(base, files, f"s{i}", warmup, SYNC_CONFIG)[0] for i in range(args.rounds)
-        )
+        sync_runs = [routed(base, files, f"s{i}", warmup, SYNC_CONFIG) for i in range(args.rounds)]
+        sync = median(r[0] for r in sync_runs)
         print(
             f"  storescu -> dicom-router -> storescp sync {args.n / sync:7.1f} inst/s"
             f"   ratio {direct / sync:.2f}"
+        )
+        print(
+            f"  daemon CPU per instance: queued {median(r[3] for r in runs):.1f} ms,"
+            f" sync {median(r[3] for r in sync_runs):.1f} ms"
         )
     if not args.no_orthanc:
         orthanc = via_orthanc(base, files, warmup)
@@ -181,7 +194,7 @@ def main() -> None:
         make_multiframe(big, args.big_mb * 1024 * 1024)
         with storescp(base / "scp-big-direct") as (port, _out):
             t_direct = send(port, [big], "STORESCP")
-        t_big, rss_main, rss_fw = routed(base, [big], "big", warmup)
+        t_big, rss_main, rss_fw, _cpu = routed(base, [big], "big", warmup)
         print(f"one {args.big_mb} MB multi-frame instance")
         print(f"  direct {t_direct:.2f} s, routed {t_big:.2f} s (ratio {t_direct / t_big:.2f})")
         print(

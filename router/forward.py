@@ -67,7 +67,13 @@ class Unreachable(ForwardError):
 
 
 class TransientError(ForwardError):
-    """The transfer broke (timeout, abort); another attempt may succeed."""
+    """The transfer broke (timeout, abort); another attempt may succeed.
+
+    `timed_out`: the destination stayed silent for dimse_timeout (rather than the
+    association breaking under the C-STORE).
+    """
+
+    timed_out = False
 
 
 class PermanentError(ForwardError):
@@ -309,6 +315,7 @@ class Sender:
 
     def _store(self, assoc: Association, what: Path | Dataset) -> Sent:
         """One C-STORE on `assoc`, its failures mapped to the error tree."""
+        start = time.monotonic()
         try:
             pause_reactor(assoc)
             rsp = assoc.send_c_store(what)
@@ -320,7 +327,14 @@ class Sender:
         self.last_used = time.monotonic()
         if "Status" not in rsp:
             self.close()
-            raise TransientError("no response (timeout or abort)")
+            # pynetdicom answers both with an empty response; only the time tells them apart.
+            if self.last_used - start >= 0.95 * self.dest.dimse_timeout:
+                silent = TransientError(
+                    f"no response within dimse_timeout ({self.dest.dimse_timeout:g} s)"
+                )
+                silent.timed_out = True
+                raise silent
+            raise TransientError("the association broke during the C-STORE")
         comment = rsp.get("ErrorComment")
         return Sent(int(rsp.Status), str(comment) if comment else None)
 
@@ -342,8 +356,7 @@ class Sender:
                 transcode.decompress(path, plain, targets[0])
             except transcode.TranscodeError as exc:
                 raise PermanentError(
-                    f"destination refuses {UID(ts).name} and it cannot be decompressed"
-                    f" here: {exc}"
+                    f"destination refuses {UID(ts).name} and it cannot be decompressed here: {exc}"
                 ) from exc
             # Decoding a big file takes a while: the association may have gone meanwhile.
             return self._store(self.ensure({(sop_class, ts)}), plain)

@@ -7,7 +7,8 @@ while more C-STOREs are in flight at once, bounded by `listen.max_associations`,
 closed when they come back to a full pool); a reaper thread closes those idle longer than
 `idle_timeout`. A send on a reused association that breaks (the destination dropped it
 while idle, or it died under us) is retried once on a fresh association; only then does
-the error reach the sender, as 0xA700.
+the error reach the sender, as 0xA700. A destination that does not answer within
+`dimse_timeout` is not tried again: the sender has waited long enough.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class SyncPool:
             try:
                 return sender.send(path, sop_class, ts)
             except TransientError as exc:
-                if not reused:
+                if not reused or exc.timed_out:  # a silent destination gets no second wait
                     raise
                 log.info(
                     "sync forward to %s: the open association broke (%s): once more on a new one",

@@ -29,11 +29,13 @@ SYNC = ["forward: {to: pacs, mode: sync}"]
 
 class CountingSCP:
     """A Storage SCP counting associations, releases and C-STOREs; `drop` lists the
-    C-STOREs (1-based, over its lifetime) it answers by cutting the connection."""
+    C-STOREs (1-based, over its lifetime) it answers by cutting the connection, `stall`
+    those it answers 4 s late."""
 
-    def __init__(self, drop: set[int] | None = None) -> None:
+    def __init__(self, drop: set[int] | None = None, stall: set[int] | None = None) -> None:
         self.port = free_port()
         self.drop = drop or set()
+        self.stall = stall or set()  # C-STOREs answered only after 4 s
         self.associations = 0
         self.releases = 0
         self.stores: list[str] = []  # SOP Instance UIDs, in arrival order
@@ -64,6 +66,9 @@ class CountingSCP:
         with self._lock:
             self.stores.append(str(event.request.AffectedSOPInstanceUID))  # type: ignore[union-attr]
             cut = len(self.stores) in self.drop
+            slow = len(self.stores) in self.stall
+        if slow:
+            time.sleep(4)
         if cut:
             sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
             if isinstance(sock, socket.socket):
@@ -82,8 +87,8 @@ def counting() -> Iterator[type[CountingSCP]]:
     made: list[CountingSCP] = []
 
     class Tracked(CountingSCP):
-        def __init__(self, drop: set[int] | None = None) -> None:
-            super().__init__(drop)
+        def __init__(self, drop: set[int] | None = None, stall: set[int] | None = None) -> None:
+            super().__init__(drop, stall)
             made.append(self)
 
     yield Tracked
@@ -146,3 +151,21 @@ def test_a_fresh_association_that_breaks_answers_0xa700(
     d = router(rule_file({"pacs": dest("PACS", pacs.port, dimse_timeout="5s")}, SYNC))
     assert send(d, [path]) == [0xA700]
     assert len(pacs.stores) == 1
+
+
+def test_a_silent_destination_is_not_tried_twice(
+    router: Router, counting: type[CountingSCP], tmp_path: Path
+) -> None:
+    """On an open association the PACS does not answer within dimse_timeout (2 s): the
+    sender gets 0xA700 after one wait, and the C-STORE is not sent again."""
+    pacs = counting(stall={2})
+    first, _ = one_instance(tmp_path, "a.dcm")
+    second, _ = one_instance(tmp_path, "b.dcm")
+    d = router(rule_file({"pacs": dest("PACS", pacs.port, dimse_timeout="2s")}, SYNC))
+    assert send(d, [first]) == [0]
+    start = time.monotonic()
+    assert send(d, [second]) == [0xA700]
+    assert time.monotonic() - start < 3.5
+    time.sleep(2.5)  # the stalled answer comes; a second send would be counted by then
+    assert len(pacs.stores) == 2
+    assert "once more on a new one" not in d.log()
