@@ -1,18 +1,20 @@
 """End-to-end forwarding: storescu -> router (queued forward) -> storescp, vs storescu -> storescp.
 
-    .venv/bin/python bench/forward_throughput.py [-n 200] [--big-mb 300] [--no-orthanc]
+    .venv/bin/python bench/forward_throughput.py [-n 200] [--big-mb 300] [--no-orthanc] [--sync]
 
 The router's time runs from the first byte sent until the last instance is delivered
 (its queue is empty: storescp acknowledged it, after writing it). Orthanc forwarding with
 a Lua OnStoredInstance -> SendToModality script is measured as the peer baseline, until
 storescp has every file. Targets (2 cores): router >= 0.12x the direct hop; router peak
-RSS <= 200 MiB while routing a 300 MB instance.
+RSS <= 200 MiB while routing a 300 MB instance. `--sync` also measures `mode: sync`, where
+each C-STORE waits for storescp's answer: the time is storescu's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sqlite3
 import time
@@ -38,6 +40,7 @@ destinations:
   pacs: {ae_title: STORESCP, host: 127.0.0.1, port: %d}
 default: [{forward: pacs}]
 """)
+SYNC_CONFIG = CONFIG.replace("{forward: pacs}", "{forward: {to: pacs, mode: sync}}")
 
 LUA = """
 function OnStoredInstance(instanceId, tags, metadata, origin)
@@ -55,12 +58,19 @@ def pending(spool: Path) -> int:
         )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def routed(
-    base: Path, files: list[Path], label: str, warmup: list[Path]
-) -> tuple[float, float, float]:
-    """Seconds until every file is delivered, and peak RSS of daemon and forwarder."""
+    base: Path, files: list[Path], label: str, warmup: list[Path], config: str = CONFIG
+) -> tuple[float, float, float, float]:
+    """Seconds until every file is delivered, peak RSS of daemon and forwarder, and the
+    daemon's CPU milliseconds per instance (less sensitive to a busy machine than time)."""
     with storescp(base / f"scp-{label}") as (scp_port, _out):
-        daemon = RouterDaemon(base / f"router-{label}", CONFIG % scp_port).start()
+        daemon = RouterDaemon(base / f"router-{label}", config % scp_port).start()
         try:
             assert daemon.proc is not None
             spool = daemon.workdir / "spool"
@@ -68,17 +78,19 @@ def routed(
             send(daemon.port, warmup, "ROUTER")
             while pending(spool):
                 time.sleep(0.005)
+            cpu = cpu_seconds(daemon.proc.pid)
             start = time.perf_counter()
             send(daemon.port, files, "ROUTER")
             while pending(spool):
                 time.sleep(0.005)
             took = time.perf_counter() - start
+            cpu_ms = (cpu_seconds(daemon.proc.pid) - cpu) * 1000 / len(files)
             forwarder = children(daemon.proc.pid)
             rss_fw = max((peak_rss_mib(p) for p in forwarder), default=0.0)
             rss_main = peak_rss_mib(daemon.proc.pid)
         finally:
             daemon.stop()
-    return took, rss_main, rss_fw
+    return took, rss_main, rss_fw, cpu_ms
 
 
 def via_orthanc(base: Path, files: list[Path], warmup: list[Path]) -> float | None:
@@ -139,6 +151,7 @@ def main() -> None:
     parser.add_argument("--big-mb", type=int, default=300, help="multi-frame size, 0 to skip")
     parser.add_argument("--no-orthanc", action="store_true", help="skip the Orthanc baseline")
     parser.add_argument("--rounds", type=int, default=5, help="the median of this many runs counts")
+    parser.add_argument("--sync", action="store_true", help="also measure mode: sync forwarding")
     args = parser.parse_args()
     base = workdir("forward")
     files = ct_files(base / "data", args.n)
@@ -158,6 +171,17 @@ def main() -> None:
         f"  router peak RSS: daemon {max(r[1] for r in runs):.0f} MiB,"
         f" forwarder {max(r[2] for r in runs):.0f} MiB"
     )
+    if args.sync:
+        sync_runs = [routed(base, files, f"s{i}", warmup, SYNC_CONFIG) for i in range(args.rounds)]
+        sync = median(r[0] for r in sync_runs)
+        print(
+            f"  storescu -> dicom-router -> storescp sync {args.n / sync:7.1f} inst/s"
+            f"   ratio {direct / sync:.2f}"
+        )
+        print(
+            f"  daemon CPU per instance: queued {median(r[3] for r in runs):.1f} ms,"
+            f" sync {median(r[3] for r in sync_runs):.1f} ms"
+        )
     if not args.no_orthanc:
         orthanc = via_orthanc(base, files, warmup)
         if orthanc:
@@ -170,7 +194,7 @@ def main() -> None:
         make_multiframe(big, args.big_mb * 1024 * 1024)
         with storescp(base / "scp-big-direct") as (port, _out):
             t_direct = send(port, [big], "STORESCP")
-        t_big, rss_main, rss_fw = routed(base, [big], "big", warmup)
+        t_big, rss_main, rss_fw, _cpu = routed(base, [big], "big", warmup)
         print(f"one {args.big_mb} MB multi-frame instance")
         print(f"  direct {t_direct:.2f} s, routed {t_big:.2f} s (ratio {t_direct / t_big:.2f})")
         print(

@@ -172,7 +172,10 @@ def _print_summary(cfg: Config, loaded: LoadedConfig) -> None:
         print(f"  metrics   {where}/metrics (and /healthz, /readyz)")
     for name, dest in cfg.destinations.items():
         if isinstance(dest, DicomDestination):
-            print(f"  dest      {name}: DICOM {dest.ae_title}@{dest.host}:{dest.port}")
+            print(
+                f"  dest      {name}: DICOM {dest.ae_title}@{dest.host}:{dest.port}"
+                f"{_tls_summary(dest)}"
+            )
         elif isinstance(dest, FilesystemDestination):
             print(f"  dest      {name}: folder {loaded.resolve(dest.path)}")
         elif isinstance(dest, StowDestination):
@@ -184,6 +187,19 @@ def _print_summary(cfg: Config, loaded: LoadedConfig) -> None:
             f" -> {', '.join(action_names(rule.actions))}"
         )
     print(f"  default   -> {', '.join(action_names(cfg.default))}")
+
+
+def _tls_summary(dest: DicomDestination) -> str:
+    tls = dest.tls
+    if tls is None:
+        return ""
+    if not tls.verify:
+        return " TLS (not verified)"
+    parts = [f"server name {tls.server_name or dest.host}"]
+    parts.append(f"CA {tls.ca_certificates}" if tls.ca_certificates else "system CAs")
+    if tls.certificate:
+        parts.append("client certificate")
+    return f" TLS ({', '.join(parts)})"
 
 
 def _explain(args: argparse.Namespace) -> int:

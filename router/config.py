@@ -149,6 +149,27 @@ def _status_key(key: Any) -> str:
 StatusKey = Annotated[str, BeforeValidator(_status_key)]
 
 
+class DestinationTLS(Strict):
+    """TLS to a DICOM destination; relative paths resolve against the rule file's folder."""
+
+    ca_certificates: str | None = Field(
+        None, description="PEM file of the CAs that sign the destination's certificate"
+        "; default: the system's CAs"
+    )
+    certificate: str | None = Field(None, description="our client certificate (PEM), if asked")
+    private_key: str | None = Field(None, description="the client certificate's key (PEM)")
+    server_name: str | None = Field(
+        None, description="name the destination's certificate must carry; default: host"
+    )
+    verify: bool = Field(True, description="false: accept any certificate (`check` warns)")
+
+    @model_validator(mode="after")
+    def _key_with_certificate(self) -> DestinationTLS:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("write both certificate and private_key, or neither")
+        return self
+
+
 class DicomDestination(Strict):
     """A DICOM node (PACS, AI node...) that receives C-STOREs from the router."""
 
@@ -166,6 +187,7 @@ class DicomDestination(Strict):
     connect_timeout: Seconds = 10.0
     dimse_timeout: Seconds = 60.0
     max_pdu: int = Field(262144, ge=0)
+    tls: DestinationTLS | None = Field(None, description="TLS 1.2+ (BCP 195) to the destination")
 
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")

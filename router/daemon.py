@@ -59,6 +59,7 @@ class Daemon:
         self._log_format = log_format
         self._debug = debug
         self.forwarder: ForwarderProcess | None = None
+        self._forwarding: SpoolForwarding | None = None
         self._watch = watch and loaded.path.exists()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -102,8 +103,8 @@ class Daemon:
             configure_pynetdicom(spool / "incoming")
             self.journal = Journal(spool_db)
             self.journal.start()
-            forwarding = SpoolForwarding(spool_db, self.current)
-            pipeline = Pipeline(self.current, forwarding, spool / "work", self.journal)
+            self._forwarding = SpoolForwarding(spool_db, self.current)
+            pipeline = Pipeline(self.current, self._forwarding, spool / "work", self.journal)
             self.scp = StorageSCP(listen, pipeline, lambda: self._loaded.config, tls, self.journal)
             self.forwarder.start(loaded)
             self.scp.start()
@@ -272,6 +273,8 @@ class Daemon:
             self._reserved.close()
         if self.journal is not None:
             self.journal.stop()
+        if self._forwarding is not None:
+            self._forwarding.close()  # sync forwarding's open associations
         if self.forwarder is not None:
             self.forwarder.stop(timeout=FORWARDER_STOP_SECONDS)
         if self.exporter is not None:

@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from router.forward import PermanentError, Sender, TransientError, Unreachable
 from router.loader import LoadedConfig, load
 from router.spool import Delivery, Instance, Spool
 from router.status import hex_code
+from router.syncpool import SyncPool
 
 log = logging.getLogger("router.forward")
 
@@ -43,12 +44,18 @@ class DestinationWorkers:
     """The worker threads of one destination and the state they share."""
 
     def __init__(
-        self, name: str, dest: DicomDestination | StowDestination, calling_ae: str, spool: Spool
+        self,
+        name: str,
+        dest: DicomDestination | StowDestination,
+        calling_ae: str,
+        spool: Spool,
+        resolve: Callable[[str], Path] = Path,
     ) -> None:
         self.name = name
         self.dest = dest
         self.calling_ae = calling_ae
         self.spool = spool
+        self.resolve = resolve
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._inflight: set[int] = set()
@@ -86,7 +93,8 @@ class DestinationWorkers:
 
     def _work(self) -> None:
         assert isinstance(self.dest, DicomDestination)  # StowWorkers has its own loop
-        sender = Sender(self.name, self.dest, self.calling_ae)
+        work = self.spool.root / "work"
+        sender = Sender(self.name, self.dest, self.calling_ae, resolve=self.resolve, scratch=work)
         try:
             while not self._stop.is_set():
                 wait = self._blocked_until - time.time()
@@ -248,7 +256,7 @@ def _workers(
         from router.stow_delivery import StowWorkers  # it builds on this module
 
         return StowWorkers(name, dest, loaded.config.listen.ae_title, loaded.base_dir, spool)
-    return DestinationWorkers(name, dest, loaded.config.listen.ae_title, spool)
+    return DestinationWorkers(name, dest, loaded.config.listen.ae_title, spool, loaded.resolve)
 
 
 def forwarder_main(
@@ -356,6 +364,7 @@ class SpoolForwarding:
     def __init__(self, spool: Spool, current: Any) -> None:
         self.spool = spool
         self._current = current
+        self._sync = SyncPool(spool.root / "work")
 
     def enqueue(
         self, file: Path, destinations: Sequence[str], received: Received, identity: Dataset
@@ -381,19 +390,22 @@ class SpoolForwarding:
         assert isinstance(dest, DicomDestination)
         meta = identity.file_meta  # the header the pipeline read from this very file
         try:
-            sent = forward.send_once(
+            sent = self._sync.send(
                 destination,
                 dest,
                 loaded.config.listen.ae_title,
-                file,
-                str(meta.MediaStorageSOPClassUID),
-                str(meta.TransferSyntaxUID),
+                loaded.resolve,
+                (file, str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)),
             )
         except (Unreachable, TransientError) as exc:
             raise OutOfResources(f"{destination}: {exc}") from exc
         except PermanentError as exc:
             raise ActionError(f"{destination}: {exc}", status=0x0122) from exc
         return sent.status, sent.comment
+
+    def close(self) -> None:
+        """Release sync forwarding's open associations (at shutdown)."""
+        self._sync.close()
 
 
 def _file_ts(identity: Dataset, fallback: str) -> str:

@@ -11,16 +11,20 @@ Error tree (each failure maps to one of these, once, in `Sender`):
 A destination's answer is classified by `policy()` (design §7, `on_status`).
 
 Sending is from the file (`STORE_SEND_CHUNKED_DATASET`) on an exact-transfer-syntax
-context; only when the destination refuses the file's syntax is the dataset loaded and
-converted (uncompressed syntaxes by pynetdicom, compressed ones decompressed by pydicom,
-keeping the SOP Instance UID).
+context. When the destination refuses the file's syntax, a compressed file is decompressed
+frame by frame into a scratch file (`router.transcode`, keeping the SOP Instance UID) that
+is sent from disk the same way; other syntaxes (big endian, deflated, explicit/implicit)
+are loaded and converted by pynetdicom. A destination with `tls` is reached over TLS
+(`router.tls`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
@@ -39,7 +43,7 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from router import status
+from router import status, tls, transcode
 from router.config import DicomDestination, Retry
 
 log = logging.getLogger("router.forward")
@@ -62,7 +66,13 @@ class Unreachable(ForwardError):
 
 
 class TransientError(ForwardError):
-    """The transfer broke (timeout, abort); another attempt may succeed."""
+    """The transfer broke (timeout, abort); another attempt may succeed.
+
+    `timed_out`: the destination stayed silent for dimse_timeout (rather than the
+    association breaking under the C-STORE).
+    """
+
+    timed_out = False
 
 
 class PermanentError(ForwardError):
@@ -142,9 +152,19 @@ class Sent:
 class Sender:
     """Keeps one association to a destination open while there is work."""
 
-    def __init__(self, name: str, dest: DicomDestination, calling_ae: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        dest: DicomDestination,
+        calling_ae: str,
+        *,
+        resolve: Callable[[str], Path] = Path,
+        scratch: Path | None = None,
+    ) -> None:
         self.name = name
         self.dest = dest
+        self.resolve = resolve  # the rule file's relative paths (TLS files)
+        self.scratch = scratch  # where decompressed copies go; default: next to the file
         self.ae = AE(ae_title=dest.calling_ae_title or calling_ae)
         self.ae.connection_timeout = dest.connect_timeout
         self.ae.acse_timeout = dest.connect_timeout
@@ -162,6 +182,7 @@ class Sender:
         """Associate proposing `pairs` first, then `extra` as far as 128 contexts go."""
         self.close()
         contexts = contexts_for([*sorted(pairs), *sorted(extra - pairs)])
+        tls_args = self._tls_args()
         assoc = self.ae.associate(
             self.dest.host,
             self.dest.port,
@@ -169,13 +190,17 @@ class Sender:
             ae_title=self.dest.ae_title,
             max_pdu=self.dest.max_pdu,
             evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)],
+            tls_args=tls_args,
         )
         if not assoc.is_established:
             # An SCP that accepts no context often accepts the association, and pynetdicom
             # then aborts it: for us that is a refusal, like an A-ASSOCIATE-RJ.
             refused = bool(assoc.rejected_contexts) and not assoc.accepted_contexts
             why = "association rejected" if assoc.is_rejected or refused else "no association"
-            exc = Unreachable(f"{why} by {self.dest.ae_title}@{self.dest.host}:{self.dest.port}")
+            where = f"{self.dest.ae_title}@{self.dest.host}:{self.dest.port}"
+            failed = tls_args[0].last_error if tls_args else None
+            tail = f" ({tls.describe(failed)})" if isinstance(failed, OSError) else ""
+            exc = Unreachable(f"{why} by {where}{tail}")
             exc.rejected = assoc.is_rejected or refused
             raise exc
         self.assoc = assoc
@@ -209,12 +234,23 @@ class Sender:
             raise PermanentError(f"no accepted presentation context for {names}") from refused
         raise refused
 
+    def _tls_args(self) -> tuple[tls.ClientContext, str] | None:
+        """A fresh context per association, so renewed certificate files are picked up."""
+        if self.dest.tls is None:
+            return None
+        try:
+            ctx = tls.client_context(self.dest.tls, self.resolve)
+        except tls.TLSConfigError as exc:
+            raise Unreachable(f"{self.dest.ae_title}@{self.dest.host}: {exc}") from exc
+        return ctx, self.dest.tls.server_name or self.dest.host
+
     def _accepts_echo(self) -> bool:
         assoc = self.ae.associate(
             self.dest.host,
             self.dest.port,
             contexts=[build_context(Verification)],
             ae_title=self.dest.ae_title,
+            tls_args=self._tls_args(),
         )
         accepted = assoc.is_established
         if accepted:
@@ -232,21 +268,60 @@ class Sender:
         }
         if not accepted:
             raise PermanentError(f"no accepted presentation context for {sop_class}")
+        if ts in accepted:
+            return self._store(assoc, path)
+        if UID(ts).is_compressed:
+            return self._send_decompressed(path, sop_class, ts, accepted)
+        return self._store(assoc, _converted(path))
+
+    def _store(self, assoc: Association, what: Path | Dataset) -> Sent:
+        """One C-STORE on `assoc`, its failures mapped to the error tree."""
+        start = time.monotonic()
         try:
-            if ts in accepted:
-                rsp = assoc.send_c_store(path)
-            else:
-                rsp = assoc.send_c_store(_converted(path, ts, accepted))
+            rsp = assoc.send_c_store(what)
         except (OSError, RuntimeError) as exc:
             self.close()
             raise TransientError(f"transfer failed: {exc}") from exc
         except ValueError as exc:  # pynetdicom: no usable context after all
             raise PermanentError(str(exc)) from exc
+        self.last_used = time.monotonic()
         if "Status" not in rsp:
             self.close()
-            raise TransientError("no response (timeout or abort)")
+            # pynetdicom answers both with an empty response; only the time tells them apart.
+            if self.last_used - start >= 0.95 * self.dest.dimse_timeout:
+                silent = TransientError(
+                    f"no response within dimse_timeout ({self.dest.dimse_timeout:g} s)"
+                )
+                silent.timed_out = True
+                raise silent
+            raise TransientError("the association broke during the C-STORE")
         comment = rsp.get("ErrorComment")
         return Sent(int(rsp.Status), str(comment) if comment else None)
+
+    def _send_decompressed(self, path: Path, sop_class: str, ts: str, accepted: set[str]) -> Sent:
+        """Decompress into a scratch file in an accepted syntax and send that file."""
+        targets = [t for t in UNCOMPRESSED if t in accepted]
+        if not targets:
+            raise PermanentError(
+                f"destination refuses {UID(ts).name} and accepts no uncompressed syntax"
+                f" for {sop_class}"
+            )
+        folder = self.scratch or path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".decompressed-", suffix=".tmp", dir=folder)
+        os.close(fd)
+        plain = Path(name)
+        try:
+            try:
+                transcode.decompress(path, plain, targets[0])
+            except transcode.TranscodeError as exc:
+                raise PermanentError(
+                    f"destination refuses {UID(ts).name} and it cannot be decompressed here: {exc}"
+                ) from exc
+            # Decoding a big file takes a while: the association may have gone meanwhile.
+            return self._store(self.ensure({(sop_class, ts)}), plain)
+        finally:
+            plain.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Release the association, if any."""
@@ -257,26 +332,6 @@ class Sender:
         self._classes = set()
 
 
-def _converted(path: Path, ts: str, accepted: set[str]) -> Dataset:
-    """The dataset in a syntax the destination accepted (loads it: the slow path)."""
-    ds = dcmread(path)
-    if UID(ts).is_compressed:
-        try:
-            ds.decompress(generate_instance_uid=False)
-        except Exception as exc:
-            raise PermanentError(
-                f"destination refuses {UID(ts).name} and it cannot be decompressed here: {exc}"
-            ) from exc
-    # pynetdicom converts between uncompressed syntaxes of an accepted context.
-    return ds
-
-
-def send_once(
-    name: str, dest: DicomDestination, calling_ae: str, path: Path, sop_class: str, ts: str
-) -> Sent:
-    """One association, one C-STORE, released (sync mode)."""
-    sender = Sender(name, dest, calling_ae)
-    try:
-        return sender.send(path, sop_class, ts)
-    finally:
-        sender.close()
+def _converted(path: Path) -> Dataset:
+    """The uncompressed dataset, loaded: pynetdicom converts it to an accepted syntax."""
+    return dcmread(path)

@@ -17,7 +17,13 @@ import yaml
 from pydantic import ValidationError
 
 from router import lint, sopclass
-from router.config import Config, FilesystemDestination, StowDestination, validation_context
+from router.config import (
+    Config,
+    DicomDestination,
+    FilesystemDestination,
+    StowDestination,
+    validation_context,
+)
 from router.errors import ConfigError, Located
 from router.fixtures import FixtureResult, describe, run_all
 
@@ -265,6 +271,16 @@ def _warnings(name: str, root: yaml.Node, config: Config, data: Any) -> list[Loc
                     ["destinations", dname, "url"],
                     f"destinations.{dname}.url: {dest.auth.type} auth over plain http sends "
                     "the secret unencrypted: use https",
+                )
+            )
+        if isinstance(dest, DicomDestination) and dest.tls and not dest.tls.verify:
+            out.append(
+                _at(
+                    name,
+                    root,
+                    ["destinations", dname, "tls", "verify"],
+                    f"destinations.{dname}.tls.verify: false: the destination's certificate is"
+                    " not checked, anyone in the path can read and change what is sent",
                 )
             )
         if isinstance(dest, FilesystemDestination) and "{" not in dest.path:

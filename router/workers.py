@@ -270,8 +270,8 @@ class _Receiver:
         db = Spool(spool)
         self.journal = Journal(db)
         self.journal.start()
-        forwarding = SpoolForwarding(db, lambda: self.loaded)
-        pipeline = Pipeline(lambda: self.loaded, forwarding, spool / "work", self.journal)
+        self.forwarding = SpoolForwarding(db, lambda: self.loaded)
+        pipeline = Pipeline(lambda: self.loaded, self.forwarding, spool / "work", self.journal)
         tls = tls_context(listen.tls, loaded.resolve) if listen.tls else None
         self.scp = StorageSCP(
             listen,
@@ -291,4 +291,5 @@ class _Receiver:
             log.warning("associations still open after %.0f s: aborting them", DRAIN_SECONDS)
             self.scp.abort_all()
             self.scp.drain(5.0)
+        self.forwarding.close()  # sync forwarding's open associations
         self.journal.stop()
