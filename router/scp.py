@@ -88,7 +88,9 @@ def tls_context(tls: TLS, resolve: Callable[[str], Any]) -> ssl.SSLContext:
 
 
 def _on_accepted(event: Event) -> None:
-    metrics.association_accepted(event.assoc, event.assoc.requestor.ae_title.strip())
+    assoc = event.assoc
+    metrics.association_accepted(assoc, assoc.requestor.ae_title.strip())
+    netlayer.when_done(assoc, lambda: metrics.association_closed(assoc))
 
 
 def _on_rejected(event: Event) -> None:
@@ -100,7 +102,6 @@ def _on_rejected(event: Event) -> None:
 
 def _log_close(event: Event) -> None:
     assoc = event.assoc
-    metrics.association_closed(assoc)
     if assoc.is_released or assoc.is_rejected or getattr(assoc, "router_logged", False):
         return  # nothing to say, or router.netlayer said it
     primitive = assoc.requestor.primitive
@@ -145,7 +146,7 @@ class StorageSCP:
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_CONN_CLOSE, self._on_close),
+            (evt.EVT_CONN_CLOSE, _log_close),
             (evt.EVT_ACCEPTED, _on_accepted),
             (evt.EVT_REJECTED, _on_rejected),
         ]
@@ -248,12 +249,7 @@ class StorageSCP:
                 event.assoc.acse.send_reject(*REJECT_BUSY)
                 time.sleep(0.1)
                 return
-            event.assoc.router_counted = True  # type: ignore[attr-defined]
-
-    def _on_close(self, event: Event) -> None:
-        if self._budget is not None and getattr(event.assoc, "router_counted", False):
-            self._budget.give()
-        _log_close(event)
+            netlayer.when_done(event.assoc, self._budget.give)
 
     def _on_store(self, event: Event) -> Dataset | int:
         request = event.request

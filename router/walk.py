@@ -250,9 +250,12 @@ class _Walker:
                         s.pos += 4
                     else:
                         (length,) = u32(s.buf, s.take(4))
-                elif vr in SHORT_VRS or b"AA" <= vr <= b"ZZ":
-                    # pydicom reads a VR it does not know with a 2-byte length
+                elif vr in SHORT_VRS:
                     (length,) = u16(buf, i + 6)
+                elif 0x40 < vr[0] < 0x5B and 0x40 < vr[1] < 0x5B:
+                    # pydicom guesses a 2-byte length, the standard (PS3.5 7.1.2) a 4-byte
+                    # one for VRs to come: a guess is no structure to acknowledge.
+                    raise InvalidStructure(f"unknown VR {vr.decode('ascii')} at {pos}")
                 else:
                     # Not a VR: as pydicom does, an implicit element amid explicit ones
                     # (some writers switch inside sequences).

@@ -75,6 +75,7 @@ from router.netlayer.association import (
     RouterServer,
     requested,
     shutdown_socket,
+    when_done,
 )
 from router.netlayer.dimse import RouterDIMSE, file_meta, store_rsp_command
 from router.netlayer.dul import RouterDUL
@@ -97,6 +98,7 @@ __all__ = [
     "requested",
     "shutdown_socket",
     "store_rsp_command",
+    "when_done",
 ]
 
 _installed = False

@@ -7,6 +7,7 @@ import socket
 import socketserver
 import ssl
 import threading
+from collections.abc import Callable
 from typing import Any, cast
 
 from pynetdicom import evt
@@ -25,6 +26,7 @@ class RouterAssociation(Association):
 
     def __init__(self, ae: ApplicationEntity, mode: str) -> None:
         self._work = threading.Event()
+        self._when_done: list[Callable[[], object]] = []
         super().__init__(ae, mode)
 
     def kick(self) -> None:
@@ -49,6 +51,19 @@ class RouterAssociation(Association):
                 self._server.shutdown_request(self.dul.socket.socket)
         finally:
             cast(RouterDIMSE, self.dimse).discard_unserved()
+            for done in self._when_done:
+                try:
+                    done()
+                except Exception as exc:  # a bug in a callback must not lose the others
+                    limits.log.error("association end hook failed: %s", exc)
+
+    def when_done(self, callback: Callable[[], object]) -> None:
+        """Run `callback` when this association's thread ends, however it ends.
+
+        pynetdicom's EVT_CONN_CLOSE is not fired on every path (an abort outside the
+        state machine, a killed DUL), so counts kept per association are released here.
+        """
+        self._when_done.append(callback)
 
     def _run_reactor(self) -> None:
         self._is_paused = False
@@ -101,6 +116,12 @@ class RouterAssociation(Association):
 
 
 # --------------------------------------------------------------------------- server
+
+
+def when_done(assoc: Association, callback: Callable[[], object]) -> None:
+    """Run `callback` when `assoc`'s thread ends (see RouterAssociation.when_done)."""
+    assert isinstance(assoc, RouterAssociation), "netlayer.install() was not called"
+    assoc.when_done(callback)
 
 
 def requested(assoc: Association) -> bool:
