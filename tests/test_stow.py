@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 
+from router.spool import Instance, Spool
 from tests.daemon import RouterDaemon
 from tests.dicomgen import make_instance, make_multiframe, make_series
 from tests.peers import LOOPBACK, DicomWebOrthanc, _descendants, pyn_store, storescu
@@ -138,15 +139,32 @@ def test_a_stopped_orthanc_holds_the_queue_until_it_is_back(
 def test_a_partly_refused_batch_delivers_the_stored_and_dead_letters_the_unreadable(
     router: Router, web_orthanc: DicomWebOrthanc, tmp_path: Path
 ) -> None:
-    """Orthanc answers 400 and stores the readable part; the unreadable one (a dataset
-    cut short, accepted by the router, which reads headers only) is not listed."""
+    """Orthanc answers 400 and stores the readable part; the unreadable one is not listed.
+
+    The router itself refuses a dataset cut short (its structural walk answers 0xC210), so
+    the unreadable instance is put in the spool's queue directly, as a file a filesystem
+    mishap damaged after it was acknowledged would be.
+    """
     good = make_series(tmp_path / "in", 2)
     cut = tmp_path / "cut.dcm"
     make_instance(cut, pixel_bytes=8192, PatientID="CUT")
     cut.write_bytes(cut.read_bytes()[:-4000])
     web_orthanc.stop()  # so that the three queue up and go in one batch
     d = start_router(router, tmp_path, rule_file(orthanc_dest(web_orthanc)), "s3cret")
-    assert pyn_store(d.port, [*good, cut]) == [0, 0, 0]
+    assert pyn_store(d.port, good) == [0, 0]
+    header = dcmread(cut, stop_before_pixels=True)
+    Spool(d.workdir / "spool").enqueue(
+        cut,
+        ["web"],
+        Instance(
+            sop_instance_uid=str(header.SOPInstanceUID),
+            sop_class_uid=str(header.SOPClassUID),
+            transfer_syntax=str(header.file_meta.TransferSyntaxUID),
+            study_uid=str(header.StudyInstanceUID),
+            series_uid=str(header.SeriesInstanceUID),
+            calling_ae="TEST",
+        ),
+    )
     d.wait_log("destination web unreachable")
     web_orthanc.start()
     wait_until("settled", lambda: "pending" not in states(d).values() and len(states(d)) == 3)
