@@ -27,7 +27,7 @@ from typing import Any
 from harness import (
     Proc,
     RouterDaemon,
-    children,
+    descendants,
     free_port,
     make_ct,
     rule_file,
@@ -157,7 +157,7 @@ def router_factory(workers: int | None) -> Callable[[Path], Iterator[tuple[int, 
         assert daemon.proc is not None
         try:
             time.sleep(0.5)  # every worker listening
-            pids = [daemon.proc.pid, *children(daemon.proc.pid)]
+            pids = [daemon.proc.pid, *(pid for pid, _ in descendants(daemon.proc.pid))]
             yield daemon.port, pids
         finally:
             daemon.stop()

@@ -21,10 +21,12 @@ sys.path.insert(0, str(REPO))
 from tests.daemon import RouterDaemon  # noqa: E402
 from tests.dicomgen import make_ct, make_multiframe  # noqa: E402
 from tests.peers import Proc, free_port, wait_port  # noqa: E402
+from tests.peers import _descendants as descendants  # noqa: E402
 
 __all__ = [
     "Proc",
     "RouterDaemon",
+    "descendants",
     "free_port",
     "make_ct",
     "make_multiframe",

@@ -1,8 +1,10 @@
 """Filesystem destinations: path templates and durable, atomic placement.
 
-A file is placed by linking (or copying, across filesystems) it to a temporary name in
-the target folder, fsync'ing it, renaming it over the final name and fsync'ing the
-folder: a reader or a crash sees the old file or the whole new one, never a torn one.
+A new name for an fsync'd file is made by hard-linking it there directly (the name
+appears with the whole file, or not at all), then fsync'ing the folder. Otherwise (the
+name exists and is overwritten, `rename`, or another filesystem) the file is linked or
+copied to a temporary name in the target folder, fsync'd and renamed over the final
+name: a reader or a crash sees the old file or the whole new one, never a torn one.
 Disk full, quota, read-only or permission problems become `OutOfResources` (0xA700).
 
 While a temporary name exists, a symbolic link to it sits in the spool's `placing/`
@@ -112,6 +114,23 @@ def _makedirs(folder: Path) -> None:
         fsync_dir(created.parent)
 
 
+def _link_new(source: Path, target: Path) -> bool:
+    """Hard-link `source` as `target` if that name is free and on the same filesystem.
+
+    No temporary name, so nothing to note in the journal or to clean up after a crash:
+    the commonest case (a new instance) costs one link and the folder's fsync.
+    """
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            return False
+        raise
+    return True
+
+
 def link_or_copy(source: Path, target: Path) -> None:
     """Hard-link `source` to the new name `target`, copying across filesystems."""
     try:
@@ -139,6 +158,12 @@ def place(
         _makedirs(target.parent)
         if on_exists == "keep" and target.exists():
             return target
+        if synced and on_exists != "rename":
+            if _link_new(source, target):
+                fsync_dir(target.parent)
+                return target
+            if on_exists == "keep" and target.exists():
+                return target  # it appeared since the check above
         token = uuid.uuid4().hex
         tmp = target.parent / f".{target.name}.{token}.tmp"
         note = journal / token if journal is not None else None
