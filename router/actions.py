@@ -10,6 +10,7 @@ answers 0xA900; an unparsable dataset 0xC210; a sync forward the destination's s
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag, Tag
 
 from router import dataset, metrics, modify, store
 from router.config import (
@@ -282,10 +284,17 @@ class Pipeline:
 
 def _lookup(header: Dataset) -> Callable[[str], str | None]:
     def value(keyword: str) -> str | None:
-        items = dataset.text_values(dataset.element(header, keyword))
+        tag = keyword_tag(keyword)
+        items = dataset.text_values(header.get(tag))  # a tag key gets the element
         return "\\".join(items) if items else None
 
     return value
+
+
+@functools.cache
+def keyword_tag(keyword: str) -> BaseTag:
+    """A DICOM keyword's tag (pydicom resolves the keyword on every lookup otherwise)."""
+    return Tag(keyword)
 
 
 def _fsync_durable(path: Path) -> None:

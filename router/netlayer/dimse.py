@@ -74,6 +74,22 @@ def store_rsp_command(sop_class: str, message_id: int, status: int, sop_instance
     return struct.pack("<HHLL", 0, 0, 4, len(body)) + body
 
 
+def _message(cls: type[DIMSEMessage], command_set: Any, context_id: int) -> DIMSEMessage:
+    """A message of `cls` holding a decoded command set.
+
+    `DIMSEMessage.__init__` builds an empty command set of every keyword through
+    pydicom's validated setters (~0.1 ms), which the decoded one replaces at once.
+    """
+    message = cls.__new__(cls)
+    message.context_id = context_id
+    message.encoded_command_set = BytesIO()
+    message.data_set = BytesIO()
+    message.command_set = command_set
+    message._data_set_path = None
+    message._data_set_file = None
+    return message
+
+
 def _check_command_structure(data: bytearray) -> None:
     """Group 0000 elements whose lengths stay inside the command set (pydicom would warn)."""
     offset = 0
@@ -166,9 +182,7 @@ class RouterDIMSE(DIMSEServiceProvider):
         self._command = bytearray()
         if field not in _MESSAGE_TYPES:
             raise limits.ProtocolError(f"unknown command field 0x{field:04X}")
-        message = _MESSAGE_TYPES[field][1]()
-        message.command_set = command_set
-        message.context_id = context_id
+        message = _message(_MESSAGE_TYPES[field][1], command_set, context_id)
         if data_type == 0x0101:
             self._finish(message)
             return
