@@ -25,7 +25,7 @@ def upstream(qualified: str) -> Any:
     obj: Any = importlib.import_module(f"pynetdicom.{module}")
     for name in path:
         obj = inspect.getattr_static(obj, name) if isinstance(obj, type) else getattr(obj, name)
-    return obj.fget if isinstance(obj, property) else obj
+    return obj.fget if isinstance(obj, property) else obj  # "x.fset" names a setter
 
 
 def test_installed_pynetdicom_is_the_version_the_changes_were_written_for() -> None:

@@ -29,6 +29,18 @@ class RouterAssociation(Association):
         self._when_done: list[Callable[[], object]] = []
         super().__init__(ae, mode)
 
+    @property
+    def network_timeout(self) -> float | None:
+        """The network timeout (in seconds); setting it wakes the reactor to apply it."""
+        return self._network_timeout
+
+    @network_timeout.setter
+    def network_timeout(self, value: float | None) -> None:
+        with self.lock:
+            self.dul._idle_timer.timeout = value
+            self._network_timeout = value
+        self.kick()  # the reactor may be waiting out the old timeout
+
     def kick(self) -> None:
         """Wake the reactor: a message, a release or abort, or the DUL's end."""
         self._work.set()

@@ -37,6 +37,7 @@ UPSTREAM_SOURCES = {
     "association.Association.__init__": "eb07516b8009ad8f",
     "association.Association.run_reactor": "ed8bbbe3b3d6ddae",
     "association.Association._run_reactor": "f28838c5559e462a",
+    "association.Association.network_timeout.fset": "d1e01042128ea4a2",
     "association.Association.kill": "8f9713666a7f4cff",
     "acse.ACSE._negotiate_as_acceptor": "fffd360957c42a8e",
     "service_class.StorageServiceClass.SCP": "63afca7fc6c6e7ee",
@@ -51,7 +52,7 @@ PDU_DEADLINE = 10.0  # seconds from a PDU's first byte to its last
 MAX_COMMAND_SET = 64 * 1024
 MAX_MEMORY_DATASET = 1024 * 1024  # datasets of messages other than C-STORE-RQ
 SEND_QUEUE_LIMIT = 16  # P-DATA primitives waiting to be sent, per association
-IDLE_WAKE = 1.0  # longest wait of an idle reactor; real work wakes it at once
+IDLE_WAKE = 5.0  # longest wait of an idle reactor (a safety net): real work wakes it at once
 MAX_UNASSOCIATED = 128  # connections that have not (yet) sent an A-ASSOCIATE-RQ
 
 # A-ABORT reason (PS3.8 9.3.8): invalid PDU parameter value.
