@@ -70,10 +70,16 @@ def dest(ae_title: str, port: int, **extra: str) -> str:
 
 def rule_file(destinations: dict[str, str], default: Sequence[str]) -> str:
     """A rule file listening on {port}, spooling next to it, with these destinations,
-    no rules and `default` as its YAML action items (`forward: pacs`)."""
+    no rules and `default` as its YAML action items (`forward: pacs`).
+
+    One receiving process (`workers: 1`): these tests are about the forwarder, and a
+    daemon with workers starts a second after it; receiving workers have their own tests
+    (tests/test_workers.py, and the SCP, hostile-input, lifecycle and metrics tests run
+    with the default).
+    """
     lines = [
         "version: 1",
-        "listen: {ae_title: DICOM_ROUTER, host: 127.0.0.1, port: {port}}",
+        "listen: {ae_title: DICOM_ROUTER, host: 127.0.0.1, port: {port}, workers: 1}",
         "spool: spool",
         "spool_min_free: 1MiB",
         "destinations:",

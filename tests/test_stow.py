@@ -37,10 +37,11 @@ FAST_RETRY = "{initial_delay: 0.2s, max_delay: 1s}"
 
 
 def rule_file(stow: str, *, extra_dest: str = "", default: str = "[forward: web]") -> str:
-    """A rule file with one STOW-RS destination `web` (a YAML flow mapping)."""
+    """A rule file with one STOW-RS destination `web` (a YAML flow mapping); one receiving
+    process, as in test_forward.rule_file."""
     return (
         "version: 1\n"
-        "listen: {ae_title: DICOM_ROUTER, host: 127.0.0.1, port: {port}}\n"
+        "listen: {ae_title: DICOM_ROUTER, host: 127.0.0.1, port: {port}, workers: 1}\n"
         "spool: spool\n"
         "spool_min_free: 1MiB\n"
         "destinations:\n"
