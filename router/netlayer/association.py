@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import socketserver
 import ssl
@@ -17,6 +18,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from router.netlayer import limits
 from router.netlayer.dimse import RouterDIMSE
+
+_LOGGER = logging.getLogger("pynetdicom.association")  # off in the router (CRITICAL)
 
 # --------------------------------------------------------------------------- association
 
@@ -92,12 +95,14 @@ class RouterAssociation(Association):
                 continue
             if self.is_established and self.acse.is_release_requested():
                 self.acse.send_release(is_response=True)
+                _LOGGER.info("Association Released")  # pynetdicom's own log lines, as upstream
                 self.is_released = True
                 self.is_established = False
                 evt.trigger(self, evt.EVT_RELEASED, {})
                 self.kill()
                 return
             if self.acse.is_aborted():
+                _LOGGER.info("Association Aborted")
                 self.dul.receive_pdu(wait=False)
                 self.is_aborted = True
                 self.is_established = False
@@ -108,6 +113,7 @@ class RouterAssociation(Association):
                 self.kill()
                 return
             if self.dul.idle_timer_expired():
+                _LOGGER.error("Network timeout reached")
                 if self.network_timeout_response == "A-RELEASE":
                     self._is_paused = True
                     self._reactor_checkpoint.wait()

@@ -15,7 +15,12 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, cast
 
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
+from pynetdicom import (
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    _config,
+    evt,
+)
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_STORE_RQ, DIMSEMessage
@@ -121,6 +126,7 @@ class RouterDIMSE(DIMSEServiceProvider):
         self._command = bytearray()
         self._pending: DIMSEMessage | None = None  # command decoded, dataset arriving
         self._memory: BytesIO | None = None
+        self._memory_limit = limits.MAX_MEMORY_DATASET
         self._fd = -1
         self._path: Path | None = None
         self._error: str | None = None
@@ -187,10 +193,15 @@ class RouterDIMSE(DIMSEServiceProvider):
             self._finish(message)
             return
         self._pending = message
-        if isinstance(message, C_STORE_RQ):
+        if isinstance(message, C_STORE_RQ) and _config.STORE_RECV_CHUNKED_DATASET:
             self._open_file(message, context_id)
         else:
             self._memory = BytesIO()
+            self._memory_limit = (
+                limits.MAX_MEMORY_STORE
+                if isinstance(message, C_STORE_RQ)
+                else limits.MAX_MEMORY_DATASET
+            )
 
     def _open_file(self, message: DIMSEMessage, context_id: int) -> None:
         cs = message.command_set
@@ -216,10 +227,8 @@ class RouterDIMSE(DIMSEServiceProvider):
 
     def _write(self, data: bytes | memoryview) -> None:
         if self._memory is not None:
-            if self._memory.tell() + len(data) > limits.MAX_MEMORY_DATASET:
-                raise limits.ProtocolError(
-                    f"non-storage dataset above {limits.MAX_MEMORY_DATASET} bytes"
-                )
+            if self._memory.tell() + len(data) > self._memory_limit:
+                raise limits.ProtocolError(f"in-memory dataset above {self._memory_limit} bytes")
             self._memory.write(data)
             return
         if self._fd < 0:

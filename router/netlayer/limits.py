@@ -51,6 +51,7 @@ UNLIMITED_PDU_CAP = 16 * 1024 * 1024  # what "max_pdu: 0" (unlimited) still acce
 PDU_DEADLINE = 10.0  # seconds from a PDU's first byte to its last
 MAX_COMMAND_SET = 64 * 1024
 MAX_MEMORY_DATASET = 1024 * 1024  # datasets of messages other than C-STORE-RQ
+MAX_MEMORY_STORE = 64 * 1024 * 1024  # a C-STORE-RQ's without STORE_RECV_CHUNKED_DATASET
 SEND_QUEUE_LIMIT = 16  # P-DATA primitives waiting to be sent, per association
 IDLE_WAKE = 5.0  # longest wait of an idle reactor (a safety net): real work wakes it at once
 MAX_UNASSOCIATED = 128  # connections that have not (yet) sent an A-ASSOCIATE-RQ
