@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sqlite3
 import time
@@ -58,17 +57,12 @@ def pending(spool: Path) -> int:
         )
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def routed(
     base: Path, files: list[Path], label: str, warmup: list[Path], config: str = CONFIG
 ) -> tuple[float, float, float, float]:
-    """Seconds until every file is delivered, peak RSS of daemon and forwarder, and the
-    daemon's CPU milliseconds per instance (less sensitive to a busy machine than time)."""
+    """Seconds until every file is delivered, peak RSS of the receiving side and of the
+    forwarder, and the CPU milliseconds per instance of all the daemon's processes (less
+    sensitive to a busy machine than time)."""
     with storescp(base / f"scp-{label}") as (scp_port, _out):
         daemon = RouterDaemon(base / f"router-{label}", config % scp_port).start()
         try:
@@ -78,16 +72,16 @@ def routed(
             send(daemon.port, warmup, "ROUTER")
             while pending(spool):
                 time.sleep(0.005)
-            cpu = cpu_seconds(daemon.proc.pid)
+            cpu = daemon.cpu_seconds()  # every process: main, workers, forwarder
             start = time.perf_counter()
             send(daemon.port, files, "ROUTER")
             while pending(spool):
                 time.sleep(0.005)
             took = time.perf_counter() - start
-            cpu_ms = (cpu_seconds(daemon.proc.pid) - cpu) * 1000 / len(files)
+            cpu_ms = (daemon.cpu_seconds() - cpu) * 1000 / len(files)
             forwarder = children(daemon.proc.pid)
             rss_fw = max((peak_rss_mib(p) for p in forwarder), default=0.0)
-            rss_main = peak_rss_mib(daemon.proc.pid)
+            rss_main = max(daemon.peak_rss_mib().values())  # main or a receiving worker
         finally:
             daemon.stop()
     return took, rss_main, rss_fw, cpu_ms

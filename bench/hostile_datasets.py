@@ -59,7 +59,7 @@ def main() -> None:
         print(
             f"bomb {bomb.stat().st_size} B -> 512 MiB: {[hex(s) for s in got]} in "
             f"{time.monotonic() - start:.2f} s; idle RSS {idle / MiB:.0f} MiB, "
-            f"VmHWM {status(pid, 'VmHWM') / MiB:.0f} MiB"
+            f"VmHWM {max(daemon.peak_rss_mib().values()):.0f} MiB (the highest of its processes)"
         )
         for name in BROKEN:
             path = getattr(brokendata, name)(tmp / f"{name}.dcm")

@@ -22,7 +22,6 @@ from harness import (
     ct_files,
     free_port,
     make_multiframe,
-    peak_rss_mib,
     rate,
     rule_file,
     send,
@@ -72,7 +71,7 @@ def main() -> None:
     try:
         send(daemon.port, files[:5], "ROUTER")
         routed = [send(daemon.port, files, "ROUTER") for _ in range(args.rounds)]
-        rss = peak_rss_mib(daemon.proc.pid)  # type: ignore[union-attr]
+        rss = max(daemon.peak_rss_mib().values())  # main or a receiving worker
     finally:
         daemon.stop()
     print(
@@ -97,7 +96,7 @@ def main() -> None:
         daemon = RouterDaemon(base / "router-big", CONFIG).start()
         try:
             t_router = send(daemon.port, [big], "ROUTER")
-            rss = peak_rss_mib(daemon.proc.pid)  # type: ignore[union-attr]
+            rss = max(daemon.peak_rss_mib().values())  # main or a receiving worker
         finally:
             daemon.stop()
         print(f"one {args.big_mb} MB multi-frame instance")
