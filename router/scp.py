@@ -194,7 +194,7 @@ class StorageSCP:
             if not netlayer.requested(assoc):
                 netlayer.shutdown_socket(assoc)
                 assoc.dul.kill_dul()
-                assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]  # what a timeout yields
+                assoc.dul.to_user_queue.put(None)  # what a timeout yields
 
     def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` s for running associations to end; True when none is left."""

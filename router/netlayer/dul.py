@@ -154,7 +154,7 @@ class RouterDUL(DULServiceProvider):
         self.assoc._kill = True
         self._kill_thread = True
         if self.assoc.requestor.primitive is None:
-            self.to_user_queue.put(None)  # type: ignore[arg-type]  # the wait for an RQ
+            self.to_user_queue.put(None)  # wakes the wait for an A-ASSOCIATE-RQ
 
     def kill_dul(self) -> None:
         """Stop the reactor, now."""
@@ -316,4 +316,4 @@ class RouterDUL(DULServiceProvider):
         if self.socket is not None:
             self.socket.close()  # puts Evt17: the state machine goes back to idle
         if self.assoc.requestor.primitive is None and self.assoc.is_acceptor:
-            self.to_user_queue.put(None)  # type: ignore[arg-type]  # the wait for an RQ
+            self.to_user_queue.put(None)  # wakes the wait for an A-ASSOCIATE-RQ
