@@ -28,7 +28,7 @@ from router.actions import Received
 from router.config import DicomDestination, StowDestination
 from router.errors import ActionError, OutOfResources
 from router.forward import PermanentError, Sender, TransientError, Unreachable
-from router.loader import LoadedConfig, load
+from router.loader import LoadedConfig, Shipped, load_shipped
 from router.spool import Delivery, Instance, Spool
 from router.status import hex_code
 from router.syncpool import SyncPool
@@ -260,7 +260,7 @@ def _workers(
 
 
 def forwarder_main(
-    spool_root: str, config: tuple[str, str, str], conn: Connection, log_format: str, debug: bool
+    spool_root: str, config: Shipped, conn: Connection, log_format: str, debug: bool
 ) -> None:
     """Entry point of the forwarder process."""
     from router.scp import configure_pynetdicom
@@ -278,7 +278,7 @@ def forwarder_main(
     # "delivered" mark only means one more send (at-least-once), so no fsync per delivery.
     spool = Spool(Path(spool_root), synchronous="NORMAL")
     forwarder = Forwarder(spool)
-    forwarder.apply(_load(config))
+    forwarder.apply(load_shipped(config))
     last_prune = 0.0
     while not stop.is_set() and os.getppid() == parent:
         try:
@@ -288,16 +288,11 @@ def forwarder_main(
         if message[0] == "stop":
             break
         if message[0] == "config":
-            forwarder.apply(_load(message[1]))
+            forwarder.apply(load_shipped(message[1]))
         if time.time() - last_prune > 3600:
             spool.prune(time.time() - PRUNE_AFTER)
             last_prune = time.time()
     forwarder.stop(timeout=15)
-
-
-def _load(config: tuple[str, str, str]) -> LoadedConfig:
-    path, text, base_dir = config
-    return load(Path(path), base_dir=Path(base_dir), text=text)
 
 
 class ForwarderProcess:
@@ -310,11 +305,11 @@ class ForwarderProcess:
         self._debug = debug
         self._proc: Any = None
         self._conn: Connection | None = None
-        self._config: tuple[str, str, str] | None = None
+        self._config: Shipped | None = None
 
     def start(self, loaded: LoadedConfig) -> None:
         """Spawn the process with the current config."""
-        self._config = (str(loaded.path), loaded.text, str(loaded.base_dir))
+        self._config = loaded.shipped()
         parent_end, child_end = self._ctx.Pipe()
         self._proc = self._ctx.Process(
             target=forwarder_main,
@@ -327,7 +322,7 @@ class ForwarderProcess:
 
     def update(self, loaded: LoadedConfig) -> None:
         """Hand a reloaded config to the process."""
-        self._config = (str(loaded.path), loaded.text, str(loaded.base_dir))
+        self._config = loaded.shipped()
         try:
             if self._conn is not None:
                 self._conn.send(("config", self._config))
@@ -339,8 +334,7 @@ class ForwarderProcess:
         if self._proc is not None and not self._proc.is_alive() and self._config:
             log.error("forwarder process exited (code %s): restarting", self._proc.exitcode)
             metrics.process_dead(self._proc.pid)
-            path, text, base_dir = self._config
-            self.start(load(Path(path), base_dir=Path(base_dir), text=text))
+            self.start(load_shipped(self._config))
 
     def stop(self, timeout: float) -> None:
         """Ask the process to finish the instances in hand and exit (bounded)."""

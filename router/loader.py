@@ -111,6 +111,19 @@ class LoadedConfig:
         """The spool folder."""
         return self.resolve(self.config.spool)
 
+    def shipped(self) -> Shipped:
+        """What a child process needs to load this same config (picklable, small)."""
+        return (str(self.path), self.text, str(self.base_dir))
+
+
+Shipped = tuple[str, str, str]  # a rule file's path, text and folder, sent to a child
+
+
+def load_shipped(shipped: Shipped) -> LoadedConfig:
+    """Load a config a parent process shipped (`LoadedConfig.shipped`)."""
+    path, text, base_dir = shipped
+    return load(Path(path), base_dir=Path(base_dir), text=text)
+
 
 def config_version(text: str) -> str:
     """The config version: a short hash of the rule file's text."""

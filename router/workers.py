@@ -36,7 +36,7 @@ from typing import Any
 
 from router import logs, metrics
 from router.errors import StartupError
-from router.loader import LoadedConfig, load
+from router.loader import LoadedConfig, Shipped, load_shipped
 
 log = logging.getLogger("router.daemon")
 
@@ -88,15 +88,6 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _config_of(loaded: LoadedConfig) -> tuple[str, str, str]:
-    return (str(loaded.path), loaded.text, str(loaded.base_dir))
-
-
-def _load(config: tuple[str, str, str]) -> LoadedConfig:
-    path, text, base_dir = config
-    return load(Path(path), base_dir=Path(base_dir), text=text)
-
-
 class WorkerPool:
     """The main process's handle on its receiving workers."""
 
@@ -113,12 +104,12 @@ class WorkerPool:
         self._counts = self._ctx.Array("i", n)
         self._procs: list[Any] = [None] * n
         self._conns: list[Connection | None] = [None] * n
-        self._config: tuple[str, str, str] | None = None
+        self._config: Shipped | None = None
         self.restarts = 0
 
     def start(self, loaded: LoadedConfig) -> None:
         """Spawn every worker and wait until each listens (StartupError otherwise)."""
-        self._config = _config_of(loaded)
+        self._config = loaded.shipped()
         for slot in range(self.n):
             self._spawn(slot)
         for slot in range(self.n):
@@ -164,7 +155,7 @@ class WorkerPool:
 
     def update(self, loaded: LoadedConfig) -> None:
         """Hand a reloaded config to every worker."""
-        self._config = _config_of(loaded)
+        self._config = loaded.shipped()
         for conn in self._conns:
             with contextlib.suppress(OSError):
                 if conn is not None:
@@ -215,7 +206,7 @@ def worker_main(
     slot: int,
     spool_root: str,
     port: int,
-    config: tuple[str, str, str],
+    config: Shipped,
     conn: Connection,
     counts: Any,
     log_format: str,
@@ -234,7 +225,7 @@ def worker_main(
     lock = os.open(spool / "workers.lock", os.O_RDWR | os.O_CREAT, 0o640)
     fcntl.flock(lock, fcntl.LOCK_SH)
     try:
-        receiver = _Receiver(spool, _load(config), Budget(counts, slot, 0), port)
+        receiver = _Receiver(spool, load_shipped(config), Budget(counts, slot, 0), port)
     except StartupError as exc:
         conn.send(("failed", str(exc)))
         return
@@ -248,7 +239,7 @@ def worker_main(
         if message[0] == "stop":
             break
         if message[0] == "config":
-            receiver.loaded = _load(message[1])
+            receiver.loaded = load_shipped(message[1])
             metrics.config_applied(receiver.loaded.config)
     receiver.shutdown()
 
