@@ -3,32 +3,35 @@
 Only the header is parsed, and only as far as the highest tag anything needs: the
 identity elements up to Series Instance UID (0020,000E) always, further only when a rule's
 `tags` or a path template asks. Pixel data is never decoded. A received file's structure
-is walked first (`router.walk`); a deflated one's header is parsed from the walk's
-inflated head, so it is never inflated whole in memory.
+is walked first (`router.walk`), which keeps the raw values of the elements needed: the
+header is made of those (pydicom decodes them when read), so the file is read once and a
+deflated one is never inflated whole in memory.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
-from io import BytesIO
 from pathlib import Path
 
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import keyword_dict
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset, read_file_meta_info, read_partial
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_partial
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import RE_VALID_UID
 
 from router.errors import CannotUnderstand
 from router.rules import TagValues
-from router.walk import walk
+from router.walk import EXPLICIT_BE, IMPLICIT_LE, Raw, walk
 
 # Everything the 0xA900 check, the log and `trace` need; Series Instance UID comes last.
 IDENTITY = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 PIXEL_DATA = 0x7FE00010
+CHARSET = 0x00080005
 
 
 def _last_tag(wanted: Collection[str]) -> int:
@@ -37,17 +40,38 @@ def _last_tag(wanted: Collection[str]) -> int:
 
 def read_received(path: Path, keywords: Collection[str] = ()) -> Dataset:
     """Walk a received file's structure (InvalidStructure, InflateLimit), then read its header."""
-    last = _last_tag({*IDENTITY, *keywords})
-    walked = walk(path, keep_until=last)
-    if walked.head is None:
-        return read_header(path, keywords)
-    return _parse(lambda: _read_head(path, walked.head or b"", last), {*IDENTITY, *keywords})
+    wanted = {*IDENTITY, *keywords}
+    walked = walk(path, collect=_collected(frozenset(wanted)))
+    implicit = walked.transfer_syntax == IMPLICIT_LE
+    little = walked.transfer_syntax != EXPLICIT_BE
+    return _parse(lambda: _header(walked.elements, walked.meta, implicit, little), wanted)
 
 
-def _read_head(path: Path, head: bytes, last: int) -> Dataset:
-    # Deflated: pydicom would inflate the whole dataset in memory; parse the walk's head.
-    ds = read_dataset(BytesIO(head), False, True, stop_when=lambda tag, vr, length: int(tag) > last)
-    ds.file_meta = read_file_meta_info(path)
+@functools.lru_cache(maxsize=16)
+def _collected(wanted: frozenset[str]) -> frozenset[int]:
+    tags = (keyword_dict[k] for k in wanted)
+    return frozenset({CHARSET, *(t for t in tags if t < PIXEL_DATA)})
+
+
+def _raw(elements: Mapping[int, Raw], little: bool) -> dict[BaseTag, DataElement | RawDataElement]:
+    return {
+        BaseTag(tag): RawDataElement(BaseTag(tag), vr, len(value), value, 0, implicit, little)
+        for tag, (vr, value, implicit) in elements.items()
+    }
+
+
+def _header(
+    elements: Mapping[int, Raw], meta: Mapping[int, Raw], implicit: bool, little: bool
+) -> Dataset:
+    # What pydicom's read_dataset makes of the same elements, without reading the file.
+    raw = _raw(elements, little)
+    ds = Dataset(raw)
+    encoding: str | list[str] = default_encoding
+    charset = raw.get(BaseTag(CHARSET))
+    if isinstance(charset, RawDataElement):
+        encoding = convert_encodings(convert_raw_data_element(charset).value)
+    ds.set_original_encoding(implicit, little, encoding)
+    ds.file_meta = FileMetaDataset(_raw(meta, True))
     return ds
 
 

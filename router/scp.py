@@ -275,7 +275,6 @@ class StorageSCP:
         rsp.ErrorComment = outcome.comment[:64]
         return rsp
 
-
     def _log_store(self, received: Received, outcome: Outcome) -> None:
         """The C-STORE's log line, stamped now and written after the response."""
         if not log.isEnabledFor(logging.INFO):
@@ -308,4 +307,3 @@ class StorageSCP:
 
 def _server_class(reuse_port: bool) -> type[netlayer.RouterServer]:
     return type("Server", (netlayer.RouterServer,), {"reuse_port": reuse_port})
-

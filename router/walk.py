@@ -11,6 +11,10 @@ Handles the file meta (explicit VR LE), Implicit VR LE, Explicit VR LE and Big E
 Deflated Explicit VR LE and every encapsulated syntax (structure only). A deflated
 dataset may inflate beyond `INFLATE_FLOOR` only up to `INFLATE_RATIO` times its
 compressed size: past that it is a decompression bomb (`InflateLimit`, 0xC212).
+
+On the way it keeps the raw values of the top-level elements asked for (`collect`) and of
+the file meta: the router's header is built from them (`router.dataset`), so no file is
+parsed twice and a deflated one is never inflated whole in memory.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
@@ -33,7 +38,7 @@ EXPLICIT_BE = "1.2.840.10008.1.2.2"
 
 INFLATE_FLOOR = 64 * 2**20  # any deflated dataset may inflate to this
 INFLATE_RATIO = 100  # beyond the floor, at most this many times its compressed size
-HEAD_LIMIT = 64 * 2**20  # a deflated dataset's elements up to the last tag the router reads
+COLLECT_LIMIT = 2**20  # a collected value longer than this is refused, not read into memory
 TRAILER = 8  # bytes after the deflate stream's end that are tolerated
 MAX_DEPTH = 32  # nested sequences; deeper is a stack bomb, not a real dataset
 
@@ -46,6 +51,11 @@ LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
 
 
+# One element as read: its VR (None when implicit), its value bytes, and whether its
+# dataset is Implicit VR (a writer may mislabel the file's syntax).
+Raw = tuple[str | None, bytes, bool]
+
+
 @dataclass(frozen=True)
 class Walked:
     """What the walk learnt: the syntax, where the dataset starts, its (inflated) size."""
@@ -53,7 +63,8 @@ class Walked:
     transfer_syntax: str
     dataset_offset: int
     dataset_bytes: int
-    head: bytes | None = None  # deflated only: inflated elements up to `keep_until`
+    elements: dict[int, Raw] = field(default_factory=dict)  # the `collect` tags present
+    meta: dict[int, Raw] = field(default_factory=dict)  # the file meta (group 0002)
 
 
 def _t(tag: int) -> str:
@@ -84,6 +95,13 @@ class _Plain:
             raise InvalidStructure(f"{_t(tag)} of {n} bytes at {self.pos} runs past the end")
         self.pos += n
 
+    def value(self, n: int, tag: int) -> bytes:
+        """Consume and return `n` value bytes of `tag`."""
+        if self.pos + n > self.size:
+            raise InvalidStructure(f"{_t(tag)} of {n} bytes at {self.pos} runs past the end")
+        i = self.take(n)
+        return self.buf[i : i + n]
+
     def at_end(self) -> bool:
         """True when every byte was consumed."""
         return self.pos >= self.size
@@ -95,7 +113,7 @@ class _Inflated:
     Invariant: `pos` never passes the end of the window `buf` (skips inflate through).
     """
 
-    def __init__(self, fp: BinaryIO, compressed: int, keep: bool) -> None:
+    def __init__(self, fp: BinaryIO, compressed: int) -> None:
         self._fp = fp
         self._z = zlib.decompressobj(-zlib.MAX_WBITS)
         self._pending = b""
@@ -104,8 +122,6 @@ class _Inflated:
         self._compressed = compressed
         self.produced = 0
         self.buf, self.base, self.pos = b"", 0, 0
-        self.head: bytearray | None = bytearray() if keep else None
-        self.keeping = keep
 
     def _more(self) -> bytes:
         """The next inflated chunk (at most CHUNK bytes); b"" at the end of the stream."""
@@ -135,10 +151,6 @@ class _Inflated:
             raise InflateLimit(
                 f"deflated dataset of {self._compressed} bytes inflates past {self._limit}"
             )
-        if self.keeping and self.head is not None:
-            if len(self.head) > HEAD_LIMIT:
-                raise InflateLimit(f"deflated header exceeds {HEAD_LIMIT} bytes")
-            self.head += out
         return out
 
     def take(self, n: int) -> int:
@@ -155,6 +167,14 @@ class _Inflated:
             self.buf, self.base, i = b"".join(parts), self.pos, 0
         self.pos += n
         return i
+
+    def value(self, n: int, tag: int) -> bytes:
+        """Consume and return `n` value bytes of `tag`."""
+        try:
+            i = self.take(n)
+        except InvalidStructure:
+            raise InvalidStructure(f"{_t(tag)} of {n} bytes runs past the end") from None
+        return self.buf[i : i + n]
 
     def skip(self, n: int, tag: int) -> None:
         """Consume `n` value bytes of `tag`, inflating (and dropping) them now."""
@@ -192,21 +212,21 @@ def _implicit_is_sq(tag: int) -> bool:
 class _Walker:
     """The grammar of PS3.5 chapter 7, over one stream."""
 
-    def __init__(self, s: Stream, big: bool, keep_until: int | None) -> None:
+    def __init__(self, s: Stream, big: bool, collect: Collection[int]) -> None:
         self.s = s
         self.tag = struct.Struct(">HH" if big else "<HH")
         self.u32 = struct.Struct(">I" if big else "<I")
         self.u16 = struct.Struct(">H" if big else "<H")
         self.item = struct.Struct(">HHI" if big else "<HHI")  # tag + 4-byte length
-        self.keep_until = keep_until
-        self.head_end: int | None = None
+        self.collect = collect
+        self.elements: dict[int, Raw] = {}
 
     def dataset(self, end: int | None, depth: int, implicit: bool, top: bool = False) -> None:
         """Walk elements up to `end`, to an item delimiter (None), or the stream's end (top)."""
         # The hot loop of every C-STORE (~250 elements in a real CT): locals, no calls
         # while an element header lies inside the window.
         s, prev = self.s, -1
-        keep = self.keep_until if top else None
+        want = self.collect if top else ()
         u16, u32 = self.u16.unpack_from, self.u32.unpack_from
         while True:
             pos = s.pos
@@ -236,9 +256,6 @@ class _Walker:
                 # explicitness is read that way (some writers mislabel their syntax).
                 implicit = not (0x40 < buf[i + 4] < 0x5B and 0x40 < buf[i + 5] < 0x5B)
             prev = tag
-            if keep is not None and tag > keep:
-                self._stop_keeping(pos)
-                keep = None
             if implicit:
                 vr = b""
                 (length,) = u32(buf, i + 4)
@@ -274,15 +291,14 @@ class _Walker:
                     raise InvalidStructure(f"{_t(tag)} {vr.decode()} has undefined length")
             elif not vr and _implicit_is_sq(tag):
                 self.sequence(length, depth + 1, implicit, tag)
+            elif tag in want:
+                if length > COLLECT_LIMIT:
+                    raise InvalidStructure(f"{_t(tag)} of {length} bytes is too long to read")
+                self.elements[tag] = (vr.decode() or None, s.value(length, tag), implicit)
             else:
                 s.skip(length, tag)
             if end is not None and s.pos > end:
                 raise InvalidStructure(f"{_t(tag)} at {pos} overruns its item")
-
-    def _stop_keeping(self, at: int) -> None:
-        self.head_end = at
-        if isinstance(self.s, _Inflated):
-            self.s.keeping = False
 
     def sequence(self, length: int, depth: int, implicit: bool, tag: int) -> None:
         """Walk the items of a sequence of defined or undefined length."""
@@ -327,12 +343,12 @@ class _Walker:
             s.skip(flen, tag)
 
 
-def _meta(fp: BinaryIO) -> tuple[str, int, bytes]:
-    """Check the preamble and file meta: the transfer syntax, dataset offset, bytes read."""
+def _meta(fp: BinaryIO) -> tuple[str, int, bytes, dict[int, Raw]]:
+    """Check the preamble and file meta: the syntax, dataset offset, bytes read, elements."""
     head = fp.read(CHUNK)  # the file meta is a few hundred bytes
     if len(head) < 132 or head[128:132] != b"DICM":
         raise InvalidStructure("no DICM prefix after the 128-byte preamble")
-    pos, ts = 132, None
+    pos, elements = 132, dict[int, Raw]()
     while pos + 8 <= len(head):
         group, elem = struct.unpack_from("<HH", head, pos)
         if group != 2:
@@ -350,40 +366,36 @@ def _meta(fp: BinaryIO) -> tuple[str, int, bytes]:
             raise InvalidStructure(f"unknown VR {vr!r} in the file meta")
         if length == UNDEFINED or pos + length > len(head):
             raise InvalidStructure(f"file meta element (0002,{elem:04X}) too long")
-        if elem == 0x0010:
-            ts = head[pos : pos + length].rstrip(b"\0 ").decode("ascii", "replace")
+        elements[0x00020000 | elem] = (vr.decode(), head[pos : pos + length], False)
         pos += length
-    if ts is None:
+    if 0x00020010 not in elements:
         raise InvalidStructure("no Transfer Syntax UID in the file meta")
-    return ts, pos, head
+    ts = elements[0x00020010][1].rstrip(b"\0 ").decode("ascii", "replace")
+    return ts, pos, head, elements
 
 
-def walk(path: Path, keep_until: int | None = None) -> Walked:
+def walk(path: Path, collect: Collection[int] = ()) -> Walked:
     """Walk a Part-10 file's structure; raise InvalidStructure or InflateLimit.
 
-    For a deflated dataset, `keep_until` (a tag) asks for the inflated top-level elements
-    before the first tag past it, for a header read that does not inflate everything.
+    The raw values of the top-level elements whose tags are in `collect` are kept
+    (`Walked.elements`), each up to `COLLECT_LIMIT` bytes.
     """
     try:
         with path.open("rb") as fp:
-            ts, offset, first = _meta(fp)
+            ts, offset, first, meta = _meta(fp)
             size = os.fstat(fp.fileno()).st_size - offset
             stream: Stream
             if ts == DEFLATED:
                 fp.seek(offset)
-                stream = _Inflated(fp, size, keep_until is not None)
+                stream = _Inflated(fp, size)
             else:
                 stream = _Plain(fp, offset, size, first[offset:])
-            walker = _Walker(stream, ts == EXPLICIT_BE, keep_until)
+            walker = _Walker(stream, ts == EXPLICIT_BE, collect)
             walker.dataset(None, 0, ts == IMPLICIT_LE, top=True)
     except OSError as exc:
         raise InvalidStructure(f"cannot read the received file: {exc.strerror}") from exc
     except struct.error as exc:  # a window shorter than an element header: truncated
         raise InvalidStructure(f"dataset truncated: {exc}") from exc
-    head: bytes | None = None
     if isinstance(stream, _Inflated):
         size = stream.produced
-        if stream.head is not None:
-            cut = walker.head_end if walker.head_end is not None else len(stream.head)
-            head = bytes(stream.head[:cut])
-    return Walked(ts, offset, size, head)
+    return Walked(ts, offset, size, walker.elements, meta)

@@ -19,7 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from router import dataset
 from router.errors import InflateLimit, InvalidStructure
-from router.walk import INFLATE_FLOOR, walk
+from router.walk import COLLECT_LIMIT, INFLATE_FLOOR, walk
 from tests import brokendata
 from tests.dicomgen import make_ct, make_multiframe
 
@@ -113,15 +113,35 @@ def test_sequences_nested_too_deep_fail_the_walk(tmp_path: Path) -> None:
         walk(path)
 
 
-def test_deflated_dataset_walks_and_its_header_is_read_from_the_head(tmp_path: Path) -> None:
-    """A deflated CT: its identity is parsed from the inflated head, not the whole dataset."""
+def test_deflated_dataset_walks_and_its_header_is_read_from_the_walk(tmp_path: Path) -> None:
+    """A deflated CT: its identity comes from the values the walk kept, not a second read."""
     make_ct(tmp_path / "ct.dcm", size=512 * 1024, PatientID="DFL")
     path = brokendata.deflated_copy(tmp_path / "ct.dcm", tmp_path / "dfl.dcm")
-    walked = walk(path, keep_until=0x0020000E)
-    assert walked.head is not None and len(walked.head) < 4096 < walked.dataset_bytes
+    walked = walk(path, collect={0x00100020})
+    assert walked.elements == {0x00100020: ("LO", b"DFL ", False)}
     header = dataset.read_received(path, ["PatientID"])
     assert (header.PatientID, header.SOPInstanceUID) == ("DFL", dcmread(path).SOPInstanceUID)
     assert str(header.file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.1.99"
+
+
+def test_walk_keeps_only_the_top_level_values_asked_for(tmp_path: Path) -> None:
+    """`collect` keeps raw top-level values with their VR; other elements are skipped."""
+    make_ct(tmp_path / "ct.dcm", size=64 * 1024, PatientID="P1")
+    walked = walk(tmp_path / "ct.dcm", collect={0x00100020, 0x00080018})
+    assert walked.elements[0x00100020] == ("LO", b"P1", False)
+    assert set(walked.elements) == {0x00100020, 0x00080018}
+    assert walked.meta[0x00020010][0] == "UI"
+
+
+def test_a_collected_value_above_the_limit_fails_the_walk(tmp_path: Path) -> None:
+    """A wanted element claiming more than COLLECT_LIMIT is refused, never read in."""
+    value = b"x" * (COLLECT_LIMIT + 2)
+    path = brokendata.appended(
+        tmp_path / "long.dcm", struct.pack("<HH2sHI", 0x7FDF, 0x0010, b"UT", 0, len(value)) + value
+    )
+    assert walk(path).dataset_bytes > COLLECT_LIMIT
+    with pytest.raises(InvalidStructure, match="too long"):
+        walk(path, collect={0x7FDF0010})
 
 
 def test_deflate_bomb_fails_with_c212(tmp_path: Path) -> None:

@@ -3,8 +3,9 @@
 Written for pynetdicom 3.0.4 (`PYNETDICOM_VERSION`): `install()` refuses any other
 version, and tests/test_netlayer.py pins the source of every upstream function replaced
 here, so that an upgrade fails loudly instead of silently running half-patched code.
-Line numbers are pynetdicom v3.0.4's. The changes live in `dul.py` (1-3), `dimse.py`
-(4-5) and `association.py` (6-7) beside this file; `limits.py` holds every limit.
+Line numbers are pynetdicom v3.0.4's. The changes live in `dul.py` (1-3, 10), `dimse.py`
+(4-5, 9) and `association.py` (6-7) beside this file; `packing.py` holds the messages
+packed and unpacked with `struct`, `limits.py` every limit.
 Each change, why, and what it replaces:
 
 1. `RouterDUL._read_pdu_data` replaces `dul.py:258-336` (`DULServiceProvider._read_pdu_data`)
@@ -35,7 +36,9 @@ Each change, why, and what it replaces:
    traceback, or unbounded memory). A write error (ENOSPC) drains the rest of the dataset
    and hands the C-STORE on with `receive_error` set, so the sender gets 0xA700. A partial
    file, or a received one never handed to the handler, is removed when the association
-   ends, however it ends (upstream left them in the temp folder).
+   ends, however it ends (upstream left them in the temp folder). When the last fragment
+   is written, the file's writeback is started (`sync_file_range`, a hint), so the
+   handler's fsync a millisecond later waits less.
 5. `RouterDIMSE.send_msg` replaces `dimse.py:310-336` for a plain C-STORE-RSP (status only):
    the command set is packed with `struct`, byte-identical to `primitive_to_message` +
    `encode_msg`, which encoded it twice through pydicom.
@@ -57,6 +60,18 @@ Each change, why, and what it replaces:
    (`transport.py:1040`, which raised because `make_server` never registered it).
 8. `threading.excepthook`: a pynetdicom thread that still dies logs one line through our
    logger instead of a traceback on stderr.
+9. `store_request` (in `RouterDIMSE._command_done`) replaces, for a plain C-STORE-RQ
+   (the six elements of PS3.7 9.3.1.1, no Move Originator) and when no EVT_DIMSE_RECV
+   handler is bound, `dsutils.py:70-120` (`decode`, through pydicom) and
+   `dimse_messages.py:692-736` (`message_to_primitive`): the command set is read with
+   `struct` and the C_STORE primitive set through its own validating setters, in
+   upstream's order. Anything else (another command, a repeated or multi-valued element,
+   an empty UID) takes upstream's path. About 0.3 ms less per C-STORE.
+10. `RouterDUL._send` replaces `dul.py:450-462` for a P-DATA-TF when no EVT_PDU_SENT
+   handler is bound: the PDU is packed with `struct` (`encode_p_data`), byte-identical to
+   `pdu.py:109-125` (`PDU.encode` over `P_DATA_TF._encoders` and each
+   `PresentationDataValueItem`'s), which concatenated bytes field by field. It serves the
+   C-STORE-RSP and the forwarder's datasets alike.
 """
 
 from __future__ import annotations
@@ -78,7 +93,7 @@ from router.netlayer.association import (
     shutdown_socket,
     when_done,
 )
-from router.netlayer.dimse import RouterDIMSE, file_meta, store_rsp_command
+from router.netlayer.dimse import RouterDIMSE
 from router.netlayer.dul import RouterDUL
 from router.netlayer.limits import (
     PDU_DEADLINE,
@@ -86,6 +101,7 @@ from router.netlayer.limits import (
     UPSTREAM_SOURCES,
     escaped,
 )
+from router.netlayer.packing import encode_p_data, file_meta, store_request, store_rsp_command
 
 __all__ = [
     "PDU_DEADLINE",
@@ -93,11 +109,13 @@ __all__ = [
     "UPSTREAM_SOURCES",
     "RouterAE",
     "RouterServer",
+    "encode_p_data",
     "escaped",
     "file_meta",
     "install",
     "requested",
     "shutdown_socket",
+    "store_request",
     "store_rsp_command",
     "when_done",
 ]

@@ -1,11 +1,12 @@
 """The DIMSE provider with bounded, file-backed decoding and a packed C-STORE-RSP.
 
-Changes 4 and 5 of router.netlayer (see its docstring).
+Changes 4, 5 and 9 of router.netlayer (see its docstring).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import queue
@@ -15,12 +16,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, cast
 
-from pynetdicom import (
-    PYNETDICOM_IMPLEMENTATION_UID,
-    PYNETDICOM_IMPLEMENTATION_VERSION,
-    _config,
-    evt,
-)
+from pynetdicom import _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_STORE_RQ, DIMSEMessage
@@ -30,53 +26,25 @@ from pynetdicom.pdu_primitives import P_DATA
 
 from router.netlayer import limits
 from router.netlayer.dul import KickQueue
+from router.netlayer.packing import file_meta, store_request, store_rsp_command
 
-# --------------------------------------------------------------------------- DIMSE
-
-_META_PREFIX = b"\0" * 128 + b"DICM"
-
-
-def _ui(tag: int, value: str, explicit: bool) -> bytes:
-    raw = value.encode("ascii")
-    if len(raw) % 2:
-        raw += b"\0"
-    group, elem = tag >> 16, tag & 0xFFFF
-    if explicit:
-        return struct.pack("<HH2sH", group, elem, b"UI", len(raw)) + raw
-    return struct.pack("<HHL", group, elem, len(raw)) + raw
+_sync_file_range: Any
+try:  # Linux: start a received file's writeback before the handler's fsync waits for it
+    _sync_file_range = ctypes.CDLL(None, use_errno=True).sync_file_range
+    _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+except (AttributeError, OSError):
+    _sync_file_range = None
+SYNC_FILE_RANGE_WRITE = 2
 
 
-def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
-    """Preamble, prefix and group 2 as pydicom writes pynetdicom's `create_file_meta`."""
-    version = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
-    if len(version) % 2:
-        version += b" "
-    body = b"".join(
-        (
-            struct.pack("<HH2sHL", 2, 1, b"OB", 0, 2) + b"\0\x01",
-            _ui(0x00020002, sop_class, True),
-            _ui(0x00020003, sop_instance, True),
-            _ui(0x00020010, transfer_syntax, True),
-            _ui(0x00020012, PYNETDICOM_IMPLEMENTATION_UID, True),
-            struct.pack("<HH2sH", 2, 0x13, b"SH", len(version)) + version,
-        )
-    )
-    return _META_PREFIX + struct.pack("<HH2sHL", 2, 0, b"UL", 4, len(body)) + body
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing a file's dirty pages now (a hint, never a wait).
 
-
-def store_rsp_command(sop_class: str, message_id: int, status: int, sop_instance: str) -> bytes:
-    """A C-STORE-RSP command set (Implicit VR LE), as `primitive_to_message` encodes it."""
-    body = b"".join(
-        (
-            _ui(0x00000002, sop_class, False),
-            struct.pack("<HHLH", 0, 0x0100, 2, 0x8001),
-            struct.pack("<HHLH", 0, 0x0120, 2, message_id),
-            struct.pack("<HHLH", 0, 0x0800, 2, 0x0101),
-            struct.pack("<HHLH", 0, 0x0900, 2, status),
-            _ui(0x00001000, sop_instance, False),
-        )
-    )
-    return struct.pack("<HHLL", 0, 0, 4, len(body)) + body
+    The handler fsyncs the file about a millisecond later (after the walk and the header
+    read); writing meanwhile takes ~0.5 ms off that fsync on this project's disk.
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
 
 
 def _message(cls: type[DIMSEMessage], command_set: Any, context_id: int) -> DIMSEMessage:
@@ -107,6 +75,17 @@ def _check_command_structure(data: bytearray) -> None:
         offset += 8 + length
 
 
+# The elements of a plain C-STORE-RQ (PS3.7 9.3.1.1) without a Move Originator; any
+# other command set takes upstream's decoding.
+class _Request:
+    """A C-STORE-RQ decoded by `store_request`, its dataset arriving."""
+
+    __slots__ = ("context_id", "primitive")
+
+    def __init__(self, primitive: C_STORE, context_id: int) -> None:
+        self.primitive, self.context_id = primitive, context_id
+
+
 class _Received:
     """A received dataset's file, as pynetdicom's SCP expects it (`close()`, `name`)."""
 
@@ -124,7 +103,7 @@ class RouterDIMSE(DIMSEServiceProvider):
         super().__init__(assoc)
         self.msg_queue = KickQueue(self._kick)
         self._command = bytearray()
-        self._pending: DIMSEMessage | None = None  # command decoded, dataset arriving
+        self._pending: DIMSEMessage | _Request | None = None  # command decoded, dataset arriving
         self._memory: BytesIO | None = None
         self._memory_limit = limits.MAX_MEMORY_DATASET
         self._fd = -1
@@ -178,6 +157,20 @@ class RouterDIMSE(DIMSEServiceProvider):
     def _command_done(self, context_id: int) -> None:
         if context_id not in self.assoc._accepted_cx:
             raise limits.ProtocolError(f"presentation context {context_id} was not accepted")
+        if _config.STORE_RECV_CHUNKED_DATASET and not self.assoc.get_handlers(evt.EVT_DIMSE_RECV):
+            try:
+                primitive = store_request(self._command)
+            except (ValueError, TypeError) as exc:
+                raise limits.ProtocolError(f"invalid DIMSE message ({exc})") from exc
+            if primitive is not None:
+                self._command = bytearray()
+                self._pending = _Request(primitive, context_id)
+                self._open_file(
+                    str(primitive.AffectedSOPClassUID),
+                    str(primitive.AffectedSOPInstanceUID),
+                    context_id,
+                )
+                return
         _check_command_structure(self._command)
         try:
             command_set = decode(BytesIO(bytes(self._command)), True, True)
@@ -194,7 +187,12 @@ class RouterDIMSE(DIMSEServiceProvider):
             return
         self._pending = message
         if isinstance(message, C_STORE_RQ) and _config.STORE_RECV_CHUNKED_DATASET:
-            self._open_file(message, context_id)
+            cs = message.command_set
+            try:
+                uids = str(cs.AffectedSOPClassUID), str(cs.AffectedSOPInstanceUID)
+            except Exception as exc:
+                raise limits.ProtocolError(f"unusable C-STORE-RQ command set ({exc})") from exc
+            self._open_file(*uids, context_id)
         else:
             self._memory = BytesIO()
             self._memory_limit = (
@@ -203,14 +201,11 @@ class RouterDIMSE(DIMSEServiceProvider):
                 else limits.MAX_MEMORY_DATASET
             )
 
-    def _open_file(self, message: DIMSEMessage, context_id: int) -> None:
-        cs = message.command_set
+    def _open_file(self, sop_class: str, sop_instance: str, context_id: int) -> None:
         assert limits.incoming is not None, "netlayer.install() was not called"
         try:
             meta = file_meta(
-                str(cs.AffectedSOPClassUID),
-                str(cs.AffectedSOPInstanceUID),
-                str(self.assoc._accepted_cx[context_id].transfer_syntax[0]),
+                sop_class, sop_instance, str(self.assoc._accepted_cx[context_id].transfer_syntax[0])
             )
         except Exception as exc:
             raise limits.ProtocolError(f"unusable C-STORE-RQ command set ({exc})") from exc
@@ -243,17 +238,26 @@ class RouterDIMSE(DIMSEServiceProvider):
                 limits.log.warning("%s", self._error)
             self.discard_partial()
 
-    def _finish(self, message: DIMSEMessage) -> None:
+    def _finish(self, message: DIMSEMessage | _Request) -> None:
         received: Path | None = None
         error = self._error
         with self._lock:
             if self._fd >= 0:
+                start_writeback(self._fd)
                 os.close(self._fd)
                 self._fd = -1
                 received, self._path = self._path, None
-        if self._memory is not None:
+        if self._memory is not None and not isinstance(message, _Request):
             message.data_set = self._memory
         self._pending, self._memory, self._error = None, None, None
+        if isinstance(message, _Request):  # no EVT_DIMSE_RECV handler: none to trigger
+            request = message.primitive
+            request._context_id = message.context_id
+            request._dataset_path = received
+            request._dataset_file = _Received(received) if received else None  # type: ignore[assignment]
+            request.receive_error = error  # type: ignore[attr-defined]
+            self.msg_queue.put((message.context_id, request))
+            return
         try:
             primitive = message.message_to_primitive()
         except Exception as exc:

@@ -1,6 +1,6 @@
 """The DUL (upper layer) with limits, deadlines, event-driven wake-ups and backpressure.
 
-Changes 1, 2 and 3 of router.netlayer (see its docstring).
+Changes 1, 2, 3 and 10 of router.netlayer (see its docstring).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from typing import Any, cast
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 
 from router.netlayer import limits
+from router.netlayer.packing import encode_p_data
 
 # --------------------------------------------------------------------------- queues
 
@@ -171,7 +172,18 @@ class RouterDUL(DULServiceProvider):
             self.join(limits.PDU_DEADLINE)
         return True
 
-    # -- sending (change 3)
+    # -- sending (changes 3 and 10)
+
+    def _send(self, pdu: Any) -> None:
+        """Encode and send a PDU; a P-DATA-TF by `encode_p_data` (change 10)."""
+        if (
+            type(pdu) is P_DATA_TF
+            and self.socket is not None
+            and not self.assoc.get_handlers(evt.EVT_PDU_SENT)
+        ):
+            self.socket.send(encode_p_data(pdu))
+            return
+        super()._send(pdu)
 
     def send_pdu(self, primitive: Any) -> None:
         """Queue `primitive` for sending; blocks while `limits.SEND_QUEUE_LIMIT` are waiting."""

@@ -43,6 +43,14 @@ UPSTREAM_SOURCES = {
     "service_class.StorageServiceClass.SCP": "63afca7fc6c6e7ee",
     "events.Event.dataset_path": "7eba7552ff800249",
     "dsutils.create_file_meta": "035ed415f5aeea15",
+    "dsutils.decode": "33aaa74edebf3188",
+    "dimse_primitives.C_STORE.__init__": "d6deffe2538504c1",
+    "dul.DULServiceProvider._send": "a850a7919e68484e",
+    "fsm.DT_1": "82e5c5d4114534fa",
+    "pdu.P_DATA_TF.encode": "21d920a756d945bc",
+    "pdu.P_DATA_TF._encoders": "b1d9c7c6230e7bdd",
+    "pdu.P_DATA_TF.from_primitive": "1e84ddf2ecfdc32e",
+    "pdu_items.PresentationDataValueItem._encoders": "e385dfb266ee5ee5",
 }
 
 MAX_ASSOCIATE_PDU = 64 * 1024  # an A-ASSOCIATE-RQ/AC is a few hundred bytes to a few KiB
