@@ -1,6 +1,6 @@
 """`python -m router` is the `dicom-router` console script."""
 
-from router.cli import main
+from router.launch import main
 
 if __name__ == "__main__":  # the forwarder process is spawned: it must not run main() again
     raise SystemExit(main())

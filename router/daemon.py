@@ -27,12 +27,13 @@ from router.delivery import ForwarderProcess, SpoolForwarding
 from router.errors import ConfigError, OutOfResources, StartupError
 from router.exporter import Exporter, ReloadStats
 from router.journal import Journal
+from router.launch import default_workers
 from router.loader import LoadedConfig, load
 from router.reload import RuleFileWatcher
 from router.scp import StorageSCP, configure_pynetdicom, tls_context
 from router.spool import Spool
 from router.systemd import Notifier
-from router.workers import WorkerPool, default_workers, reserve_port
+from router.workers import WorkerPool, reserve_port
 
 log = logging.getLogger("router.daemon")
 

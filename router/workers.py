@@ -36,20 +36,14 @@ from typing import Any
 
 from router import logs, metrics
 from router.errors import StartupError
+from router.launch import PRELOAD
 from router.loader import LoadedConfig, Shipped, load_shipped
 
 log = logging.getLogger("router.daemon")
 
-MAX_DEFAULT = 8
 START_SECONDS = 30.0  # a worker that is not listening by then is a start-up failure
 DRAIN_SECONDS = 10.0  # in-flight associations get this long after SIGTERM, then abort
 _PR_SET_PDEATHSIG = 1
-_PRELOAD = ("router.actions", "router.delivery", "router.journal", "router.scp", "router.spool")
-
-
-def default_workers() -> int:
-    """The number of CPUs, at most MAX_DEFAULT."""
-    return max(1, min(os.cpu_count() or 1, MAX_DEFAULT))
 
 
 class Budget:
@@ -95,7 +89,7 @@ class WorkerPool:
         # A fork server imports the receiving modules once; each worker (and a restarted
         # one) is then a fork of that thread-free process: no per-worker import time.
         self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(list(_PRELOAD))
+        self._ctx.set_forkserver_preload(list(PRELOAD))
         self.n = n
         self._spool = spool
         self.port = port

@@ -56,6 +56,20 @@ def test_two_workers_listen_on_the_port_and_the_main_process_does_not(
     assert daemon.log().count("listening on") == 1
 
 
+def test_default_workers_are_the_cpus_the_daemon_may_run_on(
+    router: Callable[..., RouterDaemon],
+) -> None:
+    """Started on one CPU (taskset, systemd CPUAffinity=), the daemon defaults to 1 worker."""
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})  # inherited by the daemon started now
+    try:
+        daemon = router(rule_file())
+    finally:
+        os.sched_setaffinity(0, allowed)
+    daemon.wait_log("1 worker,")
+    assert not workers(daemon)  # the main process receives itself
+
+
 def test_parallel_senders_are_stored_by_the_workers(
     router: Callable[..., RouterDaemon], cts: list[Path]
 ) -> None:
