@@ -2,5 +2,5 @@
 
 from router.launch import main
 
-if __name__ == "__main__":  # the forwarder process is spawned: it must not run main() again
+if __name__ == "__main__":  # a child imports this module: it must not run main() again
     raise SystemExit(main())

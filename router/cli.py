@@ -120,14 +120,13 @@ def load_for_run(path: Path | None) -> LoadedConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from router.launch import default_workers, start_fork_server
+    from router.launch import start_fork_server
 
     logs.setup(args.log_format, args.debug)
     loaded = load_for_run(args.config)
     if loaded.fixture_failures:
         raise ConfigError(loaded.fixture_failures)
-    if (loaded.config.listen.workers or default_workers()) > 1:
-        start_fork_server()  # if router.launch could not tell (it does nothing if running)
+    start_fork_server()  # started already by router.launch, unless called otherwise
     from router.daemon import Daemon  # pynetdicom is imported only for commands that need it
 
     daemon = Daemon(loaded, watch=not args.no_watch, log_format=args.log_format, debug=args.debug)

@@ -87,8 +87,7 @@ class Daemon:
         loaded = self._loaded
         spool = loaded.spool
         spool_db = self._recover_spool(spool)
-        # Before anything is spawned or forked: children inherit PROMETHEUS_MULTIPROC_DIR
-        # (or not).
+        # Before any child starts: each gets the metrics folder (or None) as an argument.
         if loaded.config.metrics:
             metrics.enable(spool, loaded.config)
             # Bound before the DICOM port: once that listens, /metrics answers too.
@@ -107,8 +106,8 @@ class Daemon:
             self._forwarding = SpoolForwarding(spool_db, self.current)
             pipeline = Pipeline(self.current, self._forwarding, spool / "work", self.journal)
             self.scp = StorageSCP(listen, pipeline, lambda: self._loaded.config, tls, self.journal)
-            self.forwarder.start(loaded)
             self.scp.start()
+            self.forwarder.start(loaded)  # may wait for the fork server's imports to end
             port = self.scp.port
         else:
             self._reserved = reserve_port(listen.host, listen.port)

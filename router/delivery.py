@@ -1,17 +1,16 @@
 """Delivery: the forwarder process, its per-destination workers, and the SCP's seam to them.
 
 pynetdicom's network layer is CPU-bound and receive and send would compete for one GIL,
-so queued forwards are sent by a separate process (spawned, so it shares nothing but the
-spool). It reads due deliveries from the spool's SQLite queue; the daemon sends it each
-new config after a reload and restarts it if it dies. A destination gets
-`associations` worker threads, each keeping one association open while there is work
-and closing it after `idle_timeout`.
+so queued forwards are sent by a separate process (a fork of the thread-free fork
+server, `router.launch`: it shares nothing but the spool). It reads due deliveries from
+the spool's SQLite queue; the daemon sends it each new config after a reload and
+restarts it if it dies. A destination gets `associations` worker threads, each keeping
+one association open while there is work and closing it after `idle_timeout`.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 import threading
@@ -23,7 +22,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from router import forward, logs, metrics
+from router import forward, launch, logs, metrics
 from router.actions import Received
 from router.config import DicomDestination, StowDestination
 from router.errors import ActionError, OutOfResources
@@ -260,13 +259,19 @@ def _workers(
 
 
 def forwarder_main(
-    spool_root: str, config: Shipped, conn: Connection, log_format: str, debug: bool
+    spool_root: str,
+    config: Shipped,
+    conn: Connection,
+    log_format: str,
+    debug: bool,
+    metrics_folder: str | None,
 ) -> None:
     """Entry point of the forwarder process."""
     from router.scp import configure_pynetdicom
 
+    launch.name_process("dr-forwarder")
     logs.setup(log_format, debug)
-    metrics.init_process()  # on when the daemon set PROMETHEUS_MULTIPROC_DIR for us
+    metrics.init_process(metrics_folder)
     configure_pynetdicom(Path(spool_root) / "incoming")
     stop = threading.Event()
     # SIGTERM reaches the whole cgroup under systemd: finish the instance in hand, exit.
@@ -299,7 +304,7 @@ class ForwarderProcess:
     """The daemon's handle on the forwarder process."""
 
     def __init__(self, spool_root: Path, log_format: str, debug: bool) -> None:
-        self._ctx = multiprocessing.get_context("spawn")
+        self._ctx = launch.children()  # a fork of the fork server, as the workers are
         self._spool_root = spool_root
         self._log_format = log_format
         self._debug = debug
@@ -314,7 +319,14 @@ class ForwarderProcess:
         self._proc = self._ctx.Process(
             target=forwarder_main,
             name="dicom-router-forwarder",
-            args=(str(self._spool_root), self._config, child_end, self._log_format, self._debug),
+            args=(
+                str(self._spool_root),
+                self._config,
+                child_end,
+                self._log_format,
+                self._debug,
+                metrics.shared_folder(),
+            ),
         )
         self._proc.start()
         child_end.close()

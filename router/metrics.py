@@ -1,13 +1,15 @@
 """Prometheus instruments, shared by every process of one router; call sites are one line.
 
 prometheus-client's multiprocess mode: the daemon wipes `SPOOL/metrics` at start-up and
-sets PROMETHEUS_MULTIPROC_DIR before it imports prometheus_client or spawns a child, so
-each process (the daemon, the forwarder, receiving workers) writes its own mmap'd files
-there, and the daemon's `/metrics` sums them (`router.exporter`). Counters and
-histograms of a dead process stay in its files: after a restart the sums go on from
-there, never backwards. Gauges say how they combine (`multiprocess_mode`).
+sets PROMETHEUS_MULTIPROC_DIR before it imports prometheus_client, and hands the folder
+to each child it starts (`init_process`), so each process (the daemon, the forwarder,
+receiving workers) writes its own mmap'd files there, and the daemon's `/metrics` sums
+them (`router.exporter`). Counters and histograms of a dead process stay in its files:
+after a restart the sums go on from there, never backwards. Gauges say how they combine
+(`multiprocess_mode`).
 
-Everything here is a no-op until `enable()` (daemon) or `init_process()` (a child):
+Everything here is a no-op until `enable()` (daemon) or `init_process()` (a child, given
+the daemon's `shared_folder()`):
 without `metrics:` in the rule file the hot path pays one global lookup. What the
 daemon alone knows (config version, reloads, queues, spool space) is read at scrape
 time by `router.exporter`, not written here.
@@ -171,7 +173,7 @@ def enabled() -> bool:
 
 
 def enable(spool: Path, config: Config) -> None:
-    """Daemon start-up, before any child is spawned: a fresh SPOOL/metrics, instruments."""
+    """Daemon start-up, before any child starts: a fresh SPOOL/metrics, instruments."""
     global _m
     folder = spool / "metrics"
     shutil.rmtree(folder, ignore_errors=True)
@@ -189,10 +191,23 @@ def disable_children() -> None:
     os.environ.pop(ENV.lower(), None)
 
 
-def init_process() -> None:
-    """A child (forwarder, worker): write metrics if the daemon turned them on."""
+def shared_folder() -> str | None:
+    """The folder the daemon's processes write metrics to; None when metrics are off."""
+    return os.environ.get(ENV) if _m is not None else None
+
+
+def init_process(folder: str | None) -> None:
+    """A child (forwarder, worker): write metrics into `folder` (`shared_folder()`), if any.
+
+    Children are forks of a fork server started before the daemon knew its config, so
+    the folder comes as an argument, not in the environment they inherited.
+    """
     global _m
-    if _m is None and os.environ.get(ENV):
+    if folder is None:
+        os.environ.pop(ENV, None)
+        return
+    os.environ[ENV] = folder  # before prometheus_client's first import here
+    if _m is None:
         _check_multiprocess()
         _m = _Instruments()
 

@@ -24,7 +24,6 @@ import contextlib
 import ctypes
 import fcntl
 import logging
-import multiprocessing
 import os
 import signal
 import socket
@@ -34,9 +33,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from router import logs, metrics
+from router import launch, logs, metrics
 from router.errors import StartupError
-from router.launch import PRELOAD
 from router.loader import LoadedConfig, Shipped, load_shipped
 
 log = logging.getLogger("router.daemon")
@@ -88,8 +86,7 @@ class WorkerPool:
     def __init__(self, n: int, spool: Path, port: int, log_format: str, debug: bool) -> None:
         # A fork server imports the receiving modules once; each worker (and a restarted
         # one) is then a fork of that thread-free process: no per-worker import time.
-        self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(list(PRELOAD))
+        self._ctx = launch.children()
         self.n = n
         self._spool = spool
         self.port = port
@@ -124,6 +121,7 @@ class WorkerPool:
                 self._counts,
                 self._log_format,
                 self._debug,
+                metrics.shared_folder(),
             ),
         )
         proc.start()
@@ -205,8 +203,10 @@ def worker_main(
     counts: Any,
     log_format: str,
     debug: bool,
+    metrics_folder: str | None,
 ) -> None:
     """Entry point of a receiving worker."""
+    launch.name_process(f"dr-worker-{slot}")
     _die_with_parent()
     parent = os.getppid()
     stop = threading.Event()
@@ -214,7 +214,7 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process decides
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logs.setup(log_format, debug)
-    metrics.init_process()  # on when the main process set PROMETHEUS_MULTIPROC_DIR
+    metrics.init_process(metrics_folder)
     spool = Path(spool_root)
     lock = os.open(spool / "workers.lock", os.O_RDWR | os.O_CREAT, 0o640)
     fcntl.flock(lock, fcntl.LOCK_SH)

@@ -33,7 +33,7 @@ PER_WORKER = 250
 
 def worker(path: str, done: Any, hold: bool) -> None:
     """Count PER_WORKER C-STOREs and open one association; then wait to be killed or stop."""
-    metrics.init_process()
+    metrics.init_process(os.environ.get(metrics.ENV))
     metrics.config_applied(Config.model_validate(CONFIG))
     received = Received(Path(path), "1.2.3", "1.2.3.4", "CT_1", "R", "::1", "1.2.840.10008.1.2")
     outcome = Outcome(0, "default", ("discard",), "v")

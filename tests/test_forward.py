@@ -41,7 +41,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from tests.daemon import RouterDaemon
 from tests.dicomgen import make_instance, make_multiframe, make_series
-from tests.peers import LOOPBACK, Orthanc, StoreSCP, free_port, storescu
+from tests.peers import LOOPBACK, Orthanc, StoreSCP, _descendants, free_port, storescu
 
 pytestmark = pytest.mark.interop
 
@@ -734,18 +734,6 @@ def test_trace_shows_arrival_rule_status_config_and_delivery(
 # --- memory --------------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    """PIDs whose parent is `pid` (from /proc/*/stat)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                stat = (entry / "stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
 def _vm_hwm_mib(pid: int) -> float:
     """Peak resident set size of a process, in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -755,13 +743,13 @@ def _vm_hwm_mib(pid: int) -> float:
 
 
 def _forwarder_pid(daemon_pid: int) -> int:
-    """The forwarder: the daemon's child started by multiprocessing's spawn."""
+    """The forwarder: the daemon's descendant named dr-forwarder."""
 
     def spawned() -> list[int]:
         found = []
-        for pid in _children(daemon_pid):
+        for pid, _ in _descendants(daemon_pid):
             with contextlib.suppress(OSError):
-                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "dr-forwarder":
                     found.append(pid)
         return found
 

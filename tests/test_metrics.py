@@ -7,6 +7,7 @@ its metric files, summed by the daemon's scrape.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from tests.daemon import RouterDaemon
 from tests.dicomgen import make_ct
-from tests.peers import LOOPBACK, StoreSCP, free_port, storescu
+from tests.peers import LOOPBACK, StoreSCP, _descendants, free_port, storescu
 from tests.prom import PROMTOOL, Prometheus, get, scrape, scrape_text, value, wait_value
 
 Start = Callable[..., RouterDaemon]
@@ -65,16 +66,12 @@ def cts(folder: Path, n: int) -> list[Path]:
 
 
 def forwarders(pid: int) -> list[int]:
-    """PIDs of the forwarder processes (spawned children) of the daemon `pid`."""
+    """PIDs of the forwarder processes (named dr-forwarder) of the daemon `pid`."""
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and b"spawn_main" in cmdline:  # not the resource tracker
-            found.append(int(stat.parent.name))
+    for child, _ in _descendants(pid):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{child}/comm").read_text().strip() == "dr-forwarder":
+                found.append(child)
     return found
 
 

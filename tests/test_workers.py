@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -176,3 +177,20 @@ def test_sigterm_lets_every_worker_finish_its_transfer(
     sender.join(30)
     assert results == [[0x0000]] and archived(daemon, big).is_file()
     assert time.monotonic() - start < 25
+
+
+def test_workers_and_the_forwarder_are_named_for_ps(router: Callable[..., RouterDaemon]) -> None:
+    """`ps -o comm` and `pgrep` tell the receiving workers and the forwarder apart."""
+    daemon = router(with_workers(2))
+    assert wait_until(lambda: len(workers(daemon)) == 2, 10)
+    assert daemon.proc is not None
+
+    def names() -> list[str]:
+        assert daemon.proc is not None
+        found = []
+        for pid, _ in _descendants(daemon.proc.pid):
+            with contextlib.suppress(OSError):
+                found.append(Path(f"/proc/{pid}/comm").read_text().strip())
+        return sorted(n for n in found if n.startswith("dr-"))
+
+    assert wait_until(lambda: names() == ["dr-forwarder", "dr-worker-0", "dr-worker-1"], 10)
