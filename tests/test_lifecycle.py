@@ -30,7 +30,15 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from router.loader import config_version
 from tests.daemon import DICOM_ROUTER, RouterDaemon
 from tests.dicomgen import make_ct, make_instance
-from tests.peers import LOOPBACK, StoreResult, StoreSCP, echoscu, free_port, storescu
+from tests.peers import (
+    LOOPBACK,
+    StoreResult,
+    StoreSCP,
+    _descendants,
+    echoscu,
+    free_port,
+    storescu,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -470,6 +478,25 @@ def test_systemd_notify_protocol(
         assert senders == {main_pid}, f"datagrams from {senders}, main pid {main_pid}"
     finally:
         waiter.join(1)
+        listener.close()
+
+
+def test_no_child_inherits_the_notify_socket(router: Router, tmp_path: Path) -> None:
+    """The fork server, the workers and the forwarder start without systemd's variables."""
+    listener = NotifyListener(tmp_path / "notify")
+    try:
+        d = router(
+            rule_file(STORE_A).replace("port: {port}", "port: {port}, workers: 2"),
+            env={"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "400000"},
+        )
+        assert d.proc is not None
+        children = [pid for pid, _ in _descendants(d.proc.pid)]
+        assert len(children) >= 4  # fork server, 2 workers, forwarder (+ resource tracker)
+        for pid in children:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            names = {entry.split(b"=", 1)[0] for entry in environ}
+            assert not names & {b"NOTIFY_SOCKET", b"WATCHDOG_USEC"}, pid
+    finally:
         listener.close()
 
 
