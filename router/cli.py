@@ -120,13 +120,14 @@ def load_for_run(path: Path | None) -> LoadedConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from router.launch import start_fork_server
+    from router.launch import default_workers, start_fork_server
 
     logs.setup(args.log_format, args.debug)
     loaded = load_for_run(args.config)
     if loaded.fixture_failures:
         raise ConfigError(loaded.fixture_failures)
-    start_fork_server()  # started already by router.launch, unless called otherwise
+    if (loaded.config.listen.workers or default_workers()) > 1:
+        start_fork_server()  # as router.launch does, for a caller that did not go through it
     from router.daemon import Daemon  # pynetdicom is imported only for commands that need it
 
     daemon = Daemon(loaded, watch=not args.no_watch, log_format=args.log_format, debug=args.debug)

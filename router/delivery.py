@@ -328,6 +328,7 @@ class ForwarderProcess:
                 metrics.shared_folder(),
             ),
         )
+        launch.start_fork_server()
         self._proc.start()
         child_end.close()
         self._conn = parent_end

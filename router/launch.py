@@ -7,7 +7,9 @@ the CLI, the server imports side by side with it on a second CPU: a daemon with 
 workers listens in ~1.6 s instead of ~2.8 s, and its forwarder is ready when it does
 (measured on this project's 2-CPU machine).
 
-The server is started with none of the variables the main process keeps to itself
+With a single receiving process (`workers: 1`, or one CPU) the main process listens
+itself and the server starts after that, when the forwarder does. The server is
+started with none of the variables the main process keeps to itself
 (systemd's notify socket, prometheus-client's folder): a child gets what it needs from
 its arguments (`router.metrics.init_process`).
 """
@@ -52,7 +54,10 @@ def children() -> Any:
 
 
 def start_fork_server() -> None:
-    """Start the fork server (once), without the main process's private variables."""
+    """Start the fork server unless it runs, without the main process's private variables.
+
+    Call it before each child's `start()`: the server is started by whoever needs it first.
+    """
     children()
     saved = {name: os.environ.pop(name) for name in PRIVATE_VARIABLES if name in os.environ}
     try:
@@ -68,10 +73,33 @@ def name_process(name: str) -> None:
         libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
+def peeked_workers(run_args: list[str]) -> int | None:
+    """`listen.workers` of the rule file `run` will load, if a quick look finds it."""
+    path = os.environ.get("DICOM_ROUTER_CONFIG")
+    for i, arg in enumerate(run_args):
+        if arg in ("-c", "--config") and i + 1 < len(run_args):
+            path = run_args[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+    if path is None:
+        return None  # the embedded config: the default
+    try:
+        import yaml
+
+        with open(path, encoding="utf-8") as fp:
+            workers = yaml.safe_load(fp)["listen"]["workers"]
+    except Exception:  # unreadable, invalid, no such key: router.cli will say what is wrong
+        return None
+    return workers if isinstance(workers, int) and not isinstance(workers, bool) else None
+
+
 def main() -> int:
     """Entry point of the console script and `python -m router`."""
     argv = sys.argv[1:]
-    if argv[:1] == ["run"]:
+    # With one receiving process (one CPU, or `workers: 1`) the main process listens
+    # itself: the fork server is then started after that, for the forwarder alone, so
+    # that its imports do not slow the main process's on a single CPU.
+    if argv[:1] == ["run"] and (peeked_workers(argv[1:]) or default_workers()) > 1:
         start_fork_server()
     from router.cli import main as cli_main
 

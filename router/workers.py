@@ -124,6 +124,7 @@ class WorkerPool:
                 metrics.shared_folder(),
             ),
         )
+        launch.start_fork_server()
         proc.start()
         child_end.close()
         self._procs[slot], self._conns[slot] = proc, parent_end

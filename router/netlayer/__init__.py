@@ -66,12 +66,14 @@ Each change, why, and what it replaces:
    `dimse_messages.py:692-736` (`message_to_primitive`): the command set is read with
    `struct` and the C_STORE primitive set through its own validating setters, in
    upstream's order. Anything else (another command, a repeated or multi-valued element,
-   an empty UID) takes upstream's path. About 0.3 ms less per C-STORE.
+   an empty UID) takes upstream's path.
 10. `RouterDUL._send` replaces `dul.py:450-462` for a P-DATA-TF when no EVT_PDU_SENT
    handler is bound: the PDU is packed with `struct` (`encode_p_data`), byte-identical to
    `pdu.py:109-125` (`PDU.encode` over `P_DATA_TF._encoders` and each
    `PresentationDataValueItem`'s), which concatenated bytes field by field. It serves the
    C-STORE-RSP and the forwarder's datasets alike.
+   Changes 9 and 10 together: a bare SCP's CPU per C-STORE 2.5 -> 1.95 ms
+   (`bench/bare_scp.py PORT --netlayer DIR`, 0.5 MB CT).
 """
 
 from __future__ import annotations
