@@ -38,7 +38,9 @@ Each change, why, and what it replaces:
    file, or a received one never handed to the handler, is removed when the association
    ends, however it ends (upstream left them in the temp folder). When the last fragment
    is written, the file's writeback is started (`sync_file_range`, a hint), so the
-   handler's fsync a millisecond later waits less.
+   handler's fsync a millisecond later waits less. A requestor's P-DATA decoded before
+   its own thread handled the A-ASSOCIATE-AC waits for that (`ESTABLISH_WAIT`), as
+   upstream's queue between the two did.
 5. `RouterDIMSE.send_msg` replaces `dimse.py:310-336` for a plain C-STORE-RSP (status only):
    the command set is packed with `struct`, byte-identical to `primitive_to_message` +
    `encode_msg`, which encoded it twice through pydicom.

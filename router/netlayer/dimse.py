@@ -12,6 +12,7 @@ import os
 import queue
 import struct
 import threading
+import time
 from io import BytesIO
 from pathlib import Path
 from typing import Any, cast
@@ -155,7 +156,7 @@ class RouterDIMSE(DIMSEServiceProvider):
             self._finish(message)
 
     def _command_done(self, context_id: int) -> None:
-        if context_id not in self.assoc._accepted_cx:
+        if not self._context_accepted(context_id):
             raise limits.ProtocolError(f"presentation context {context_id} was not accepted")
         if _config.STORE_RECV_CHUNKED_DATASET and not self.assoc.get_handlers(evt.EVT_DIMSE_RECV):
             try:
@@ -200,6 +201,21 @@ class RouterDIMSE(DIMSEServiceProvider):
                 if isinstance(message, C_STORE_RQ)
                 else limits.MAX_MEMORY_DATASET
             )
+
+    def _context_accepted(self, context_id: int) -> bool:
+        # A requestor's accepted contexts are set by its own thread once it has handled the
+        # A-ASSOCIATE-AC (acse.py:503); a P-DATA right behind the AC can be decoded here
+        # first. Wait for that thread (bounded), as upstream's queue in between did.
+        deadline = time.monotonic() + limits.ESTABLISH_WAIT
+        while (
+            context_id not in self.assoc._accepted_cx
+            and self.assoc.is_requestor
+            and not self.assoc.is_established
+            and not self.assoc.is_aborted
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.001)
+        return context_id in self.assoc._accepted_cx
 
     def _open_file(self, sop_class: str, sop_instance: str, context_id: int) -> None:
         assert limits.incoming is not None, "netlayer.install() was not called"

@@ -62,6 +62,7 @@ MAX_MEMORY_DATASET = 1024 * 1024  # datasets of messages other than C-STORE-RQ
 MAX_MEMORY_STORE = 64 * 1024 * 1024  # a C-STORE-RQ's without STORE_RECV_CHUNKED_DATASET
 SEND_QUEUE_LIMIT = 16  # P-DATA primitives waiting to be sent, per association
 IDLE_WAKE = 5.0  # longest wait of an idle reactor (a safety net): real work wakes it at once
+ESTABLISH_WAIT = 1.0  # a requestor's P-DATA waits this long for its own A-ASSOCIATE-AC handling
 MAX_UNASSOCIATED = 128  # connections that have not (yet) sent an A-ASSOCIATE-RQ
 
 # A-ABORT reason (PS3.8 9.3.8): invalid PDU parameter value.
