@@ -76,8 +76,6 @@ def _check_command_structure(data: bytearray) -> None:
         offset += 8 + length
 
 
-# The elements of a plain C-STORE-RQ (PS3.7 9.3.1.1) without a Move Originator; any
-# other command set takes upstream's decoding.
 class _Request:
     """A C-STORE-RQ decoded by `store_request`, its dataset arriving."""
 
@@ -95,6 +93,13 @@ class _Received:
 
     def close(self) -> None:
         """Nothing to close: the file was closed when its last fragment arrived."""
+
+
+def _attach(request: C_STORE, received: Path | None, error: str | None) -> None:
+    """Hand a C-STORE-RQ its received file (or the write error) for the SCP's handler."""
+    request._dataset_path = received
+    request._dataset_file = _Received(received) if received else None  # type: ignore[assignment]
+    request.receive_error = error  # type: ignore[attr-defined]
 
 
 class RouterDIMSE(DIMSEServiceProvider):
@@ -263,17 +268,15 @@ class RouterDIMSE(DIMSEServiceProvider):
                 os.close(self._fd)
                 self._fd = -1
                 received, self._path = self._path, None
-        if self._memory is not None and not isinstance(message, _Request):
-            message.data_set = self._memory
+        memory = self._memory
         self._pending, self._memory, self._error = None, None, None
         if isinstance(message, _Request):  # no EVT_DIMSE_RECV handler: none to trigger
-            request = message.primitive
-            request._context_id = message.context_id
-            request._dataset_path = received
-            request._dataset_file = _Received(received) if received else None  # type: ignore[assignment]
-            request.receive_error = error  # type: ignore[attr-defined]
-            self.msg_queue.put((message.context_id, request))
+            message.primitive._context_id = message.context_id
+            _attach(message.primitive, received, error)
+            self.msg_queue.put((message.context_id, message.primitive))
             return
+        if memory is not None:
+            message.data_set = memory
         try:
             primitive = message.message_to_primitive()
         except Exception as exc:
@@ -281,9 +284,7 @@ class RouterDIMSE(DIMSEServiceProvider):
                 received.unlink(missing_ok=True)
             raise limits.ProtocolError(f"invalid DIMSE message ({exc})") from exc
         if isinstance(primitive, C_STORE) and isinstance(message, C_STORE_RQ):
-            primitive._dataset_path = received
-            primitive._dataset_file = _Received(received) if received else None  # type: ignore[assignment]
-            primitive.receive_error = error  # type: ignore[attr-defined]
+            _attach(primitive, received, error)
         evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": message})
         context_id = cast(int, message.context_id)
         if isinstance(primitive, C_CANCEL) and len(self.cancel_req) < 10:

@@ -59,6 +59,8 @@ def store_rsp_command(sop_class: str, message_id: int, status: int, sop_instance
     return struct.pack("<HHLL", 0, 0, 4, len(body)) + body
 
 
+# The elements of a plain C-STORE-RQ (PS3.7 9.3.1.1) without a Move Originator; any
+# other command set takes upstream's decoding.
 _STORE_RQ = frozenset({0x0002, 0x0100, 0x0110, 0x0700, 0x0800, 0x1000})
 _US = struct.Struct("<H")
 
