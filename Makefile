@@ -20,7 +20,7 @@ lint: setup
 bench: system-deps setup
 	$(BIN)/python bench/store_throughput.py
 
-# pynetdicom's own tests of the layers router/netlayer changes, with the changes applied.
+# pynetdicom's own tests of the layers router/net/netlayer changes, with the changes applied.
 UPSTREAM_TESTS ?= test_dul test_transport test_dimse_provider test_dimse_c test_fsm test_assoc test_service_storage
 pynetdicom-tests: setup
 	cd /tmp && for t in $(UPSTREAM_TESTS); do \

@@ -47,7 +47,7 @@ def _durable(event: Event) -> int:
 def main() -> None:
     store: Any = lambda event: 0x0000  # noqa: E731
     if "--netlayer" in sys.argv:
-        from router import netlayer
+        from router.net import netlayer
 
         incoming = Path(sys.argv[sys.argv.index("--netlayer") + 1])
         netlayer.install(incoming)

@@ -27,9 +27,9 @@ from harness import RouterDaemon, free_port, make_ct, rule_file, workdir
 
 def per_c_store(calls: int) -> None:
     """µs per instrumented C-STORE, metrics on (multiprocess files) and off."""
-    from router import metrics
-    from router.actions import Outcome, Received
-    from router.config import Config
+    from router.actions.pipeline import Outcome, Received
+    from router.config.model import Config
+    from router.observe import metrics
 
     tmp = Path(tempfile.mkdtemp(prefix="metrics-cost-"))
     sample = tmp / "ct.dcm"
@@ -81,7 +81,7 @@ def big_config(queued: int, metrics_port: int) -> str:
 
 def scrape_latency(queued: int, scrapes: int) -> None:
     """Scrape percentiles of the real daemon with a big config and full queues."""
-    from router.spool import Instance, Spool
+    from router.spool.database import Instance, Spool
 
     base = workdir("metrics")
     metrics_port = free_port()

@@ -19,16 +19,16 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from router import logs
-from router.actions import Pipeline, Received, action_names
-from router.config import Config, DicomDestination, FilesystemDestination, StowDestination
-from router.dataset import tag_values
+from router.actions.pipeline import Pipeline, Received, action_names
+from router.config.model import Config, DicomDestination, FilesystemDestination, StowDestination
+from router.dicom.header import tag_values
+from router.dicom.sopclass import sop_class_name
 from router.errors import ActionError, ConfigError, RouterError, UsageError
-from router.fixtures import describe
-from router.loader import LoadedConfig, load
-from router.rules import also_matching, wanted_tags
-from router.sopclass import sop_class_name
-from router.spool import Spool
+from router.observe import logs
+from router.rules.engine import also_matching, wanted_tags
+from router.rules.fixtures import describe
+from router.rules.ruleset import LoadedConfig, load
+from router.spool.database import Spool
 
 EXIT_OK, EXIT_INVALID, EXIT_RUNTIME = 0, 1, 2
 
@@ -120,15 +120,17 @@ def load_for_run(path: Path | None) -> LoadedConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from router.launch import default_workers, start_fork_server
+    from router.process.forkserver import default_workers, start_fork_server
 
     logs.setup(args.log_format, args.debug)
     loaded = load_for_run(args.config)
     if loaded.fixture_failures:
         raise ConfigError(loaded.fixture_failures)
     if (loaded.config.listen.workers or default_workers()) > 1:
-        start_fork_server()  # as router.launch does, for a caller that did not go through it
-    from router.daemon import Daemon  # pynetdicom is imported only for commands that need it
+        start_fork_server()  # as router.__main__ does, for a caller that did not go through it
+    from router.process.daemon import (
+        Daemon,  # pynetdicom is imported only for commands that need it
+    )
 
     daemon = Daemon(loaded, watch=not args.no_watch, log_format=args.log_format, debug=args.debug)
     daemon.install_signal_handlers()

@@ -1,4 +1,4 @@
-"""A supervisor and receiving worker processes counting through router.metrics.
+"""A supervisor and receiving worker processes counting through router.observe.metrics.
 
     python -m tests.metrics_workers SPOOL
 
@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from router import metrics
-from router.actions import Outcome, Received
-from router.config import Config
+from router.actions.pipeline import Outcome, Received
+from router.config.model import Config
+from router.observe import metrics
 
 CONFIG = {
     "version": 1,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from router.errors import ConfigError, Located
-from router.loader import LoadedConfig, load
+from router.rules.ruleset import LoadedConfig, load
 
 REPO = Path(__file__).resolve().parents[1]
 

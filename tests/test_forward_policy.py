@@ -23,8 +23,9 @@ from pydicom.uid import (
 from pynetdicom import status as pyn_status
 from pynetdicom.presentation import PresentationContext
 
-from router import forward, status
-from router.config import DicomDestination, Retry
+from router.config.model import DicomDestination, Retry
+from router.destinations import dicom as forward
+from router.dicom import status
 
 DELIVERED, RETRY, DEAD = "delivered", "retry", "dead_letter"
 UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from router.config import DestinationTLS
+from router.config.model import DestinationTLS
 from router.errors import ConfigError
-from router.loader import load
-from router.tls import BCP195_CIPHERS, client_context
+from router.net.tls import BCP195_CIPHERS, client_context
+from router.rules.ruleset import load
 from tests.certs import CA, Pair
 from tests.daemon import DICOM_ROUTER
 from tests.peers import StoreSCP

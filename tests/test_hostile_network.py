@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from pydicom.uid import generate_uid
 
-from router import netlayer
+from router.net import netlayer
 from tests.daemon import RouterDaemon
 from tests.dicomgen import make_ct, make_multiframe
 from tests.peers import LOOPBACK, echoscu, storescu

@@ -27,7 +27,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from router.loader import config_version
+from router.rules.ruleset import config_version
 from tests.daemon import DICOM_ROUTER, RouterDaemon
 from tests.dicomgen import make_ct, make_instance
 from tests.peers import (

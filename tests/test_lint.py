@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from router.cli import main
-from router.loader import LoadedConfig, load
+from router.rules.ruleset import LoadedConfig, load
 from tests.daemon import RouterDaemon
 from tests.dicomgen import make_ct
 from tests.peers import storescu

@@ -82,7 +82,7 @@ def metrics_port() -> int:
 
 
 def test_metrics_off_when_absent_and_host_defaults_to_loopback() -> None:
-    from router.config import Config
+    from router.config.model import Config
 
     base = {"version": 1, "listen": {"ae_title": "R"}, "default": ["discard"]}
     assert Config.model_validate(base).metrics is None
@@ -91,7 +91,7 @@ def test_metrics_off_when_absent_and_host_defaults_to_loopback() -> None:
 
 
 def test_status_labels_keep_the_set_of_codes_small() -> None:
-    from router.metrics import status_labels
+    from router.observe.metrics import status_labels
 
     assert status_labels(0x0000) == ("success", "0x0000")
     assert status_labels(0xB007) == ("warning", "0xB007")
@@ -355,7 +355,7 @@ def test_readyz_is_503_while_draining(
 def test_silent_clients_beyond_the_limit_are_turned_away(
     router: Start, metrics_port: int
 ) -> None:
-    from router.exporter import MAX_CLIENTS
+    from router.observe.exporter import MAX_CLIENTS
 
     router(rule_file(metrics_port, free_port()))
     silent = [socket.create_connection((LOOPBACK, metrics_port)) for _ in range(MAX_CLIENTS)]

@@ -26,9 +26,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from router.config import ModifySpec
+from router.actions.modify import PIXEL_DATA, apply_modify
+from router.config.model import ModifySpec
 from router.errors import CannotUnderstand
-from router.modify import PIXEL_DATA, apply_modify
 from tests.dicomgen import make_ct
 
 SPEC = ModifySpec(remove=["private"], set={"InstitutionName": "X"})

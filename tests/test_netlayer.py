@@ -20,7 +20,7 @@ from pynetdicom.dsutils import create_file_meta, decode, encode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
-from router import netlayer
+from router.net import netlayer
 
 
 def upstream(qualified: str) -> Any:

@@ -17,9 +17,9 @@ from pydicom.uid import (
     UltrasoundImageStorage,
 )
 
-from router.config import Config
-from router.loader import load
-from router.rules import Decision, Facts, NeedsTags, decide, planned_status, wanted_tags
+from router.config.model import Config
+from router.rules.engine import Decision, Facts, NeedsTags, decide, planned_status, wanted_tags
+from router.rules.ruleset import load
 
 HEAD = """\
 version: 1

@@ -21,7 +21,7 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import CTImageStorage, DeflatedExplicitVRLittleEndian
 from pynetdicom.presentation import build_context
 
-from router.store import JOURNAL
+from router.spool.durable import JOURNAL
 from tests import brokendata
 from tests.daemon import RouterDaemon
 from tests.dicomgen import make_ct, make_multiframe

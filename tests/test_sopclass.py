@@ -6,7 +6,7 @@ import pydicom.uid
 import pytest
 from pynetdicom import sop_class as pynetdicom_sop_class
 
-from router.sopclass import (
+from router.dicom.sopclass import (
     SEED_ALIASES,
     SEED_UID_TYPOS,
     UnknownName,

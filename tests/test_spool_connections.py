@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from router.spool import IDLE_CONNECTIONS, DecisionRecord, Spool
+from router.spool.database import IDLE_CONNECTIONS, DecisionRecord, Spool
 
 
 def open_fds(folder: Path) -> int:

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from router.errors import OutOfResources
-from router.store import place, remove_leftovers, render, sanitize, target_path, template_root
+from router.spool.durable import (
+    place,
+    remove_leftovers,
+    render,
+    sanitize,
+    target_path,
+    template_root,
+)
 
 TEMPLATE = "archive/{PatientID}/{StudyInstanceUID}/{SOPInstanceUID}.dcm"
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 
-from router.spool import Instance, Spool
+from router.spool.database import Instance, Spool
 from tests.daemon import RouterDaemon
 from tests.dicomgen import make_instance, make_multiframe, make_series
 from tests.peers import LOOPBACK, DicomWebOrthanc, _descendants, pyn_store, storescu

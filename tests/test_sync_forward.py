@@ -1,4 +1,4 @@
-"""`mode: sync` keeps its associations open between C-STOREs (router.syncpool).
+"""`mode: sync` keeps its associations open between C-STOREs (router.destinations.syncpool).
 
 The destination is a small pynetdicom SCP written here that counts the associations it
 gets and the releases, and can drop an association in the middle of a C-STORE (it shuts

@@ -1,4 +1,4 @@
-"""router.systemd against a real AF_UNIX datagram socket, and the unit file against systemd."""
+"""router.process.systemd against a real AF_UNIX datagram socket; the unit file against systemd."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from router.systemd import Notifier
+from router.process.systemd import Notifier
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "dicom-router.service"

@@ -1,4 +1,4 @@
-"""Decompression for a destination that accepts only uncompressed syntaxes (router.transcode).
+"""Decompression for a destination that takes only uncompressed syntaxes (destinations.transcode).
 
 The files are pydicom's own bundled test files (JPEG Baseline, Extended, Lossless,
 JPEG-LS, JPEG 2000, RLE, deflated, big endian; none is downloaded), sent by DCMTK's
@@ -32,7 +32,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from router.transcode import TranscodeError, decompress
+from router.destinations.transcode import TranscodeError, decompress
 from tests.peers import StoreSCP
 from tests.test_forward import Router, dest, queue_list, rule_file, send, states, wait_until
 
@@ -238,7 +238,7 @@ def _big_rle(path: Path, frames: int) -> int:
 PEAK = """
 import sys
 from pathlib import Path
-from router.transcode import decompress
+from router.destinations.transcode import decompress
 decompress(Path(sys.argv[1]), Path(sys.argv[2]))
 for line in Path("/proc/self/status").read_text().splitlines():
     if line.startswith("VmHWM:"):

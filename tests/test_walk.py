@@ -17,9 +17,9 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_files
 from pydicom.uid import ExplicitVRLittleEndian
 
-from router import dataset
+from router.dicom import header as dataset
+from router.dicom.walk import COLLECT_LIMIT, INFLATE_FLOOR, walk
 from router.errors import InflateLimit, InvalidStructure
-from router.walk import COLLECT_LIMIT, INFLATE_FLOOR, walk
 from tests import brokendata
 from tests.dicomgen import make_ct, make_multiframe
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from router import netlayer
+from router.net import netlayer
 
 _LOG_TEXT = "asserts the text of pynetdicom's log line for a read or decode netlayer replaced"
 DEVIATIONS = {

@@ -1,0 +1,222 @@
+"""`modify`: rewrite an instance's header, copy its pixel data as raw bytes.
+
+Memory stays flat whatever the instance size (design §7): pydicom parses and rewrites
+only the elements before Pixel Data (7FE0,0010); the Pixel Data element, native or
+encapsulated, is copied from the received file in chunks without being parsed, and what
+follows it (normally nothing, or a small trailing padding, signature or private block)
+is parsed and rewritten only when it is small. The slow path (the whole dataset through
+pydicom, as large as the instance) is taken when the change touches Pixel Data itself,
+for the deflated transfer syntax (the dataset is one zlib stream), and when more than
+TAIL_LIMIT bytes follow the pixel data.
+
+Group lengths: pydicom writes no (retired, PS3.5 7.2) group length elements (gggg,0000)
+outside the file meta, so every rewritten part loses them and none can go stale; the
+file meta's (0002,0000) is recomputed. A tail copied raw keeps its own, still true.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+from typing import BinaryIO
+
+from pydicom import dcmread, dcmwrite
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.filebase import DicomBytesIO, DicomFileLike, DicomIO
+from pydicom.filereader import read_dataset, read_file_meta_info, read_partial
+from pydicom.filewriter import write_dataset
+from pydicom.tag import BaseTag
+from pydicom.uid import DeflatedExplicitVRLittleEndian as DEFLATED
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+
+from router.config.model import ModifySpec
+from router.errors import CannotUnderstand, OutOfResources
+
+PIXEL_DATA = 0x7FE00010
+CHUNK = 1 << 20  # the copy's buffer: all the memory a gigabyte of pixel data costs
+TAIL_LIMIT = 16 << 20  # elements after Pixel Data above this take the slow path
+_ITEM, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+
+
+def apply_modify(source: Path, spec: ModifySpec, target: Path) -> None:
+    """Write `source` with `spec`'s removals and settings applied to `target`."""
+    try:
+        try:
+            if not _streamed(source, spec, target):
+                _whole(source, spec, target)
+        except OSError as exc:
+            if _is_read_error(exc, source):
+                raise CannotUnderstand(f"cannot read the instance to modify it: {exc}") from exc
+            raise OutOfResources(
+                f"cannot write the modified instance: {exc.strerror or exc}"
+            ) from exc
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+
+
+def _is_read_error(exc: OSError, source: Path) -> bool:
+    return exc.filename is not None and Path(exc.filename) == source
+
+
+def touches_pixel_data(spec: ModifySpec) -> bool:
+    """True when `spec` removes or sets Pixel Data itself (always the slow path)."""
+    return any(_tag(k) == PIXEL_DATA for k in [*spec.remove, *spec.set])
+
+
+def _tag(name: str) -> int | None:
+    return None if name == "private" else tag_for_keyword(name)
+
+
+def _streamed(source: Path, spec: ModifySpec, target: Path) -> bool:
+    """The flat-memory rewrite; False when the slow path must do it instead."""
+    if touches_pixel_data(spec):
+        return False
+    with source.open("rb") as fp:
+        try:
+            # Checked first: pydicom would inflate a deflated dataset whole into memory.
+            if read_file_meta_info(source).get("TransferSyntaxUID") == DEFLATED:
+                return False
+            header = read_partial(fp, stop_when=_at_pixel_data)
+        except OSError:
+            raise
+        except Exception as exc:  # pydicom raises many types for a corrupt stream
+            raise CannotUnderstand(f"cannot parse the dataset to modify it: {exc}") from exc
+        implicit, little = bool(header.is_implicit_VR), bool(header.is_little_endian)
+        pixel_start = fp.tell()
+        size = fp.seek(0, 2)
+        pixel_end = _element_end(fp, pixel_start, size, implicit=implicit, little=little)
+        if size - pixel_end > TAIL_LIMIT:
+            return False
+        fp.seek(pixel_end)
+        tail_bytes = fp.read()
+        tail = _parse_tail(tail_bytes, implicit=implicit, little=little)
+        _modify(header, spec, below_pixel_data=True)
+        tail_changed = _modify(tail, spec, below_pixel_data=False)
+        with target.open("wb") as out:
+            dcmwrite(out, header, enforce_file_format=True)
+            fp.seek(pixel_start)
+            _copy(fp, out, pixel_end - pixel_start)
+            if tail_changed:
+                charset = header.get("SpecificCharacterSet", "iso8859")
+                write_dataset(_encoder(out, implicit=implicit, little=little), tail, charset)
+            else:
+                out.write(tail_bytes)
+    return True
+
+
+def _at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return int(tag) >= PIXEL_DATA
+
+
+def _element_end(fp: BinaryIO, start: int, size: int, *, implicit: bool, little: bool) -> int:
+    """Where the top-level element at `start` (Pixel Data, or whatever follows it) ends."""
+    fp.seek(start)
+    head = fp.read(8)
+    if len(head) < 8:
+        return start  # no element here: nothing at or after Pixel Data
+    order = "<" if little else ">"
+    group, elem = struct.unpack(f"{order}HH", head[:4])
+    if (group << 16 | elem) != PIXEL_DATA:
+        return start  # no Pixel Data: what follows is the tail
+    if implicit:
+        (length,) = struct.unpack(f"{order}I", head[4:])
+        value = start + 8
+    elif head[4:6].decode("latin-1") in EXPLICIT_VR_LENGTH_32:
+        (length,) = struct.unpack(f"{order}I", fp.read(4))
+        value = start + 12
+    else:
+        (length,) = struct.unpack(f"{order}H", head[6:])
+        value = start + 8
+    end = _items_end(fp, value, size, order) if length == _UNDEFINED else value + length
+    if end > size:
+        raise CannotUnderstand("cannot parse the dataset to modify it: Pixel Data is truncated")
+    return end
+
+
+def _items_end(fp: BinaryIO, offset: int, size: int, order: str) -> int:
+    """Walk encapsulated fragments (item headers only) to the sequence delimiter's end."""
+    while offset + 8 <= size:
+        fp.seek(offset)
+        group, elem, length = struct.unpack(f"{order}HHI", fp.read(8))
+        tag = group << 16 | elem
+        if tag == _SEQUENCE_END:
+            return offset + 8
+        if tag != _ITEM or length == _UNDEFINED:
+            raise CannotUnderstand(
+                f"cannot parse the dataset to modify it: ({group:04X},{elem:04X}) in"
+                " encapsulated Pixel Data"
+            )
+        offset += 8 + length
+    raise CannotUnderstand("cannot parse the dataset to modify it: Pixel Data is truncated")
+
+
+def _parse_tail(data: bytes, *, implicit: bool, little: bool) -> Dataset:
+    if not data:
+        return Dataset()
+    try:
+        return read_dataset(BytesIO(data), implicit, little)
+    except Exception as exc:
+        raise CannotUnderstand(f"cannot parse the elements after Pixel Data: {exc}") from exc
+
+
+def _modify(ds: Dataset, spec: ModifySpec, *, below_pixel_data: bool) -> bool:
+    """Apply the part of `spec` on this side of Pixel Data; True when `ds` changed."""
+
+    def here(keyword: str) -> bool:
+        tag = _tag(keyword)
+        return tag is not None and (tag < PIXEL_DATA) == below_pixel_data
+
+    tags = set(ds.keys())
+    if "private" in spec.remove:
+        ds.remove_private_tags()
+    for name in spec.remove:
+        if name != "private" and here(name) and name in ds:
+            del ds[name]
+    settings = {k: v for k, v in spec.set.items() if here(k)}
+    for keyword, value in settings.items():
+        setattr(ds, keyword, value)
+    return bool(settings) or set(ds.keys()) != tags
+
+
+def _encoder(fp: BinaryIO | DicomBytesIO, *, implicit: bool, little: bool) -> DicomIO:
+    out = fp if isinstance(fp, DicomBytesIO) else DicomFileLike(fp)
+    out.is_implicit_VR = implicit
+    out.is_little_endian = little
+    return out
+
+
+def _copy(src: BinaryIO, dst: BinaryIO, count: int) -> None:
+    for chunk in _chunks(src, count):
+        dst.write(chunk)
+
+
+def _chunks(src: BinaryIO, count: int) -> Iterator[bytes]:
+    while count > 0:
+        chunk = src.read(min(CHUNK, count))
+        if not chunk:
+            raise CannotUnderstand("cannot modify: the instance was truncated while copying")
+        count -= len(chunk)
+        yield chunk
+
+
+def _whole(source: Path, spec: ModifySpec, target: Path) -> None:
+    """The slow path: the whole dataset through pydicom (memory grows with the instance)."""
+    try:
+        ds: FileDataset = dcmread(source)
+    except OSError:
+        raise
+    except Exception as exc:
+        raise CannotUnderstand(f"cannot parse the dataset to modify it: {exc}") from exc
+    for name in spec.remove:
+        if name == "private":
+            ds.remove_private_tags()
+        elif name in ds:
+            del ds[name]
+    for keyword, value in spec.set.items():
+        setattr(ds, keyword, value)
+    ds.save_as(target, enforce_file_format=True)

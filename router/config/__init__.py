@@ -1,0 +1,1 @@
+"""The rule file as Pydantic models: every key, default, validation and the JSON Schema."""

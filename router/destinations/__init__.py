@@ -1,0 +1,1 @@
+"""Sending to destinations: DICOM, STOW-RS, the queue workers that drive them."""

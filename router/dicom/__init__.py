@@ -1,0 +1,1 @@
+"""DICOM knowledge with no I/O policy: statuses, SOP classes, the structural walk, headers."""

@@ -1,0 +1,145 @@
+"""Reading what the router needs from a received file (`modify` is in router.actions.modify).
+
+Only the header is parsed, and only as far as the highest tag anything needs: the
+identity elements up to Series Instance UID (0020,000E) always, further only when a rule's
+`tags` or a path template asks. Pixel data is never decoded. A received file's structure
+is walked first (`router.dicom.walk`), which keeps the raw values of the elements needed: the
+header is made of those (pydicom decodes them when read), so the file is read once and a
+deflated one is never inflated whole in memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping
+from pathlib import Path
+
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.datadict import keyword_dict
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_partial
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
+from pydicom.uid import RE_VALID_UID
+
+from router.dicom.walk import EXPLICIT_BE, IMPLICIT_LE, Raw, walk
+from router.errors import CannotUnderstand
+from router.rules.engine import TagValues
+
+# Everything the 0xA900 check, the log and `trace` need; Series Instance UID comes last.
+IDENTITY = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+PIXEL_DATA = 0x7FE00010
+CHARSET = 0x00080005
+
+
+def _last_tag(wanted: Collection[str]) -> int:
+    return min(max(keyword_dict[k] for k in wanted), PIXEL_DATA - 1)
+
+
+def read_received(path: Path, keywords: Collection[str] = ()) -> Dataset:
+    """Walk a received file's structure (InvalidStructure, InflateLimit), then read its header."""
+    wanted = {*IDENTITY, *keywords}
+    walked = walk(path, collect=_collected(frozenset(wanted)))
+    implicit = walked.transfer_syntax == IMPLICIT_LE
+    little = walked.transfer_syntax != EXPLICIT_BE
+    return _parse(lambda: _header(walked.elements, walked.meta, implicit, little), wanted)
+
+
+@functools.lru_cache(maxsize=16)
+def _collected(wanted: frozenset[str]) -> frozenset[int]:
+    tags = (keyword_dict[k] for k in wanted)
+    return frozenset({CHARSET, *(t for t in tags if t < PIXEL_DATA)})
+
+
+def _raw(elements: Mapping[int, Raw], little: bool) -> dict[BaseTag, DataElement | RawDataElement]:
+    return {
+        BaseTag(tag): RawDataElement(BaseTag(tag), vr, len(value), value, 0, implicit, little)
+        for tag, (vr, value, implicit) in elements.items()
+    }
+
+
+def _header(
+    elements: Mapping[int, Raw], meta: Mapping[int, Raw], implicit: bool, little: bool
+) -> Dataset:
+    # What pydicom's read_dataset makes of the same elements, without reading the file.
+    raw = _raw(elements, little)
+    ds = Dataset(raw)
+    encoding: str | list[str] = default_encoding
+    charset = raw.get(BaseTag(CHARSET))
+    if isinstance(charset, RawDataElement):
+        encoding = convert_encodings(convert_raw_data_element(charset).value)
+    ds.set_original_encoding(implicit, little, encoding)
+    ds.file_meta = FileMetaDataset(_raw(meta, True))
+    return ds
+
+
+def read_header(path: Path, keywords: Collection[str] = ()) -> Dataset:
+    """Parse the file meta and the dataset as far as `keywords` and the identity need.
+
+    Only those elements' values are decoded (pydicom decodes lazily), so a corrupt
+    element we need raises CannotUnderstand here and one we do not need costs nothing.
+    """
+    wanted = {*IDENTITY, *keywords}
+    last = _last_tag(wanted)
+
+    def stop(tag: BaseTag, vr: str | None, length: int) -> bool:
+        return int(tag) > last
+
+    def read() -> Dataset:
+        with path.open("rb") as fp:
+            return read_partial(fp, stop_when=stop, defer_size=4096)
+
+    return _parse(read, wanted)
+
+
+def _parse(read: Callable[[], Dataset], wanted: Collection[str]) -> Dataset:
+    try:
+        ds = read()
+        for keyword in wanted:
+            if keyword in ds:
+                _ = ds[keyword].value
+    except Exception as exc:  # pydicom raises many types for a corrupt stream
+        raise CannotUnderstand(f"cannot parse the dataset: {exc}") from exc
+    return ds
+
+
+def check_identity(ds: Dataset, sop_instance_uid: str) -> None:
+    """Garbage or a truncated stream parses to a header without valid identity UIDs."""
+    for keyword in IDENTITY:
+        value = str(ds.get(keyword, ""))
+        if not value or len(value) > 64 or not re.fullmatch(RE_VALID_UID, value):
+            raise CannotUnderstand(f"cannot parse the dataset: no valid {keyword}")
+    if str(ds.SOPInstanceUID) != sop_instance_uid:
+        raise CannotUnderstand(
+            f"dataset SOP Instance UID {ds.SOPInstanceUID} differs from the request's"
+        )
+
+
+def element(ds: Dataset, keyword: str) -> DataElement | None:
+    """The element named `keyword`, or None (pydicom's `get` returns values, not elements)."""
+    return ds[keyword] if keyword in ds else None  # noqa: SIM401
+
+
+def text_values(elem: DataElement | None) -> TagValues | None:
+    """An element's value as text items; None when missing, () when empty."""
+    if elem is None:
+        return None
+    value = elem.value
+    if value is None or value == "" or value == b"":
+        return ()
+    if elem.VR == "SQ" or isinstance(value, bytes | bytearray):
+        return None  # sequences and binary values are not matched as text
+    items = value if isinstance(value, MultiValue | list | tuple) else [value]
+    return tuple(str(v).strip() for v in items)
+
+
+def tag_values(ds: Dataset, keywords: Iterable[str]) -> Mapping[str, TagValues]:
+    """The present elements among `keywords`, as text."""
+    out: dict[str, TagValues] = {}
+    for keyword in keywords:
+        values = text_values(element(ds, keyword))
+        if values is not None:
+            out[keyword] = values
+    return out

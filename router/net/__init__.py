@@ -1,0 +1,1 @@
+"""The network layer: pynetdicom's changes, TLS and admission of callers."""

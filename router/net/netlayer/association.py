@@ -1,0 +1,227 @@
+"""The association reactor, the association limit and the server (changes 6 and 7)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import socketserver
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any, cast
+
+from pynetdicom import evt
+from pynetdicom.ae import ApplicationEntity
+from pynetdicom.association import Association
+from pynetdicom.transport import ThreadedAssociationServer
+
+from router.net.netlayer import limits
+from router.net.netlayer.dimse import RouterDIMSE
+
+_LOGGER = logging.getLogger("pynetdicom.association")  # off in the router (CRITICAL)
+
+# --------------------------------------------------------------------------- association
+
+
+class RouterAssociation(Association):
+    """pynetdicom's Association with an event-driven reactor (change 6)."""
+
+    def __init__(self, ae: ApplicationEntity, mode: str) -> None:
+        self._work = threading.Event()
+        self._when_done: list[Callable[[], object]] = []
+        super().__init__(ae, mode)
+
+    @property
+    def network_timeout(self) -> float | None:
+        """The network timeout (in seconds); setting it wakes the reactor to apply it."""
+        return self._network_timeout
+
+    @network_timeout.setter
+    def network_timeout(self, value: float | None) -> None:
+        with self.lock:
+            self.dul._idle_timer.timeout = value
+            self._network_timeout = value
+        self.kick()  # the reactor may be waiting out the old timeout
+
+    def kick(self) -> None:
+        """Wake the reactor: a message, a release or abort, or the DUL's end."""
+        self._work.set()
+
+    def kill(self) -> None:
+        """Kill the association thread (and wake its reactor to notice)."""
+        self._work.set()
+        super().kill()
+
+    def run_reactor(self) -> None:
+        """The association thread: abort rather than die when negotiation raises."""
+        try:
+            super().run_reactor()
+        except Exception as exc:
+            limits.warn(self, "association with %s aborted: %s: %s", type(exc).__name__, exc)
+            with contextlib.suppress(Exception):
+                self.abort()
+            self.kill()
+            if self._server is not None and self.dul.socket and self.dul.socket.socket:
+                self._server.shutdown_request(self.dul.socket.socket)
+        finally:
+            cast(RouterDIMSE, self.dimse).discard_unserved()
+            for done in self._when_done:
+                try:
+                    done()
+                except Exception as exc:  # a bug in a callback must not lose the others
+                    limits.log.error("association end hook failed: %s", exc)
+
+    def when_done(self, callback: Callable[[], object]) -> None:
+        """Run `callback` when this association's thread ends, however it ends.
+
+        pynetdicom's EVT_CONN_CLOSE is not fired on every path (an abort outside the
+        state machine, a killed DUL), so counts kept per association are released here.
+        """
+        self._when_done.append(callback)
+
+    def _run_reactor(self) -> None:
+        self._is_paused = False
+        while not self._kill:
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+            if not self._reactor_checkpoint.is_set():
+                continue  # paused again before we marked ourselves running: yield to it
+            self._work.clear()
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+                continue
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                _LOGGER.info("Association Released")  # pynetdicom's own log lines, as upstream
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+            if self.acse.is_aborted():
+                _LOGGER.info("Association Aborted")
+                self.dul.receive_pdu(wait=False)
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+            if not self.dul.is_alive():
+                self.kill()
+                return
+            if self.dul.idle_timer_expired():
+                _LOGGER.error("Network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
+            timer = self.dul._idle_timer
+            wait = (
+                limits.IDLE_WAKE
+                if timer.timeout is None
+                else min(limits.IDLE_WAKE, timer.remaining)
+            )
+            self._is_paused = True  # waiting consumes nothing: a pauser may go ahead
+            self._work.wait(max(wait, 0.0))
+
+
+# --------------------------------------------------------------------------- server
+
+
+def when_done(assoc: Association, callback: Callable[[], object]) -> None:
+    """Run `callback` when `assoc`'s thread ends (see RouterAssociation.when_done)."""
+    assert isinstance(assoc, RouterAssociation), "netlayer.install() was not called"
+    assoc.when_done(callback)
+
+
+def requested(assoc: Association) -> bool:
+    """True once an acceptor's A-ASSOCIATE-RQ has arrived (or for a requestor)."""
+    return assoc.is_requestor or assoc.requestor.primitive is not None
+
+
+class RouterAE(ApplicationEntity):
+    """An AE whose association limit counts only associations that were requested."""
+
+    @property
+    def active_associations(self) -> list[Association]:
+        """The associations that count against `maximum_associations` (change 7)."""
+        return [a for a in super().active_associations if requested(a)]
+
+
+class RouterServer(ThreadedAssociationServer):
+    """Accepts in one thread, prepares each socket (and TLS) in its own (change 7)."""
+
+    request_queue_size = socket.SOMAXCONN
+    stall_timeout: float = 60.0
+    tls: ssl.SSLContext | None = None
+    reuse_port = False
+
+    def server_bind(self) -> None:
+        """Bind, with SO_REUSEPORT when several workers share the port."""
+        if self.reuse_port and self.socket is not None:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Only accept: a TLS handshake here would let one silent client block all."""
+        assert self.socket is not None
+        return self.socket.accept()
+
+    def connections(self) -> list[Association]:
+        """Every association of this server, requested or not."""
+        return [
+            t for t in threading.enumerate() if isinstance(t, Association) and t._server is self
+        ]
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Refuse a connection beyond `limits.MAX_UNASSOCIATED` that have not associated."""
+        waiting = sum(1 for a in self.connections() if not requested(a))
+        if waiting >= limits.MAX_UNASSOCIATED:
+            limits.log.warning(
+                "connection from %s refused: %d connections have not associated",
+                client_address[0],
+                waiting,
+            )
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Set socket options and do the TLS handshake, then hand over to pynetdicom."""
+        try:
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            request.settimeout(self.stall_timeout)
+            if self.tls is not None:
+                request.settimeout(limits.PDU_DEADLINE)
+                request = self.tls.wrap_socket(request, server_side=True)
+                request.settimeout(self.stall_timeout)
+        except (OSError, ssl.SSLError) as exc:
+            limits.log.warning("connection from %s dropped: %s", client_address[0], exc)
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
+
+    def shutdown(self) -> None:
+        """Stop serve_forever (pynetdicom's own also unregisters from the AE: it never was)."""
+        socketserver.BaseServer.shutdown(self)
+
+    def server_close(self) -> None:
+        """Close the listening socket only (the shared one must not be shut down)."""
+        if self.socket is not None:
+            self.socket.close()
+
+
+def shutdown_socket(assoc: Association) -> None:
+    """Break whatever read the association's DUL is blocked in."""
+    sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)

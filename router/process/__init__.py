@@ -1,0 +1,1 @@
+"""Processes: the fork server, receiving workers, the forwarder, the daemon."""

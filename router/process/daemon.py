@@ -1,0 +1,334 @@
+"""The daemon: start-up, the main loop (reloads, watchdog), and graceful shutdown.
+
+Signal handlers and the rule-file watcher only write a byte to a pipe (a handler must not
+take a lock the main thread may hold); the main loop reads it and does the work.
+The current rules live in one reference (`current()`), swapped whole by a reload, so a
+C-STORE uses the rules that were current when it arrived.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import select
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from router.actions.pipeline import Pipeline
+from router.destinations.worker import ForwarderProcess, SpoolForwarding
+from router.errors import ConfigError, OutOfResources, StartupError
+from router.observe import metrics
+from router.observe.exporter import Exporter, ReloadStats
+from router.process.forkserver import default_workers
+from router.process.reload import RuleFileWatcher
+from router.process.systemd import Notifier
+from router.process.workers import WorkerPool, reserve_port
+from router.receive.scp import StorageSCP, configure_pynetdicom, tls_context
+from router.rules.ruleset import LoadedConfig, load
+from router.spool import durable as store
+from router.spool.database import Spool
+from router.spool.journal import Journal
+
+log = logging.getLogger("router.daemon")
+
+# SIGTERM: associations get DRAIN_SECONDS, then are aborted (5 s to wind down); the
+# forwarder finishes the instance in hand. At most 35 s: the unit's TimeoutStopSec is 45 s.
+DRAIN_SECONDS = 10.0
+FORWARDER_STOP_SECONDS = 20.0
+_WORDS = {"stop": b"s", "reload": b"r"}  # in-flight associations get this long after SIGTERM
+
+
+class Daemon:
+    """One running router: `startup()`, `run()` until SIGTERM/SIGINT, `shutdown()`."""
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        *,
+        watch: bool = True,
+        log_format: str = "text",
+        debug: bool = False,
+    ) -> None:
+        self._loaded = loaded
+        self._seen = _signature(loaded.path)
+        self._log_format = log_format
+        self._debug = debug
+        self.forwarder: ForwarderProcess | None = None
+        self._forwarding: SpoolForwarding | None = None
+        self._watch = watch and loaded.path.exists()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self.notifier = Notifier()
+        # Only this process may notify systemd: the forwarder must not inherit the socket.
+        Notifier.unset_environment(os.environ)
+        self.failed_reloads = 0
+        self.scp: StorageSCP | None = None
+        self.journal: Journal | None = None
+        self.pool: WorkerPool | None = None
+        self._reserved: socket.socket | None = None
+        self._watcher: RuleFileWatcher | None = None
+        self.exporter: Exporter | None = None
+        self.accepting = False  # read by /readyz
+        self.last_tick = time.monotonic()  # read by /healthz
+        self.reloads = ReloadStats(last_success=time.time())
+
+    def current(self) -> LoadedConfig:
+        """The rules in force now."""
+        return self._loaded
+
+    def startup(self) -> None:
+        """Lock and recover the spool, bind the listener, start the forwarder; then READY=1."""
+        loaded = self._loaded
+        spool = loaded.spool
+        spool_db = self._recover_spool(spool)
+        # Before any child starts: each gets the metrics folder (or None) as an argument.
+        if loaded.config.metrics:
+            metrics.enable(spool, loaded.config)
+            # Bound before the DICOM port: once that listens, /metrics answers too.
+            self.exporter = Exporter(loaded.config.metrics.host, loaded.config.metrics.port, self)
+        else:
+            metrics.disable_children()
+        listen = loaded.config.listen
+        tls = tls_context(listen.tls, loaded.resolve) if listen.tls else None
+        self.forwarder = ForwarderProcess(spool, self._log_format, self._debug)
+        workers = listen.workers or default_workers()
+        if workers == 1:
+            # Received on the spool's filesystem, a file is linked into place, never copied.
+            configure_pynetdicom(spool / "incoming")
+            self.journal = Journal(spool_db)
+            self.journal.start()
+            self._forwarding = SpoolForwarding(spool_db, self.current)
+            pipeline = Pipeline(self.current, self._forwarding, spool / "work", self.journal)
+            self.scp = StorageSCP(listen, pipeline, lambda: self._loaded.config, tls, self.journal)
+            self.scp.start()
+            self.forwarder.start(loaded)  # may wait for the fork server's imports to end
+            port = self.scp.port
+        else:
+            self._reserved = reserve_port(listen.host, listen.port)
+            port = int(self._reserved.getsockname()[1])
+            self.pool = WorkerPool(workers, spool, port, self._log_format, self._debug)
+            self.forwarder.start(loaded)
+            self.pool.start(loaded)
+        self.accepting = True
+        if self.exporter is not None:
+            self.exporter.start()
+        if self._watch:
+            self._watcher = RuleFileWatcher(loaded.path, lambda: self.request("reload"))
+            self._watcher.start()
+        log.info(
+            "listening on %s:%d as %s, %d worker%s, config %s version %s",
+            listen.host,
+            port,
+            listen.ae_title,
+            workers,
+            "" if workers == 1 else "s",
+            loaded.path,
+            loaded.version,
+            extra={"event": "started", "config_version": loaded.version},
+        )
+        _log_warnings(loaded)
+        self.notifier.ready(f"listening on port {port}, config {loaded.version}")
+
+    def _recover_spool(self, spool: Path) -> Spool:
+        """Take the spool's lock and clear what a crashed run left that was never acked."""
+        try:
+            spool.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(spool / "lock", os.O_RDWR | os.O_CREAT, 0o640)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StartupError(f"spool {spool} is in use by another dicom-router") from None
+            _wait_for_old_workers(spool)
+            for name in ("incoming", "work"):
+                folder = spool / name
+                folder.mkdir(exist_ok=True)
+                for stale in folder.iterdir():  # partial receives, modify outputs
+                    stale.unlink(missing_ok=True) if stale.is_file() else shutil.rmtree(stale)
+            journal = spool / store.JOURNAL
+            journal.mkdir(exist_ok=True)
+            for leftover in store.remove_leftovers(journal):
+                log.info("removed %s, left by a run killed while storing it", leftover)
+            spool_db = Spool(spool)
+            spool_db.collect_garbage(grace=0)  # files linked before their rows were committed
+        except (OSError, OutOfResources) as exc:
+            raise StartupError(f"spool {spool}: {exc}") from exc
+        return spool_db
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop, SIGHUP reloads; the handlers only enqueue."""
+
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            self.request("reload" if signum == signal.SIGHUP else "stop")
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, handler)
+
+    def request(self, word: str) -> None:
+        """Ask the main loop to 'reload' or 'stop'; safe from signal handlers and threads."""
+        with contextlib.suppress(BlockingIOError):  # a full pipe already holds a wake-up
+            os.write(self._wake_w, _WORDS[word])
+
+    def run(self) -> None:
+        """The main loop: reloads and watchdog pings until asked to stop."""
+        tick = min(self.notifier.watchdog_interval or 1.0, 1.0)
+        while True:
+            ready, _, _ = select.select([self._wake_r], [], [], tick)
+            words = os.read(self._wake_r, 512) if ready else b""
+            if _WORDS["stop"] in words:
+                return
+            # The stat check backs up the watcher: it covers an edit saved before the
+            # watcher was armed, and filesystems without inotify.
+            if _WORDS["reload"] in words or self._file_changed():
+                self.reload()
+            if self.forwarder is not None:
+                self.forwarder.check()
+            if self.pool is not None:
+                self.pool.check()
+            self.notifier.watchdog()
+            self.last_tick = time.monotonic()
+
+    def _file_changed(self) -> bool:
+        signature = _signature(self._loaded.path)
+        changed = signature != self._seen
+        self._seen = signature
+        return changed and self._watch
+
+    def reload(self) -> bool:
+        """Load, validate and test the rule file; swap it in only if all is well."""
+        old = self._loaded
+        self._seen = _signature(old.path)
+        self.notifier.reloading()
+        try:
+            try:
+                new = load(old.path)
+            except ConfigError as exc:
+                return self._refuse(exc.problems)
+            if new.fixture_failures:
+                return self._refuse(new.fixture_failures, len(new.fixture_failures))
+            self.reloads.record(ok=True)
+            if new.version == old.version:
+                return True
+            for key in _restart_only(old, new):
+                log.warning("%s changed: it takes effect on restart", key)
+            _log_warnings(new)
+            self._loaded = new
+            metrics.config_applied(new.config)  # before the forwarder gets it: see metrics.up
+            if self.forwarder is not None:
+                self.forwarder.update(new)
+            if self.pool is not None:
+                self.pool.update(new)
+            log.info(
+                "reloaded %s: config version %s (was %s)",
+                new.path,
+                new.version,
+                old.version,
+                extra={"event": "reloaded", "config_version": new.version},
+            )
+            return True
+        finally:
+            self.notifier.ready(
+                f"config {self._loaded.version}, {self.failed_reloads} failed reloads"
+            )
+
+    def _refuse(self, problems: Sequence[object], failed_fixtures: int = 0) -> bool:
+        self.failed_reloads += 1
+        self.reloads.record(ok=False, failed_fixtures=failed_fixtures)
+        for problem in problems:
+            log.error("%s", problem, extra={"event": "reload-failed"})
+        log.error(
+            "reload refused, keeping config version %s (%d failed reloads)",
+            self._loaded.version,
+            self.failed_reloads,
+            extra={"event": "reload-failed", "failed_reloads": self.failed_reloads},
+        )
+        return False
+
+    def shutdown(self) -> None:
+        """Stop accepting, let in-flight C-STOREs finish (bounded), then stop."""
+        self.notifier.stopping()
+        self.accepting = False
+        if self._watcher:
+            self._watcher.stop()
+        if self.scp:
+            self.scp.stop_accepting()
+            start = time.monotonic()
+            if not self.scp.drain(DRAIN_SECONDS):
+                log.warning("associations still open after %.0f s: aborting them", DRAIN_SECONDS)
+                self.scp.abort_all()
+                self.scp.drain(5.0)
+            log.info("stopped after %.1f s drain", time.monotonic() - start)
+        if self.pool is not None:
+            start = time.monotonic()
+            # Each worker drains on its own (systemd also sends it SIGTERM): 10 s, then
+            # its associations are aborted and get 5 s more.
+            self.pool.stop(timeout=DRAIN_SECONDS + 8.0)
+            log.info("stopped after %.1f s drain", time.monotonic() - start)
+        if self._reserved is not None:
+            self._reserved.close()
+        if self.journal is not None:
+            self.journal.stop()
+        if self._forwarding is not None:
+            self._forwarding.close()  # sync forwarding's open associations
+        if self.forwarder is not None:
+            self.forwarder.stop(timeout=FORWARDER_STOP_SECONDS)
+        if self.exporter is not None:
+            self.exporter.stop()
+
+
+def _wait_for_old_workers(spool: Path, timeout: float = 2 * DRAIN_SECONDS + 10) -> None:
+    """Wait until no receiving worker of a previous (killed) daemon still writes here.
+
+    They hold `workers.lock` shared and get SIGTERM when their main process dies; they
+    are gone once an exclusive lock is granted.
+    """
+    fd = os.open(spool / "workers.lock", os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StartupError(
+                        f"spool {spool}: workers of a previous dicom-router still running"
+                    ) from None
+                time.sleep(0.1)
+    finally:
+        os.close(fd)  # releases the lock: our own workers take it shared
+
+
+def _restart_only(old: LoadedConfig, new: LoadedConfig) -> list[str]:
+    """Keys whose change needs a restart: the listener's settings and the spool."""
+    changed = [
+        f"listen.{name}"
+        for name in type(old.config.listen).model_fields
+        if getattr(old.config.listen, name) != getattr(new.config.listen, name)
+    ]
+    if old.spool != new.spool:
+        changed.append("spool")
+    if old.config.metrics != new.config.metrics:
+        changed.append("metrics")
+    return changed
+
+
+def _log_warnings(loaded: LoadedConfig) -> None:
+    """What `check` warns about: logged, never refused."""
+    for warning in loaded.warnings:
+        log.warning("%s", warning, extra={"event": "config-warning"})
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    """What tells a rewritten file from the one read: inode, size, mtime."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)

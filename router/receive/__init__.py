@@ -1,0 +1,1 @@
+"""The Storage SCP and the receive stack built on it."""

@@ -1,0 +1,312 @@
+"""The Storage SCP: pynetdicom set up for a router, and thin event handlers.
+
+C-STORE contract: the instance arrives chunked into a temporary file in the spool's
+`incoming/` folder (memory stays flat whatever its size); the handler hands that file and
+the association's facts to `Pipeline.process`, logs one line, and answers the status it
+returns (see `router.actions.pipeline` for every status and when). The handler never raises.
+
+Every storage SOP class is accepted, known, unknown or private, with the first transfer
+syntax the sender proposes; C-ECHO is answered. `callers` is enforced when the
+association is requested. Each accepted socket gets TCP_NODELAY (Nagle costs ~40 ms per
+instance) and a timeout so that a sender stalling mid-transfer is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pydicom.config
+from pydicom.dataset import Dataset
+from pynetdicom import _config, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from router.actions.pipeline import Outcome, Pipeline, Received
+from router.config.model import TLS, Config, Listen
+from router.errors import StartupError
+from router.net import netlayer
+from router.observe import metrics
+from router.spool.journal import Journal
+
+if TYPE_CHECKING:
+    from router.process.workers import Budget
+from router.dicom.sopclass import sop_class_name
+from router.rules.engine import in_networks
+
+log = logging.getLogger("router.scp")
+
+# A-ASSOCIATE-RJ: rejected-permanent, service-user, calling / called AE title not
+# recognized (PS3.8 9.3.4).
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)
+# rejected-transient, service-provider (presentation), local-limit-exceeded: as pynetdicom.
+REJECT_BUSY = (0x02, 0x03, 0x02)
+
+
+def configure_pynetdicom(incoming: Path) -> None:
+    """Set pynetdicom's process-global switches and our changes; call before any AE exists."""
+    netlayer.install(incoming)
+    _config.LOG_HANDLER_LEVEL = "none"  # per-PDU logging takes the AE-wide lock
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    _config.UNRESTRICTED_STORAGE_SERVICE = True  # first proposed TS, any SOP class
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    # pydicom checks every value it decodes against its VR: CPU on the hot path for no
+    # gain, as the identity UIDs are checked by us and other values are passed on as sent.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
+def caller_allowed(config: Config, calling_ae: str, peer: str) -> bool:
+    """True when `callers` is absent or one entry matches this AE title and address."""
+    if config.callers is None:
+        return True
+    return any(
+        fnmatchcase(calling_ae, caller.ae_title)
+        and (caller.hosts is None or in_networks(peer, caller.hosts))
+        for caller in config.callers
+    )
+
+
+def tls_context(tls: TLS, resolve: Callable[[str], Any]) -> ssl.SSLContext:
+    """The server's TLS context from the rule file's `listen.tls`."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(resolve(tls.certificate), resolve(tls.private_key))
+        if tls.ca_certificates:
+            ctx.load_verify_locations(resolve(tls.ca_certificates))
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"listen.tls: {exc}") from exc
+    ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_NONE
+    return ctx
+
+
+def _on_accepted(event: Event) -> None:
+    assoc = event.assoc
+    metrics.association_accepted(assoc, assoc.requestor.ae_title.strip())
+    netlayer.when_done(assoc, lambda: metrics.association_closed(assoc))
+
+
+def _on_rejected(event: Event) -> None:
+    rj = event.assoc.acceptor.primitive
+    metrics.association_rejected(
+        metrics.reject_reason(rj.result_source, rj.diagnostic) if rj else "other"
+    )
+
+
+def _log_close(event: Event) -> None:
+    assoc = event.assoc
+    if assoc.is_released or assoc.is_rejected or getattr(assoc, "router_logged", False):
+        return  # nothing to say, or router.net.netlayer said it
+    primitive = assoc.requestor.primitive
+    calling = primitive.calling_ae_title.strip() if primitive else "?"
+    why = "aborted" if assoc.is_aborted else "dropped (stalled, timed out or malformed)"
+    log.warning(
+        "association from %s@%s %s",
+        calling,
+        assoc.requestor.address,
+        why,
+        extra={"event": "association-dropped"},
+    )
+
+
+class StorageSCP:
+    """The listening AE; reads the current config through `current` for every event."""
+
+    def __init__(
+        self,
+        listen: Listen,
+        pipeline: Pipeline,
+        current: Callable[[], Config],
+        tls: ssl.SSLContext | None = None,
+        journal: Journal | None = None,
+        *,
+        reuse_port: bool = False,
+        budget: Budget | None = None,
+    ) -> None:
+        self._pipeline = pipeline
+        self._journal = journal
+        self._budget = budget
+        self._current = current
+        self.ae = netlayer.RouterAE(ae_title=listen.ae_title)
+        self.ae.maximum_associations = listen.max_associations
+        self.ae.maximum_pdu_size = listen.max_pdu
+        self.ae.network_timeout = listen.network_timeout
+        # Also how long pynetdicom keeps a broken association waiting for the transport
+        # to close: never longer than a stalled sender is given.
+        self.ae.acse_timeout = min(10.0, listen.network_timeout)
+        self.ae.dimse_timeout = listen.network_timeout
+        self.ae.add_supported_context(Verification)
+        handlers: list[Any] = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_CONN_CLOSE, _log_close),
+            (evt.EVT_ACCEPTED, _on_accepted),
+            (evt.EVT_REJECTED, _on_rejected),
+        ]
+        try:
+            server = self.ae.make_server(
+                (listen.host, listen.port),
+                evt_handlers=handlers,
+                server_class=_server_class(reuse_port),
+            )
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {listen.host}:{listen.port}: {exc}") from exc
+        assert isinstance(server, netlayer.RouterServer)
+        self.server = server
+        self.server.stall_timeout = listen.network_timeout
+        self.server.tls = tls
+        # The accept loop checks for shutdown every 0.1 s (socketserver: 0.5 s), so SIGTERM
+        # stops accepting at once; ten idle selects a second cost nothing measurable.
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, args=(0.1,), name="scp-accept", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        return int(self.server.server_address[1])
+
+    def start(self) -> None:
+        """Start accepting associations."""
+        self._thread.start()
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; running associations go on, idle connections end."""
+        if self._thread.is_alive():  # shutdown() waits for serve_forever: only if it runs
+            self.server.shutdown()
+        self.server.server_close()
+        self._wake_unrequested()
+
+    def _requested(self) -> list[Any]:
+        """Associations whose A-ASSOCIATE-RQ arrived: those may carry C-STOREs."""
+        return [a for a in self.server.connections() if netlayer.requested(a)]
+
+    def _wake_unrequested(self) -> None:
+        # A connection that never sent an A-ASSOCIATE-RQ (a TCP probe, a stalled client)
+        # sits in pynetdicom's wait for one, and its (non-daemon) DUL thread keeps the
+        # process alive: break its read, stop the DUL, and wake the wait as a timeout would.
+        for assoc in self.server.connections():
+            if not netlayer.requested(assoc):
+                netlayer.shutdown_socket(assoc)
+                assoc.dul.kill_dul()
+                assoc.dul.to_user_queue.put(None)  # what a timeout yields
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for running associations to end; True when none is left."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._requested():
+                return True
+            time.sleep(0.05)
+        return not self._requested()
+
+    def abort_all(self) -> None:
+        """Abort whatever association is still running, breaking any read it is blocked in."""
+        for assoc in self._requested():
+            threading.Thread(target=assoc.abort, daemon=True).start()
+        time.sleep(0.5)  # the A-ABORTs go out first
+        for assoc in self._requested():
+            netlayer.shutdown_socket(assoc)
+        self._wake_unrequested()
+
+    def _on_requested(self, event: Event) -> None:
+        primitive = event.assoc.requestor.primitive
+        assert primitive is not None  # set once the A-ASSOCIATE-RQ arrived
+        calling = primitive.calling_ae_title.strip()
+        peer = event.assoc.requestor.address
+        hostile: dict[str, bytes] = getattr(event.assoc, "hostile_ae_titles", {})
+        for what, reason in (("calling", REJECT_CALLING_AE), ("called", REJECT_CALLED_AE)):
+            if what in hostile:
+                log.warning(
+                    "association from %s rejected: %s AE title %s is not of the AE VR",
+                    peer,
+                    what,
+                    netlayer.escaped(hostile[what]),
+                )
+                event.assoc.acse.send_reject(*reason)
+                time.sleep(0.1)
+                return
+        if not caller_allowed(self._current(), calling, peer):
+            log.warning("association from %s@%s rejected: calling AE not in callers", calling, peer)
+            event.assoc.acse.send_reject(*REJECT_CALLING_AE)
+            metrics.association_rejected("callers")
+            time.sleep(0.1)  # else the peer may see an abort before the reject arrives
+            return
+        if self._budget is not None:
+            if not self._budget.take():
+                log.warning(
+                    "association from %s@%s rejected: %d associations (max_associations)",
+                    calling,
+                    peer,
+                    self._budget.limit,
+                )
+                metrics.association_rejected("limit")
+                event.assoc.acse.send_reject(*REJECT_BUSY)
+                time.sleep(0.1)
+                return
+            netlayer.when_done(event.assoc, self._budget.give)
+
+    def _on_store(self, event: Event) -> Dataset | int:
+        request = event.request
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        assert isinstance(request, C_STORE) and primitive is not None
+        received = Received(
+            path=event.dataset_path,
+            sop_class_uid=str(request.AffectedSOPClassUID),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID),
+            calling_ae=assoc.requestor.ae_title.strip(),
+            called_ae=primitive.called_ae_title.strip(),
+            peer=assoc.requestor.address,
+            transfer_syntax=str(event.context.transfer_syntax),
+            receive_error=getattr(request, "receive_error", None),
+        )
+        outcome = self._pipeline.process(received)
+        self._log_store(received, outcome)
+        if not (outcome.comment and outcome.status):
+            return outcome.status  # pynetdicom takes a bare status: no Dataset to build
+        rsp = Dataset()
+        rsp.Status = outcome.status
+        rsp.ErrorComment = outcome.comment[:64]
+        return rsp
+
+    def _log_store(self, received: Received, outcome: Outcome) -> None:
+        """The C-STORE's log line, stamped now and written after the response."""
+        if not log.isEnabledFor(logging.INFO):
+            return
+        record = log.makeRecord(
+            log.name,
+            logging.INFO,
+            __file__,
+            0,
+            "C-STORE from %s@%s %s %s rule=%s actions=%s status=0x%04X config=%s%s",
+            (
+                received.calling_ae,
+                received.peer,
+                sop_class_name(received.sop_class_uid),
+                received.sop_instance_uid,
+                outcome.rule,
+                ",".join(outcome.actions) or "-",
+                outcome.status,
+                outcome.config_version,
+                f" ({outcome.comment})" if outcome.comment else "",
+            ),
+            None,
+            extra={"event": "c-store", "outcome": outcome, "received": received},
+        )
+        if self._journal is None:
+            log.handle(record)
+        else:
+            self._journal.emit(log, record)
+
+
+def _server_class(reuse_port: bool) -> type[netlayer.RouterServer]:
+    return type("Server", (netlayer.RouterServer,), {"reuse_port": reuse_port})

@@ -1,0 +1,1 @@
+"""The spool: durable files, the delivery queue and the decision log (SQLite)."""
