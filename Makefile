@@ -16,6 +16,7 @@ test: system-deps setup
 lint: setup
 	$(BIN)/ruff check router tests bench
 	$(BIN)/mypy router
+	$(BIN)/lint-imports  # the layers of pyproject.toml's [tool.importlinter]
 
 bench: system-deps setup
 	$(BIN)/python bench/store_throughput.py

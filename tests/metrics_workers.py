@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from router.actions.pipeline import Outcome, Received
 from router.config.model import Config
 from router.observe import metrics
 
@@ -35,12 +34,10 @@ def worker(path: str, done: Any, hold: bool) -> None:
     """Count PER_WORKER C-STOREs and open one association; then wait to be killed or stop."""
     metrics.init_process(os.environ.get(metrics.ENV))
     metrics.config_applied(Config.model_validate(CONFIG))
-    received = Received(Path(path), "1.2.3", "1.2.3.4", "CT_1", "R", "::1", "1.2.840.10008.1.2")
-    outcome = Outcome(0, "default", ("discard",), "v")
     token = object()
     metrics.association_accepted(token, "CT_1")
     for _ in range(PER_WORKER):
-        metrics.c_store_done(metrics.c_store_started(Path(path)), received, outcome)
+        metrics.c_store_done(metrics.c_store_started(Path(path)), "CT_1", 0, "default")
     if not hold:
         metrics.association_closed(token)
     done.set()

@@ -184,7 +184,7 @@ class Pipeline:
         )
         if self._journal is not None:
             self._record(received, outcome)
-        metrics.c_store_done(timer, received, outcome)
+        metrics.c_store_done(timer, received.calling_ae, outcome.status, outcome.rule)
         return outcome
 
     def _record(self, received: Received, outcome: Outcome) -> None:

@@ -1,44 +1,30 @@
-"""Delivery: the forwarder process, its per-destination workers, and the SCP's seam to them.
+"""The queued destinations' worker threads, run by the forwarder process.
 
-pynetdicom's network layer is CPU-bound and receive and send would compete for one GIL,
-so queued forwards are sent by a separate process (a fork of the thread-free fork
-server, `router.process.forkserver`: it shares nothing but the spool). It reads due deliveries from
-the spool's SQLite queue; the daemon sends it each new config after a reload and
-restarts it if it dies. A destination gets `associations` worker threads, each keeping
-one association open while there is work and closing it after `idle_timeout`.
+They read due deliveries from the spool's SQLite queue. A destination gets
+`associations` worker threads, each keeping one association open while there is work
+and closing it after `idle_timeout`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
-from pydicom.dataset import Dataset
-
-from router.actions.pipeline import Received
 from router.config.model import DicomDestination, StowDestination
 from router.destinations import dicom as forward
 from router.destinations.dicom import PermanentError, Sender, TransientError, Unreachable
-from router.destinations.syncpool import SyncPool
 from router.dicom.status import hex_code
-from router.errors import ActionError, OutOfResources
-from router.observe import logs, metrics
-from router.process import forkserver
-from router.rules.ruleset import LoadedConfig, Shipped, load_shipped
-from router.spool.database import Delivery, Instance, Spool
+from router.observe import metrics
+from router.rules.ruleset import LoadedConfig
+from router.spool.database import Delivery, Spool
 
 log = logging.getLogger("router.forward")
 
 BATCH = 16
 IDLE_POLL = 0.05  # seconds between queue polls when there is nothing due
-PRUNE_AFTER = 30 * 86400  # delivered rows are kept this long for `trace`
 
 
 class DestinationWorkers:
@@ -260,164 +246,3 @@ def _workers(
     return DestinationWorkers(name, dest, loaded.config.listen.ae_title, spool, loaded.resolve)
 
 
-def forwarder_main(
-    spool_root: str,
-    config: Shipped,
-    conn: Connection,
-    log_format: str,
-    debug: bool,
-    metrics_folder: str | None,
-) -> None:
-    """Entry point of the forwarder process."""
-    from router.receive.scp import configure_pynetdicom
-
-    forkserver.name_process("dr-forwarder")
-    logs.setup(log_format, debug)
-    metrics.init_process(metrics_folder)
-    configure_pynetdicom(Path(spool_root) / "incoming")
-    stop = threading.Event()
-    # SIGTERM reaches the whole cgroup under systemd: finish the instance in hand, exit.
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    parent = os.getppid()
-    # Enqueues must survive a power cut (the daemon commits them with FULL sync); a lost
-    # "delivered" mark only means one more send (at-least-once), so no fsync per delivery.
-    spool = Spool(Path(spool_root), synchronous="NORMAL")
-    forwarder = Forwarder(spool)
-    forwarder.apply(load_shipped(config))
-    last_prune = 0.0
-    while not stop.is_set() and os.getppid() == parent:
-        try:
-            message: tuple[Any, ...] = conn.recv() if conn.poll(0.2) else ("idle",)
-        except (EOFError, OSError):
-            break  # the daemon is gone
-        if message[0] == "stop":
-            break
-        if message[0] == "config":
-            forwarder.apply(load_shipped(message[1]))
-        if time.time() - last_prune > 3600:
-            spool.prune(time.time() - PRUNE_AFTER)
-            last_prune = time.time()
-    forwarder.stop(timeout=15)
-
-
-class ForwarderProcess:
-    """The daemon's handle on the forwarder process."""
-
-    def __init__(self, spool_root: Path, log_format: str, debug: bool) -> None:
-        self._ctx = forkserver.children()  # a fork of the fork server, as the workers are
-        self._spool_root = spool_root
-        self._log_format = log_format
-        self._debug = debug
-        self._proc: Any = None
-        self._conn: Connection | None = None
-        self._config: Shipped | None = None
-
-    def start(self, loaded: LoadedConfig) -> None:
-        """Spawn the process with the current config."""
-        self._config = loaded.shipped()
-        parent_end, child_end = self._ctx.Pipe()
-        self._proc = self._ctx.Process(
-            target=forwarder_main,
-            name="dicom-router-forwarder",
-            args=(
-                str(self._spool_root),
-                self._config,
-                child_end,
-                self._log_format,
-                self._debug,
-                metrics.shared_folder(),
-            ),
-        )
-        forkserver.start_fork_server()
-        self._proc.start()
-        child_end.close()
-        self._conn = parent_end
-
-    def update(self, loaded: LoadedConfig) -> None:
-        """Hand a reloaded config to the process."""
-        self._config = loaded.shipped()
-        try:
-            if self._conn is not None:
-                self._conn.send(("config", self._config))
-        except OSError:
-            pass  # dead: `check()` restarts it with this config
-
-    def check(self) -> None:
-        """Restart the process if it died."""
-        if self._proc is not None and not self._proc.is_alive() and self._config:
-            log.error("forwarder process exited (code %s): restarting", self._proc.exitcode)
-            metrics.process_dead(self._proc.pid)
-            self.start(load_shipped(self._config))
-
-    def stop(self, timeout: float) -> None:
-        """Ask the process to finish the instances in hand and exit (bounded)."""
-        if self._proc is None:
-            return
-        try:
-            if self._conn is not None:
-                self._conn.send(("stop",))
-        except OSError:
-            pass
-        self._proc.join(timeout)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(5)
-        self._proc = None
-
-
-class SpoolForwarding:
-    """The Pipeline's seam: queued forwards go to the spool, sync ones out at once."""
-
-    def __init__(self, spool: Spool, current: Any) -> None:
-        self.spool = spool
-        self._current = current
-        self._sync = SyncPool(spool.root / "work")
-
-    def enqueue(
-        self, file: Path, destinations: Sequence[str], received: Received, identity: Dataset
-    ) -> None:
-        """Durably queue `file` for each destination."""
-        self.spool.enqueue(
-            file,
-            destinations,
-            Instance(
-                sop_instance_uid=received.sop_instance_uid,
-                sop_class_uid=received.sop_class_uid,
-                transfer_syntax=_file_ts(identity, received.transfer_syntax),
-                study_uid=str(identity.get("StudyInstanceUID", "")),
-                series_uid=str(identity.get("SeriesInstanceUID", "")),
-                calling_ae=received.calling_ae,
-            ),
-        )
-
-    def send_now(self, destination: str, file: Path, identity: Dataset) -> tuple[int, str | None]:
-        """Send and return the destination's status; unreachable is 0xA700."""
-        loaded: LoadedConfig = self._current()
-        dest = loaded.config.destinations[destination]
-        assert isinstance(dest, DicomDestination)
-        meta = identity.file_meta  # the header the pipeline read from this very file
-        try:
-            sent = self._sync.send(
-                destination,
-                dest,
-                loaded.config.listen.ae_title,
-                loaded.resolve,
-                (file, str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)),
-            )
-        except (Unreachable, TransientError) as exc:
-            raise OutOfResources(f"{destination}: {exc}") from exc
-        except PermanentError as exc:
-            raise ActionError(f"{destination}: {exc}", status=0x0122) from exc
-        return sent.status, sent.comment
-
-    def close(self) -> None:
-        """Release sync forwarding's open associations (at shutdown)."""
-        self._sync.close()
-
-
-def _file_ts(identity: Dataset, fallback: str) -> str:
-    meta = getattr(identity, "file_meta", None)
-    ts = meta.get("TransferSyntaxUID") if meta is not None else None
-    return str(ts) if ts else fallback

@@ -24,9 +24,9 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import RE_VALID_UID
 
+from router.dicom.tags import TagValues
 from router.dicom.walk import EXPLICIT_BE, IMPLICIT_LE, Raw, walk
 from router.errors import CannotUnderstand
-from router.rules.engine import TagValues
 
 # Everything the 0xA900 check, the log and `trace` need; Series Instance UID comes last.
 IDENTITY = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")

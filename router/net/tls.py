@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from router.config.model import DestinationTLS
+from router.config.model import TLS, DestinationTLS
+from router.errors import StartupError
 
 BCP195_CIPHERS = ":".join(
     (
@@ -84,3 +85,16 @@ def describe(exc: OSError) -> str:
     if isinstance(exc, ssl.SSLError):
         return f"TLS: {exc.reason or exc}"
     return str(exc.strerror or exc)
+
+
+def tls_context(tls: TLS, resolve: Callable[[str], Any]) -> ssl.SSLContext:
+    """The server's TLS context from the rule file's `listen.tls`."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(resolve(tls.certificate), resolve(tls.private_key))
+        if tls.ca_certificates:
+            ctx.load_verify_locations(resolve(tls.ca_certificates))
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"listen.tls: {exc}") from exc
+    ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_NONE
+    return ctx

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 from router.dicom import status
 
 if TYPE_CHECKING:
-    from router.actions.pipeline import Outcome, Received
     from router.config.model import Config
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -293,13 +292,15 @@ def c_store_started(path: Path) -> StoreTimer | None:
     return StoreTimer(time.perf_counter(), size)
 
 
-def c_store_done(timer: StoreTimer | None, received: Received, outcome: Outcome) -> None:
+def c_store_done(
+    timer: StoreTimer | None, calling_ae: str, status: int, rule_name: str
+) -> None:
     """Count one answered C-STORE: instance, bytes, status, rule, handling time."""
     m = _m
     if m is None or timer is None:
         return
     instances, size, response, rule = m.store_child(
-        m.caller(received.calling_ae), outcome.status, outcome.rule
+        m.caller(calling_ae), status, rule_name
     )
     instances.inc()
     size.inc(timer.size)

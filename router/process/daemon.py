@@ -21,16 +21,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from router.actions.forwarding import SpoolForwarding
 from router.actions.pipeline import Pipeline
-from router.destinations.worker import ForwarderProcess, SpoolForwarding
 from router.errors import ConfigError, OutOfResources, StartupError
+from router.net.setup import configure_pynetdicom
+from router.net.tls import tls_context
 from router.observe import metrics
 from router.observe.exporter import Exporter, ReloadStats
 from router.process.forkserver import default_workers
+from router.process.forwarder import ForwarderProcess
 from router.process.reload import RuleFileWatcher
 from router.process.systemd import Notifier
 from router.process.workers import WorkerPool, reserve_port
-from router.receive.scp import StorageSCP, configure_pynetdicom, tls_context
+from router.receive.scp import StorageSCP
 from router.rules.ruleset import LoadedConfig, load
 from router.spool import durable as store
 from router.spool.database import Spool

@@ -26,11 +26,8 @@ from typing import Any
 MAX_DEFAULT_WORKERS = 8
 _PR_SET_NAME = 15
 PRELOAD = (
-    "router.actions.pipeline",
-    "router.destinations.worker",
-    "router.spool.journal",
-    "router.receive.scp",
-    "router.spool.database",
+    "router.process.workers",
+    "router.process.forwarder",
 )
 # Only the main process talks to systemd; the children learn the metrics folder from it.
 PRIVATE_VARIABLES = (

@@ -33,38 +33,24 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from router.actions.forwarding import SpoolForwarding
+from router.actions.pipeline import Pipeline
 from router.errors import StartupError
+from router.net.admission import Budget
+from router.net.setup import configure_pynetdicom
+from router.net.tls import tls_context
 from router.observe import logs, metrics
 from router.process import forkserver
+from router.receive.scp import StorageSCP
 from router.rules.ruleset import LoadedConfig, Shipped, load_shipped
+from router.spool.database import Spool
+from router.spool.journal import Journal
 
 log = logging.getLogger("router.daemon")
 
 START_SECONDS = 30.0  # a worker that is not listening by then is a start-up failure
 DRAIN_SECONDS = 10.0  # in-flight associations get this long after SIGTERM, then abort
 _PR_SET_PDEATHSIG = 1
-
-
-class Budget:
-    """`max_associations` over all workers: each worker counts its own in a shared slot."""
-
-    def __init__(self, counts: Any, slot: int, limit: int) -> None:
-        self._counts = counts
-        self._slot = slot
-        self.limit = limit
-
-    def take(self) -> bool:
-        """Count one more association, unless the total is at the limit."""
-        with self._counts.get_lock():
-            if sum(self._counts) >= self.limit:
-                return False
-            self._counts[self._slot] += 1
-            return True
-
-    def give(self) -> None:
-        """An association counted by `take` has ended."""
-        with self._counts.get_lock():
-            self._counts[self._slot] = max(0, self._counts[self._slot] - 1)
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -244,12 +230,6 @@ class _Receiver:
     """One worker's SCP, pipeline and journal, reading `loaded` for every C-STORE."""
 
     def __init__(self, spool: Path, loaded: LoadedConfig, budget: Budget, port: int) -> None:
-        from router.actions.pipeline import Pipeline
-        from router.destinations.worker import SpoolForwarding
-        from router.receive.scp import StorageSCP, configure_pynetdicom, tls_context
-        from router.spool.database import Spool
-        from router.spool.journal import Journal
-
         configure_pynetdicom(spool / "incoming")
         self.loaded = loaded
         listen = loaded.config.listen.model_copy(update={"port": port})

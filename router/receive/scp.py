@@ -18,75 +18,30 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from fnmatch import fnmatchcase
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import pydicom.config
 from pydicom.dataset import Dataset
-from pynetdicom import _config, evt
+from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from router.actions.pipeline import Outcome, Pipeline, Received
-from router.config.model import TLS, Config, Listen
+from router.config.model import Config, Listen
+from router.dicom.sopclass import sop_class_name
 from router.errors import StartupError
 from router.net import netlayer
+from router.net.admission import (
+    REJECT_BUSY,
+    REJECT_CALLED_AE,
+    REJECT_CALLING_AE,
+    Budget,
+    caller_allowed,
+)
 from router.observe import metrics
 from router.spool.journal import Journal
 
-if TYPE_CHECKING:
-    from router.process.workers import Budget
-from router.dicom.sopclass import sop_class_name
-from router.rules.engine import in_networks
-
 log = logging.getLogger("router.scp")
-
-# A-ASSOCIATE-RJ: rejected-permanent, service-user, calling / called AE title not
-# recognized (PS3.8 9.3.4).
-REJECT_CALLING_AE = (0x01, 0x01, 0x03)
-REJECT_CALLED_AE = (0x01, 0x01, 0x07)
-# rejected-transient, service-provider (presentation), local-limit-exceeded: as pynetdicom.
-REJECT_BUSY = (0x02, 0x03, 0x02)
-
-
-def configure_pynetdicom(incoming: Path) -> None:
-    """Set pynetdicom's process-global switches and our changes; call before any AE exists."""
-    netlayer.install(incoming)
-    _config.LOG_HANDLER_LEVEL = "none"  # per-PDU logging takes the AE-wide lock
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    _config.UNRESTRICTED_STORAGE_SERVICE = True  # first proposed TS, any SOP class
-    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
-    # pydicom checks every value it decodes against its VR: CPU on the hot path for no
-    # gain, as the identity UIDs are checked by us and other values are passed on as sent.
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-
-
-def caller_allowed(config: Config, calling_ae: str, peer: str) -> bool:
-    """True when `callers` is absent or one entry matches this AE title and address."""
-    if config.callers is None:
-        return True
-    return any(
-        fnmatchcase(calling_ae, caller.ae_title)
-        and (caller.hosts is None or in_networks(peer, caller.hosts))
-        for caller in config.callers
-    )
-
-
-def tls_context(tls: TLS, resolve: Callable[[str], Any]) -> ssl.SSLContext:
-    """The server's TLS context from the rule file's `listen.tls`."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        ctx.load_cert_chain(resolve(tls.certificate), resolve(tls.private_key))
-        if tls.ca_certificates:
-            ctx.load_verify_locations(resolve(tls.ca_certificates))
-    except (OSError, ssl.SSLError) as exc:
-        raise StartupError(f"listen.tls: {exc}") from exc
-    ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_NONE
-    return ctx
-
 
 def _on_accepted(event: Event) -> None:
     assoc = event.assoc

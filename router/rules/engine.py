@@ -26,9 +26,7 @@ from router.config.model import (
     TagTest,
     WarnAction,
 )
-
-TagValues = tuple[str, ...]
-"""A tag's value as text, one item per value (VM > 1 gives several); () when empty."""
+from router.dicom.tags import TagValues
 
 
 @dataclass(frozen=True)
