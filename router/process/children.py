@@ -151,6 +151,9 @@ class ChildProcess(Generic[R]):
         if proc.is_alive():
             proc.kill()
             proc.join(5)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def stop(self, timeout: float) -> None:
         """`ask_to_stop()`, then `finish()` within `timeout` s."""
