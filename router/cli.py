@@ -1,7 +1,9 @@
-"""The `dicom-router` command line; the only module that exits.
+"""dicom-router: a declarative, config-driven DICOM storage routing daemon.
 
-Exit codes: 0 success, 1 invalid input (config, arguments), 2 runtime failure. Errors are
-one line each on stderr; `--debug` adds tracebacks.
+The command line's commands, and the one place exit codes are chosen: 0 success, 1
+invalid input (config, arguments), 2 runtime failure. `router.__main__` (the console
+script, `python -m router`) calls `main` and exits with what it returns. Errors are one
+line each on stderr; `--debug` adds tracebacks.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from router.actions.pipeline import Pipeline, Received, action_names
+from router.actions.pipeline import Pipeline, Received
+from router.actions.plan import action_names
 from router.config.model import Config, DicomDestination, FilesystemDestination, StowDestination
 from router.dicom.header import tag_values
 from router.dicom.sopclass import sop_class_name
@@ -74,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script and `python -m router`."""
+    """Run one command line and return its exit code (called by `router.__main__`)."""
     args = _parser().parse_args(argv)
     try:
         return int(_COMMANDS[args.command](args))
@@ -128,9 +131,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(loaded.fixture_failures)
     if (loaded.config.listen.workers or default_workers()) > 1:
         start_fork_server()  # as router.__main__ does, for a caller that did not go through it
-    from router.process.daemon import (
-        Daemon,  # pynetdicom is imported only for commands that need it
-    )
+    # pynetdicom is imported only for the commands that need it.
+    from router.process.daemon import Daemon
 
     daemon = Daemon(loaded, watch=not args.no_watch, log_format=args.log_format, debug=args.debug)
     daemon.install_signal_handlers()

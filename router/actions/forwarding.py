@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from pydicom.dataset import Dataset
 
@@ -20,7 +19,7 @@ from router.spool.database import Instance, Spool
 class SpoolForwarding:
     """The Pipeline's seam: queued forwards go to the spool, sync ones out at once."""
 
-    def __init__(self, spool: Spool, current: Any) -> None:
+    def __init__(self, spool: Spool, current: Callable[[], LoadedConfig]) -> None:
         self.spool = spool
         self._current = current
         self._sync = SyncPool(spool.root / "work")
@@ -44,7 +43,7 @@ class SpoolForwarding:
 
     def send_now(self, destination: str, file: Path, identity: Dataset) -> tuple[int, str | None]:
         """Send and return the destination's status; unreachable is 0xA700."""
-        loaded: LoadedConfig = self._current()
+        loaded = self._current()
         dest = loaded.config.destinations[destination]
         assert isinstance(dest, DicomDestination)
         meta = identity.file_meta  # the header the pipeline read from this very file

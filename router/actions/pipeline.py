@@ -10,46 +10,46 @@ answers 0xA900; an unparsable dataset 0xC210; a sync forward the destination's s
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
-from pydicom.tag import BaseTag, Tag
 
 from router.actions import modify
+from router.actions.plan import Plan, lookup, make_plan
 from router.config.model import (
     Action,
-    FilesystemDestination,
+    DiscardAction,
     ForwardAction,
     ModifyAction,
     RejectAction,
     StoreAction,
+    WarnAction,
 )
 from router.dicom import header as dataset
 from router.dicom.status import is_warning
 from router.errors import ActionError, OutOfResources, SOPClassMismatch
 from router.observe import metrics
-from router.rules.engine import Decision, Facts, NeedsTags, decide, wanted_tags
+from router.rules.engine import Decision, Facts, NeedsTags, decide
 from router.rules.ruleset import LoadedConfig
 from router.spool import durable as store
 from router.spool.database import DecisionRecord
 
 log = logging.getLogger("router.store")
 
-# A received file's fsync starts as soon as the pipeline has it, in one of these threads,
-# while the walk, the header read and the rules run (~1 ms on this project's machine):
-# a store or a queued forward then waits only for what is left of it. A fsync nobody
-# waited for is cancelled if it has not started, so the queue stays within the C-STOREs
-# being handled.
-_SYNCERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fsync")
+# A received file's fsync starts as soon as the pipeline has it, in one of this many
+# threads, while the walk, the header read and the rules run (~1 ms on this project's
+# machine): a store or a queued forward then waits only for what is left of it. A fsync
+# nobody waited for is cancelled if it has not started, so the queue stays within the
+# C-STOREs being handled.
+SYNC_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -105,33 +105,12 @@ class Journal(Protocol):
         """Append one decision."""
 
 
-@dataclass
-class _Plan:
-    """What a rule set needs from every header: computed once per config version."""
-
-    keywords: frozenset[str]  # everything read from the header
-    tags: frozenset[str] = frozenset()  # what the rules' `tags` match on
-    templates: Mapping[str, tuple[store.Template, str]] = field(default_factory=dict)
-    names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # rule -> actions
-
-
-def action_names(actions: Sequence[Action]) -> tuple[str, ...]:
-    """Short text for each action, for logs and `explain`."""
-    out = []
-    for action in actions:
-        ((kind, spec),) = action.model_dump(exclude_none=True).items()
-        if isinstance(spec, dict) and "to" in spec:
-            mode = spec.get("mode")
-            out.append(f"{kind}:{spec['to']}" + (f"({mode})" if mode == "sync" else ""))
-        elif isinstance(spec, int) and not isinstance(spec, bool):
-            out.append(f"{kind}:0x{spec:04X}")
-        else:
-            out.append(kind)
-    return tuple(out)
-
-
 class Pipeline:
-    """Runs decisions on received files; thread-safe, one instance per daemon."""
+    """Runs decisions on received files; thread-safe, one per receiving process.
+
+    It owns the threads that fsync received files early: `close()` them once no
+    C-STORE can arrive any more.
+    """
 
     def __init__(
         self,
@@ -144,7 +123,12 @@ class Pipeline:
         self._forwarding = forwarding
         self._journal = journal
         self._work_dir = work_dir
-        self._plans: dict[str, _Plan] = {}
+        self._plans: dict[str, Plan] = {}
+        self._syncers = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fsync")
+
+    def close(self) -> None:
+        """Wait for the fsyncs under way and end their threads (after the SCP drained)."""
+        self._syncers.shutdown(wait=True)
 
     def process(self, received: Received) -> Outcome:
         """Decide and act on one received instance; never raises."""
@@ -159,9 +143,11 @@ class Pipeline:
             if received.receive_error:
                 raise OutOfResources(received.receive_error)
             _check_free_space(self._work_dir.parent, loaded.config.spool_min_free)
-            early = _SYNCERS.submit(store.fsync_file, received.path)
-            decision, header = self.evaluate(loaded, received)
-            status, comment = self._run(loaded, decision, received, header, early)
+            early = self._syncers.submit(store.fsync_file, received.path)
+            plan = self._plan(loaded)
+            decision, header = self._evaluate(plan, loaded, received)
+            work = _Work(received, plan, decision.status, header, early)
+            status, comment = self._run(work, decision.actions)
         except ActionError as exc:
             status, comment = exc.status, str(exc)
         except Exception as exc:  # a bug: answer 0xC211 and keep serving
@@ -183,14 +169,14 @@ class Pipeline:
             forwards=tuple(decision.forwards) if decision else (),
         )
         if self._journal is not None:
-            self._record(received, outcome)
+            self._record(self._journal, received, outcome)
         metrics.c_store_done(timer, received.calling_ae, outcome.status, outcome.rule)
         return outcome
 
-    def _record(self, received: Received, outcome: Outcome) -> None:
-        assert self._journal is not None
+    @staticmethod
+    def _record(journal: Journal, received: Received, outcome: Outcome) -> None:
         try:
-            self._journal.record(
+            journal.record(
                 DecisionRecord(
                     at=time.time(),
                     sop_instance_uid=received.sop_instance_uid,
@@ -212,7 +198,10 @@ class Pipeline:
 
     def evaluate(self, loaded: LoadedConfig, received: Received) -> tuple[Decision, Dataset]:
         """Read the header as far as needed, check its SOP class, and decide."""
-        plan = self._plan(loaded)
+        return self._evaluate(self._plan(loaded), loaded, received)
+
+    @staticmethod
+    def _evaluate(plan: Plan, loaded: LoadedConfig, received: Received) -> tuple[Decision, Dataset]:
         header = dataset.read_received(received.path, plan.keywords)  # walks it first
         dataset.check_identity(header, received.sop_instance_uid)
         found = str(header.SOPClassUID)
@@ -228,94 +217,121 @@ class Pipeline:
             assert not isinstance(result, NeedsTags)
         return result, header
 
-    def _plan(self, loaded: LoadedConfig) -> _Plan:
+    def _plan(self, loaded: LoadedConfig) -> Plan:
         plan = self._plans.get(loaded.version)
         if plan is None:
-            tags = wanted_tags(loaded.config)
-            keywords = set(tags)
-            templates = {}
-            for name, dest in loaded.config.destinations.items():
-                if isinstance(dest, FilesystemDestination):
-                    fields = store.template_fields(dest.path)
-                    keywords.update(fields)
-                    templates[name] = (store.Template(loaded.base_dir, dest.path), dest.on_exists)
-            names = {rule.name: action_names(rule.actions) for rule in loaded.config.rules}
-            names["default"] = action_names(loaded.config.default)
-            plan = _Plan(frozenset(keywords), tags, templates, names)
+            plan = make_plan(loaded)
             self._plans = {loaded.version: plan}  # only the current version is kept
         return plan
 
-    def _run(
-        self,
-        loaded: LoadedConfig,
-        decision: Decision,
-        received: Received,
-        header: Dataset,
-        early: Future[None] | None = None,
-    ) -> tuple[int, str | None]:
-        actions = decision.actions
-        if any(isinstance(a, RejectAction) for a in actions):
-            return decision.status, None
-        work, synced, temps = received.path, False, []
-        queued: list[tuple[Path, Dataset, list[str]]] = []
-        status: int = decision.status
-        comment: str | None = None
+    def _run(self, work: _Work, actions: Sequence[Action]) -> tuple[int, str | None]:
+        """Run the decided actions in order; queued forwards are committed at the end.
+
+        A failed sync forward ends the run: its status is answered and nothing is queued.
+        """
         try:
             for action in actions:
-                if isinstance(action, ModifyAction):
-                    target = self._work_dir / f"{uuid.uuid4().hex}.dcm"
-                    temps.append(target)
-                    modify.apply_modify(work, action.modify, target)
-                    work, synced = target, False
-                    header = dataset.read_header(work, self._plan(loaded).keywords)
-                elif isinstance(action, StoreAction | ForwardAction) and not synced:
-                    _fsync_durable(work, early if work == received.path else None)
-                    synced = True
-                if isinstance(action, StoreAction):
-                    template, on_exists = self._plan(loaded).templates[action.store.to]
-                    target = template.target(_lookup(header))
-                    store.place(
-                        work,
-                        target,
-                        action.store.on_exists or on_exists,
-                        synced=True,
-                        journal=self._work_dir.parent / store.JOURNAL,
-                    )
-                elif isinstance(action, ForwardAction):
-                    if self._forwarding is None:
-                        raise ActionError("forwarding is not running", status=0xA700)
-                    if action.forward.mode == "sync":
-                        got, comment = self._forwarding.send_now(action.forward.to, work, header)
-                        if got != 0x0000:
-                            status = got
-                            if not is_warning(got):
-                                return status, comment
-                    elif queued and queued[-1][0] == work:
-                        queued[-1][2].append(action.forward.to)
-                    else:
-                        queued.append((work, header, [action.forward.to]))
-            for file, identity, names in queued:
-                assert self._forwarding is not None
-                self._forwarding.enqueue(file, names, received, identity)
-            return status, comment
+                if not _HANDLERS[type(action)](self, work, action):
+                    return work.status, work.comment
+            if work.queued:
+                forwarding = self._forwarder()
+                for file, queued in work.queued.items():
+                    forwarding.enqueue(file, queued.destinations, work.received, queued.identity)
+            return work.status, work.comment
         finally:
-            for temp in temps:
+            for temp in work.temps:
                 temp.unlink(missing_ok=True)
 
+    def _modify(self, work: _Work, action: ModifyAction) -> bool:
+        target = self._work_dir / f"{uuid.uuid4().hex}.dcm"
+        work.temps.append(target)  # removed at the end of the run, whatever happens
+        modify.apply_modify(work.file, action.modify, target)
+        # What follows acts on the modified copy: not synced yet, its own header.
+        work.file, work.synced, work.early = target, False, None
+        work.header = dataset.read_header(target, work.plan.keywords)
+        return True
 
-def _lookup(header: Dataset) -> Callable[[str], str | None]:
-    def value(keyword: str) -> str | None:
-        tag = keyword_tag(keyword)
-        items = dataset.text_values(header.get(tag))  # a tag key gets the element
-        return "\\".join(items) if items else None
+    def _store(self, work: _Work, action: StoreAction) -> bool:
+        work.make_durable()
+        template, on_exists = work.plan.templates[action.store.to]
+        store.place(
+            work.file,
+            template.target(lookup(work.header)),
+            action.store.on_exists or on_exists,
+            synced=True,
+            journal=self._work_dir.parent / store.JOURNAL,
+        )
+        return True
 
-    return value
+    def _forward(self, work: _Work, action: ForwardAction) -> bool:
+        work.make_durable()
+        forwarding = self._forwarder()
+        spec = action.forward
+        if spec.mode == "sync":
+            got, work.comment = forwarding.send_now(spec.to, work.file, work.header)
+            if got != 0x0000:
+                work.status = got
+                return is_warning(got)  # a failure ends the run
+            return True
+        queued = work.queued.get(work.file)
+        if queued is None:
+            work.queued[work.file] = _Queued(work.header, [spec.to])
+        else:  # one enqueue for every queued forward of the same file
+            queued.destinations.append(spec.to)
+        return True
+
+    def _no_work(self, _work: _Work, _action: object) -> bool:
+        """reject, warn and discard: their status is the decision's; nothing to do."""
+        return True
+
+    def _forwarder(self) -> Forwarding:
+        if self._forwarding is None:
+            raise ActionError("forwarding is not running", status=0xA700)
+        return self._forwarding
 
 
-@functools.cache
-def keyword_tag(keyword: str) -> BaseTag:
-    """A DICOM keyword's tag (pydicom resolves the keyword on every lookup otherwise)."""
-    return Tag(keyword)
+@dataclass(slots=True)
+class _Queued:
+    """Queued forwards of one file: enqueued together once every action has succeeded."""
+
+    identity: Dataset
+    destinations: list[str]
+
+
+@dataclass(slots=True)
+class _Work:
+    """One C-STORE's actions under way: the file the next action reads, and what is owed."""
+
+    received: Received
+    plan: Plan
+    status: int  # the decision's, until a sync forward answers otherwise
+    header: Dataset  # read from `file`
+    early: Future[None] | None  # the received file's fsync, started on arrival
+    file: Path = field(init=False)  # the received file, or the last modify's output
+    comment: str | None = None
+    synced: bool = False
+    temps: list[Path] = field(default_factory=list)
+    queued: dict[Path, _Queued] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.file = self.received.path
+
+    def make_durable(self) -> None:
+        """fsync `file` before a store or a forward relies on it (once per file)."""
+        if not self.synced:
+            _fsync_durable(self.file, self.early)
+            self.synced = True
+
+
+# One handler per action kind; each returns False when the run must end there.
+_HANDLERS: dict[type, Callable[[Pipeline, _Work, Any], bool]] = {
+    ModifyAction: Pipeline._modify,
+    StoreAction: Pipeline._store,
+    ForwardAction: Pipeline._forward,
+    RejectAction: Pipeline._no_work,  # always a rule's only action (config check)
+    WarnAction: Pipeline._no_work,
+    DiscardAction: Pipeline._no_work,
+}
 
 
 def _fsync_durable(path: Path, started: Future[None] | None = None) -> None:

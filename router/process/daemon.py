@@ -21,31 +21,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from router.actions.forwarding import SpoolForwarding
-from router.actions.pipeline import Pipeline
 from router.errors import ConfigError, OutOfResources, StartupError
-from router.net.setup import configure_pynetdicom
-from router.net.tls import tls_context
 from router.observe import metrics
 from router.observe.exporter import Exporter, ReloadStats
+from router.process.children import ChildProcess, Settings
 from router.process.forkserver import default_workers
-from router.process.forwarder import ForwarderProcess
+from router.process.forwarder import forwarder_process
 from router.process.reload import RuleFileWatcher
 from router.process.systemd import Notifier
 from router.process.workers import WorkerPool, reserve_port
-from router.receive.scp import StorageSCP
+from router.receive.stack import ABORT_SECONDS, DRAIN_SECONDS, ReceiveStack
 from router.rules.ruleset import LoadedConfig, load
 from router.spool import durable as store
 from router.spool.database import Spool
-from router.spool.journal import Journal
 
 log = logging.getLogger("router.daemon")
 
-# SIGTERM: associations get DRAIN_SECONDS, then are aborted (5 s to wind down); the
-# forwarder finishes the instance in hand. At most 35 s: the unit's TimeoutStopSec is 45 s.
-DRAIN_SECONDS = 10.0
+# SIGTERM: associations get DRAIN_SECONDS, then are aborted (ABORT_SECONDS to wind
+# down); then the forwarder finishes the instance in hand, in at most this long. At most
+# 35 s in all: the unit's TimeoutStopSec is 45 s.
 FORWARDER_STOP_SECONDS = 20.0
-_WORDS = {"stop": b"s", "reload": b"r"}  # in-flight associations get this long after SIGTERM
+# What signal handlers and the rule-file watcher write to the main loop's wake-up pipe.
+_WORDS = {"stop": b"s", "reload": b"r"}
 
 
 class Daemon:
@@ -63,8 +60,7 @@ class Daemon:
         self._seen = _signature(loaded.path)
         self._log_format = log_format
         self._debug = debug
-        self.forwarder: ForwarderProcess | None = None
-        self._forwarding: SpoolForwarding | None = None
+        self.forwarder: ChildProcess[None] | None = None
         self._watch = watch and loaded.path.exists()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -72,8 +68,7 @@ class Daemon:
         # Only this process may notify systemd: the forwarder must not inherit the socket.
         Notifier.unset_environment(os.environ)
         self.failed_reloads = 0
-        self.scp: StorageSCP | None = None
-        self.journal: Journal | None = None
+        self.stack: ReceiveStack | None = None  # with one receiving process: this one
         self.pool: WorkerPool | None = None
         self._reserved: socket.socket | None = None
         self._watcher: RuleFileWatcher | None = None
@@ -99,26 +94,21 @@ class Daemon:
         else:
             metrics.disable_children()
         listen = loaded.config.listen
-        tls = tls_context(listen.tls, loaded.resolve) if listen.tls else None
-        self.forwarder = ForwarderProcess(spool, self._log_format, self._debug)
+        settings = Settings(spool, self._log_format, self._debug, metrics.shared_folder())
+        self.forwarder = forwarder_process(settings)
+        shipped = loaded.shipped()
         workers = listen.workers or default_workers()
         if workers == 1:
-            # Received on the spool's filesystem, a file is linked into place, never copied.
-            configure_pynetdicom(spool / "incoming")
-            self.journal = Journal(spool_db)
-            self.journal.start()
-            self._forwarding = SpoolForwarding(spool_db, self.current)
-            pipeline = Pipeline(self.current, self._forwarding, spool / "work", self.journal)
-            self.scp = StorageSCP(listen, pipeline, lambda: self._loaded.config, tls, self.journal)
-            self.scp.start()
-            self.forwarder.start(loaded)  # may wait for the fork server's imports to end
-            port = self.scp.port
+            self.stack = ReceiveStack(spool_db, self.current)
+            self.stack.start()
+            self.forwarder.start(shipped)  # may wait for the fork server's imports to end
+            port = self.stack.port
         else:
             self._reserved = reserve_port(listen.host, listen.port)
             port = int(self._reserved.getsockname()[1])
-            self.pool = WorkerPool(workers, spool, port, self._log_format, self._debug)
-            self.forwarder.start(loaded)
-            self.pool.start(loaded)
+            self.pool = WorkerPool(workers, settings, port)
+            self.forwarder.start(shipped)
+            self.pool.start(shipped)
         self.accepting = True
         if self.exporter is not None:
             self.exporter.start()
@@ -223,10 +213,11 @@ class Daemon:
             _log_warnings(new)
             self._loaded = new
             metrics.config_applied(new.config)  # before the forwarder gets it: see metrics.up
+            shipped = new.shipped()
             if self.forwarder is not None:
-                self.forwarder.update(new)
+                self.forwarder.update(shipped)
             if self.pool is not None:
-                self.pool.update(new)
+                self.pool.update(shipped)
             log.info(
                 "reloaded %s: config version %s (was %s)",
                 new.path,
@@ -259,26 +250,17 @@ class Daemon:
         self.accepting = False
         if self._watcher:
             self._watcher.stop()
-        if self.scp:
-            self.scp.stop_accepting()
-            start = time.monotonic()
-            if not self.scp.drain(DRAIN_SECONDS):
-                log.warning("associations still open after %.0f s: aborting them", DRAIN_SECONDS)
-                self.scp.abort_all()
-                self.scp.drain(5.0)
+        start = time.monotonic()
+        if self.stack is not None:
+            self.stack.drain()
             log.info("stopped after %.1f s drain", time.monotonic() - start)
         if self.pool is not None:
-            start = time.monotonic()
-            # Each worker drains on its own (systemd also sends it SIGTERM): 10 s, then
-            # its associations are aborted and get 5 s more.
-            self.pool.stop(timeout=DRAIN_SECONDS + 8.0)
+            # Each worker drains its stack on its own (systemd also sends it SIGTERM); 3 s
+            # more for the A-ABORTs to go out and the worker to exit.
+            self.pool.stop(timeout=DRAIN_SECONDS + ABORT_SECONDS + 3.0)
             log.info("stopped after %.1f s drain", time.monotonic() - start)
         if self._reserved is not None:
             self._reserved.close()
-        if self.journal is not None:
-            self.journal.stop()
-        if self._forwarding is not None:
-            self._forwarding.close()  # sync forwarding's open associations
         if self.forwarder is not None:
             self.forwarder.stop(timeout=FORWARDER_STOP_SECONDS)
         if self.exporter is not None:

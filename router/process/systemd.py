@@ -18,7 +18,7 @@ import socket
 import time
 from collections.abc import Mapping, MutableMapping
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("router.systemd")  # user-visible in the journal: not the module path
 
 #: the variables systemd sets for the notify protocol; children must not inherit them
 NOTIFY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")

@@ -4,11 +4,12 @@ One Python process holds one GIL, and pynetdicom's receive path is CPU-bound: wi
 several senders at once a single process saturates one core. So, as gunicorn's arbiter
 does, the main process keeps the spool, the forwarder, reloads and systemd, and spawns N
 workers that each bind the listening port with SO_REUSEPORT (the kernel spreads
-connections over them) and run an SCP, a pipeline and a journal of their own:
+connections over them) and run a receive stack of their own (`router.receive.stack`):
 
 - the main process binds the port first, without listening, so that a port in use is a
   start-up error and port 0 resolves to one port for all;
-- a worker says "listening" on its pipe; READY=1 comes when every worker has said it;
+- a worker says `Listening` on its pipe (`router.process.children`); READY=1 comes when
+  every worker has said it;
 - a reloaded config goes to every worker; SIGTERM (systemd sends it to every process)
   makes each drain; a worker that dies is logged, its half-received files removed and
   its slot of the shared association count reset, and it is started again;
@@ -27,29 +28,30 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
-from multiprocessing.connection import Connection
-from pathlib import Path
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from router.actions.forwarding import SpoolForwarding
-from router.actions.pipeline import Pipeline
 from router.errors import StartupError
 from router.net.admission import Budget
-from router.net.setup import configure_pynetdicom
-from router.net.tls import tls_context
-from router.observe import logs, metrics
+from router.observe import metrics
 from router.process import forkserver
-from router.receive.scp import StorageSCP
-from router.rules.ruleset import LoadedConfig, Shipped, load_shipped
+from router.process.children import (
+    ChildProcess,
+    Failed,
+    Launch,
+    Listening,
+    Settings,
+    enter,
+)
+from router.receive.stack import ReceiveStack
+from router.rules.ruleset import Shipped, load_shipped
 from router.spool.database import Spool
-from router.spool.journal import Journal
 
 log = logging.getLogger("router.daemon")
 
 START_SECONDS = 30.0  # a worker that is not listening by then is a start-up failure
-DRAIN_SECONDS = 10.0  # in-flight associations get this long after SIGTERM, then abort
 _PR_SET_PDEATHSIG = 1
 
 
@@ -67,113 +69,74 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
+@dataclass(frozen=True)
+class Seat:
+    """A receiving worker's own part of its `Launch`."""
+
+    slot: int
+    port: int  # reserved by the main process
+    counts: Any  # the shared association count of every worker (a multiprocessing Array)
+
+
 class WorkerPool:
     """The main process's handle on its receiving workers."""
 
-    def __init__(self, n: int, spool: Path, port: int, log_format: str, debug: bool) -> None:
+    def __init__(self, n: int, settings: Settings, port: int) -> None:
         # A fork server imports the receiving modules once; each worker (and a restarted
         # one) is then a fork of that thread-free process: no per-worker import time.
-        self._ctx = forkserver.children()
-        self.n = n
-        self._spool = spool
-        self.port = port
-        self._log_format = log_format
-        self._debug = debug
-        self._counts = self._ctx.Array("i", n)
-        self._procs: list[Any] = [None] * n
-        self._conns: list[Connection | None] = [None] * n
-        self._config: Shipped | None = None
-        self.restarts = 0
+        self._incoming = settings.spool / "incoming"
+        self._counts = forkserver.children().Array("i", n)
+        self._workers = [
+            ChildProcess(
+                worker_main,
+                f"dicom-router-worker-{slot}",
+                settings,
+                Seat(slot, port, self._counts),
+                on_death=partial(self._died, slot),
+            )
+            for slot in range(n)
+        ]
 
-    def start(self, loaded: LoadedConfig) -> None:
+    def start(self, config: Shipped) -> None:
         """Spawn every worker and wait until each listens (StartupError otherwise)."""
-        self._config = loaded.shipped()
-        for slot in range(self.n):
-            self._spawn(slot)
-        for slot in range(self.n):
-            self._wait_listening(slot)
+        for worker in self._workers:
+            worker.start(config)
+        for slot, worker in enumerate(self._workers):
+            answer = worker.answer(START_SECONDS)
+            if not isinstance(answer, Listening):
+                self.stop(5.0)
+                raise StartupError(f"receiving worker {slot} did not start: {answer.reason}")
 
-    def _spawn(self, slot: int) -> None:
-        assert self._config is not None
-        parent_end, child_end = self._ctx.Pipe()
-        proc = self._ctx.Process(
-            target=worker_main,
-            name=f"dicom-router-worker-{slot}",
-            args=(
-                slot,
-                str(self._spool),
-                self.port,
-                self._config,
-                child_end,
-                self._counts,
-                self._log_format,
-                self._debug,
-                metrics.shared_folder(),
-            ),
-        )
-        forkserver.start_fork_server()
-        proc.start()
-        child_end.close()
-        self._procs[slot], self._conns[slot] = proc, parent_end
-        with self._counts.get_lock():
-            self._counts[slot] = 0
-
-    def _wait_listening(self, slot: int) -> None:
-        conn = self._conns[slot]
-        assert conn is not None
-        try:
-            message = conn.recv() if conn.poll(START_SECONDS) else ("failed", "no answer")
-        except (EOFError, OSError):
-            message = ("failed", f"exited with code {self._procs[slot].exitcode}")
-        if message[0] != "listening":
-            self.stop(5.0)
-            raise StartupError(f"receiving worker {slot} did not start: {message[1]}")
-
-    def pids(self) -> list[int]:
-        """The worker processes' IDs (those alive)."""
-        return [p.pid for p in self._procs if p is not None and p.is_alive()]
-
-    def update(self, loaded: LoadedConfig) -> None:
+    def update(self, config: Shipped) -> None:
         """Hand a reloaded config to every worker."""
-        self._config = loaded.shipped()
-        for conn in self._conns:
-            with contextlib.suppress(OSError):
-                if conn is not None:
-                    conn.send(("config", self._config))
+        for worker in self._workers:
+            worker.update(config)
 
     def check(self) -> None:
         """Restart any worker that died (logged), after removing what it left half-done."""
-        for slot, proc in enumerate(self._procs):
-            if proc is None or proc.is_alive():
-                continue
-            log.error(
-                "receiving worker %d (pid %d) exited (code %s): restarting",
-                slot,
-                proc.pid,
-                proc.exitcode,
-                extra={"event": "worker-restarted"},
-            )
-            metrics.process_dead(proc.pid)
-            for stale in (self._spool / "incoming").glob(f"{proc.pid}-*"):
-                stale.unlink(missing_ok=True)
-            self.restarts += 1
-            self._spawn(slot)
+        for worker in self._workers:
+            worker.check()
+
+    def _died(self, slot: int, pid: int, code: int | None) -> None:
+        log.error(
+            "receiving worker %d (pid %d) exited (code %s): restarting",
+            slot,
+            pid,
+            code,
+            extra={"event": "worker-restarted"},
+        )
+        for stale in self._incoming.glob(f"{pid}-*"):
+            stale.unlink(missing_ok=True)
+        with self._counts.get_lock():  # its associations died with it
+            self._counts[slot] = 0
 
     def stop(self, timeout: float) -> None:
         """Ask every worker to drain and exit; kill what is left after `timeout`."""
-        for conn in self._conns:
-            with contextlib.suppress(OSError):
-                if conn is not None:
-                    conn.send(("stop",))
+        for worker in self._workers:
+            worker.ask_to_stop()
         deadline = time.monotonic() + timeout
-        for proc in self._procs:
-            if proc is not None:
-                proc.join(max(0.0, deadline - time.monotonic()))
-        for proc in self._procs:
-            if proc is not None and proc.is_alive():
-                proc.kill()
-                proc.join(5)
-        self._procs = [None] * self.n
+        for worker in self._workers:
+            worker.finish(deadline)
 
 
 def _die_with_parent() -> None:
@@ -182,81 +145,27 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def worker_main(
-    slot: int,
-    spool_root: str,
-    port: int,
-    config: Shipped,
-    conn: Connection,
-    counts: Any,
-    log_format: str,
-    debug: bool,
-    metrics_folder: str | None,
-) -> None:
+def worker_main(launch: Launch[Seat]) -> None:
     """Entry point of a receiving worker."""
-    forkserver.name_process(f"dr-worker-{slot}")
+    seat = launch.role
+    orders = enter(launch, f"dr-worker-{seat.slot}")
     _die_with_parent()
-    parent = os.getppid()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process decides
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    logs.setup(log_format, debug)
-    metrics.init_process(metrics_folder)
-    spool = Path(spool_root)
+    spool = launch.settings.spool
     lock = os.open(spool / "workers.lock", os.O_RDWR | os.O_CREAT, 0o640)
     fcntl.flock(lock, fcntl.LOCK_SH)
     try:
-        receiver = _Receiver(spool, load_shipped(config), Budget(counts, slot, 0), port)
+        loaded = load_shipped(launch.config)
+        budget = Budget(seat.counts, seat.slot, loaded.config.listen.max_associations)
+        # Every association and C-STORE reads `loaded`: a reload below rebinds it.
+        stack = ReceiveStack(Spool(spool), lambda: loaded, port=seat.port, budget=budget)
     except StartupError as exc:
-        conn.send(("failed", str(exc)))
+        launch.conn.send(Failed(str(exc)))
         return
-    metrics.config_applied(receiver.loaded.config)
-    conn.send(("listening", os.getpid()))
-    while not stop.is_set() and os.getppid() == parent:
-        try:
-            message: tuple[Any, ...] = conn.recv() if conn.poll(0.5) else ("idle",)
-        except (EOFError, OSError):
-            break
-        if message[0] == "stop":
-            break
-        if message[0] == "config":
-            receiver.loaded = load_shipped(message[1])
-            metrics.config_applied(receiver.loaded.config)
-    receiver.shutdown()
-
-
-class _Receiver:
-    """One worker's SCP, pipeline and journal, reading `loaded` for every C-STORE."""
-
-    def __init__(self, spool: Path, loaded: LoadedConfig, budget: Budget, port: int) -> None:
-        configure_pynetdicom(spool / "incoming")
-        self.loaded = loaded
-        listen = loaded.config.listen.model_copy(update={"port": port})
-        budget.limit = listen.max_associations
-        db = Spool(spool)
-        self.journal = Journal(db)
-        self.journal.start()
-        self.forwarding = SpoolForwarding(db, lambda: self.loaded)
-        pipeline = Pipeline(lambda: self.loaded, self.forwarding, spool / "work", self.journal)
-        tls = tls_context(listen.tls, loaded.resolve) if listen.tls else None
-        self.scp = StorageSCP(
-            listen,
-            pipeline,
-            lambda: self.loaded.config,
-            tls,
-            self.journal,
-            reuse_port=True,
-            budget=budget,
-        )
-        self.scp.start()
-
-    def shutdown(self) -> None:
-        """Stop accepting, drain in-flight associations (bounded), write the journal."""
-        self.scp.stop_accepting()
-        if not self.scp.drain(DRAIN_SECONDS):
-            log.warning("associations still open after %.0f s: aborting them", DRAIN_SECONDS)
-            self.scp.abort_all()
-            self.scp.drain(5.0)
-        self.forwarding.close()  # sync forwarding's open associations
-        self.journal.stop()
+    stack.start()
+    metrics.config_applied(loaded.config)
+    launch.conn.send(Listening(os.getpid()))
+    for config in orders.configs(every=0.5):
+        if config is not None:
+            loaded = load_shipped(config)
+            metrics.config_applied(loaded.config)
+    stack.drain()

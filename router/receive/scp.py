@@ -43,6 +43,7 @@ from router.spool.journal import Journal
 
 log = logging.getLogger("router.scp")
 
+
 def _on_accepted(event: Event) -> None:
     assoc = event.assoc
     metrics.association_accepted(assoc, assoc.requestor.ae_title.strip())
@@ -152,7 +153,7 @@ class StorageSCP:
             if not netlayer.requested(assoc):
                 netlayer.shutdown_socket(assoc)
                 assoc.dul.kill_dul()
-                assoc.dul.to_user_queue.put(None)  # what a timeout yields
+                assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]  # as a timeout
 
     def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` s for running associations to end; True when none is left."""

@@ -1,0 +1,76 @@
+"""What a rule set needs from every received header, worked out once per config version.
+
+The pipeline reads only the header elements the rules and the store templates use; the
+templates and the action names shown in logs are made here once, not per C-STORE.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag, Tag
+
+from router.config.model import Action, FilesystemDestination
+from router.dicom import header as dataset
+from router.rules.engine import wanted_tags
+from router.rules.ruleset import LoadedConfig
+from router.spool import durable as store
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a rule set needs from every header: computed once per config version."""
+
+    keywords: frozenset[str]  # everything read from the header
+    tags: frozenset[str] = frozenset()  # what the rules' `tags` match on
+    templates: Mapping[str, tuple[store.Template, str]] = field(default_factory=dict)
+    names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # rule -> actions
+
+
+def make_plan(loaded: LoadedConfig) -> Plan:
+    """The plan of one loaded config: header keywords, store templates, action names."""
+    tags = wanted_tags(loaded.config)
+    keywords = set(tags)
+    templates = {}
+    for name, dest in loaded.config.destinations.items():
+        if isinstance(dest, FilesystemDestination):
+            keywords.update(store.template_fields(dest.path))
+            templates[name] = (store.Template(loaded.base_dir, dest.path), dest.on_exists)
+    names = {rule.name: action_names(rule.actions) for rule in loaded.config.rules}
+    names["default"] = action_names(loaded.config.default)
+    return Plan(frozenset(keywords), tags, templates, names)
+
+
+def action_names(actions: Sequence[Action]) -> tuple[str, ...]:
+    """Short text for each action, for logs and `explain`."""
+    out = []
+    for action in actions:
+        ((kind, spec),) = action.model_dump(exclude_none=True).items()
+        if isinstance(spec, dict) and "to" in spec:
+            mode = spec.get("mode")
+            out.append(f"{kind}:{spec['to']}" + (f"({mode})" if mode == "sync" else ""))
+        elif isinstance(spec, int) and not isinstance(spec, bool):
+            out.append(f"{kind}:0x{spec:04X}")
+        else:
+            out.append(kind)
+    return tuple(out)
+
+
+def lookup(header: Dataset) -> Callable[[str], str | None]:
+    """A store template's view of a header: a keyword's value as text, None when absent."""
+
+    def value(keyword: str) -> str | None:
+        tag = keyword_tag(keyword)
+        items = dataset.text_values(header.get(tag))  # a tag key gets the element
+        return "\\".join(items) if items else None
+
+    return value
+
+
+@functools.cache
+def keyword_tag(keyword: str) -> BaseTag:
+    """A DICOM keyword's tag (pydicom resolves the keyword on every lookup otherwise)."""
+    return Tag(keyword)
