@@ -153,7 +153,7 @@ class StorageSCP:
             if not netlayer.requested(assoc):
                 netlayer.shutdown_socket(assoc)
                 assoc.dul.kill_dul()
-                assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]  # as a timeout
+                assoc.dul.to_user_queue.put(None)  # as a timeout
 
     def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` s for running associations to end; True when none is left."""
