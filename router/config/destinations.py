@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from router.config import http
 from router.config.base import Strict
 from router.config.fields import AETitle, ByteSize, Seconds, keyword
 
@@ -50,12 +51,13 @@ class Retry(Strict):
         json_schema_extra={"minimum": 1, "maximum": MAX_ATTEMPTS},
     )
     initial_delay: Seconds = Field(
-        2.0, description="the first retry delay; it doubles each attempt (at most max_delay)"
+        2.0,
+        description="a duration: the first retry delay; it doubles each attempt, up to max_delay",
     )
     max_delay: Seconds = Field(
         300.0,
-        description="the cap on a retry delay, also the longest pause while the destination "
-        "is unreachable (at most 1d)",
+        description="a duration, at most 1d: the cap on a retry delay, also the longest pause "
+        "while the destination is unreachable",
         json_schema_extra={"maximum": MAX_DELAY},
     )
 
@@ -135,10 +137,10 @@ class QueuedDestination(BaseDestination):
         "/ 0xLOW-0xHIGH -> delivered|retry|dead_letter",
     )
     idle_timeout: Seconds = Field(
-        10.0, description="close an association or connection after this long without work"
+        10.0, description="a duration: close an association or connection after this long idle"
     )
     connect_timeout: Seconds = Field(
-        10.0, description="TCP (and TLS) connect timeout, and for DICOM association negotiation"
+        10.0, description="a duration: TCP (and TLS) connect, and DICOM association negotiation"
     )
 
     @property
@@ -163,7 +165,9 @@ class DestinationTLS(Strict):
     server_name: str | None = Field(
         None, description="name the destination's certificate must carry; default: host"
     )
-    verify: bool = Field(True, description="false: accept any certificate (`check` warns)")
+    verify: bool = Field(
+        True, description="true: check the certificate; false: accept any (`check` warns)"
+    )
 
     @model_validator(mode="after")
     def _key_with_certificate(self) -> DestinationTLS:
@@ -188,10 +192,10 @@ class DicomDestination(QueuedDestination):
         description="parallel associations for queued forwards; idle ones kept for sync forwards",
     )
     dimse_timeout: Seconds = Field(
-        60.0, description="how long to wait for the destination's C-STORE response"
+        60.0, description="a duration: how long to wait for the destination's C-STORE response"
     )
     max_pdu: int = Field(
-        262144, ge=0, description="the maximum PDU length we receive from it; 0 = unlimited"
+        262144, ge=0, description="the maximum PDU length (bytes) we receive from it; 0 = unlimited"
     )
     tls: DestinationTLS | None = Field(None, description="TLS 1.2+ (BCP 195) to the destination")
 
@@ -215,100 +219,40 @@ class DicomDestination(QueuedDestination):
 
 # --- DICOMweb STOW-RS services ---------------------------------------------------------
 
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_OURS = {"authorization", "content-type", "content-length", "transfer-encoding", "accept", "host"}
-
-
-def _url(value: str) -> str:
-    m = re.fullmatch(r"(https?)://([^/?#\s]+)(/[^?#\s]*)?", value.strip())
-    if not m:
-        raise ValueError(
-            f"{value!r} is not a DICOMweb root: write http(s)://host[:port]/path, "
-            "e.g. https://pacs.example.org/dicom-web"
-        )
-    return value.strip().rstrip("/")
-
-
-def _headers(value: dict[str, str]) -> dict[str, str]:
-    for name in value:
-        if not _HEADER_NAME.match(name):
-            raise ValueError(f"{name!r} is not an HTTP header name")
-        if name.lower() in _OURS:
-            raise ValueError(f"the router sets the {name} header itself (auth: for credentials)")
-    return value
-
-
-def _cleartext(url: str) -> bool:
-    """An http:// URL to anything but this machine."""
-    host = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
-    return url.startswith("http:") and host not in ("localhost", "127.0.0.1", "::1")
-
-
-class BasicAuth(Strict):
-    """HTTP basic auth; the password is read from a file or an environment variable."""
-
-    type: Literal["basic"] = Field(description="basic")
-    username: str = Field(min_length=1, description="the user name")
-    password_file: str | None = Field(
-        None, description="file holding the password, relative to the rule file's folder"
-    )
-    password_env: str | None = Field(
-        None, description="environment variable of the daemon holding the password"
-    )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> BasicAuth:
-        if (self.password_file is None) == (self.password_env is None):
-            raise ValueError("basic auth takes exactly one of password_file, password_env")
-        return self
-
-    def describe(self) -> str:
-        """In words, without the password (logs, errors, `check`)."""
-        where = f"file {self.password_file}" if self.password_file else f"${self.password_env}"
-        return f"basic auth as {self.username!r}, password from {where}"
-
-
-class BearerAuth(Strict):
-    """`Authorization: Bearer TOKEN`; the token file is read again whenever it changes."""
-
-    type: Literal["bearer"] = Field(description="bearer")
-    token_file: str = Field(
-        description="file holding the token, relative to the rule file's folder"
-    )
-
-    def describe(self) -> str:
-        """In words, without the token."""
-        return f"bearer token from file {self.token_file}"
-
-
-HttpAuth = Annotated[BasicAuth | BearerAuth, Field(discriminator="type")]
-
 
 class StowBatch(Strict):
     """How many instances one STOW-RS request carries; a larger instance goes alone."""
 
     max_instances: int = Field(16, ge=1, le=1000, description="instances per request")
     max_bytes: ByteSize = Field(
-        64 * 1024**2, ge=1, description="file bytes per request; a larger instance goes alone"
+        64 * 1024**2,
+        ge=1,
+        description="file bytes per request (a size); a larger instance goes alone",
     )
 
 
 class StowDestination(QueuedDestination):
     """A DICOMweb STOW-RS service: instances are POSTed to `{url}/studies`."""
 
-    url: Annotated[str, AfterValidator(_url)] = Field(
+    url: Annotated[str, AfterValidator(http.url)] = Field(
         description="the DICOMweb root, e.g. http://pacs:8042/dicom-web"
     )
-    auth: HttpAuth | None = Field(None, description="basic or bearer auth; none when absent")
-    headers: Annotated[dict[str, str], AfterValidator(_headers)] = Field(
+    auth: http.HttpAuth | None = Field(None, description="basic or bearer auth; none when absent")
+    headers: Annotated[dict[str, str], AfterValidator(http.headers)] = Field(
         default_factory=dict, description="extra HTTP headers sent with every request"
     )
-    verify_tls: bool = Field(True, description="check the server's certificate (https)")
+    verify_tls: bool = Field(
+        True, description="check an https server's certificate and name; false only for tests"
+    )
     ca_certificates: str | None = Field(None, description="CA bundle (PEM) to check it against")
     proxy: str | None = Field(None, description="HTTP(S) proxy URL; the environment's is not used")
     batch: StowBatch = Field(StowBatch(), description="how much one request carries")
     connections: int = Field(1, ge=1, le=16, description="parallel requests")
-    timeout: Seconds = Field(120.0, gt=0, description="longest silence while sending or waiting")
+    timeout: Seconds = Field(
+        120.0,
+        gt=0,
+        description="a duration: the longest silence while sending or waiting for the answer",
+    )
 
     @property
     def parallel(self) -> int:
@@ -327,7 +271,7 @@ class StowDestination(QueuedDestination):
 
     def cautions(self) -> list[Caution]:
         """A secret sent over plain http to another machine."""
-        if self.auth and _cleartext(self.url):
+        if self.auth and http.cleartext(self.url):
             return [
                 (
                     ("url",),

@@ -26,13 +26,21 @@ class TLS(Strict):
 class Listen(Strict):
     """Where and as whom the router accepts associations (changes apply on restart)."""
 
-    ae_title: AETitle = Field(description="our AE title (1-16 chars)")
+    ae_title: AETitle = Field(description="the router's AE title (1-16 characters)")
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(11112, ge=1, le=65535, description="TCP port to listen on")
-    max_associations: int = Field(32, ge=1, le=1000, description="in total, over all workers")
-    max_pdu: int = Field(262144, ge=0, description="our maximum PDU length; 0 = unlimited")
+    max_associations: int = Field(
+        32, ge=1, le=1000, description="concurrent associations, in total over all workers"
+    )
+    max_pdu: int = Field(
+        262144,
+        ge=0,
+        description="the maximum PDU length (bytes) we advertise and enforce; 0 = unlimited",
+    )
     network_timeout: Seconds = Field(
-        60.0, gt=0, description="a sender silent this long (idle or mid-transfer) is dropped"
+        60.0,
+        gt=0,
+        description="a duration: a sender silent this long (idle or mid-transfer) is dropped",
     )
     tls: TLS | None = Field(None, description="TLS for the listener; plain TCP when absent")
     workers: int | None = Field(

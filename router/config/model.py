@@ -33,14 +33,11 @@ from router.config.actions import (
 from router.config.base import Strict, context
 from router.config.destinations import (
     BaseDestination,
-    BasicAuth,
-    BearerAuth,
     Caution,
     Destination,
     DestinationTLS,
     DicomDestination,
     FilesystemDestination,
-    HttpAuth,
     OnExists,
     Policy,
     QueuedDestination,
@@ -51,6 +48,7 @@ from router.config.destinations import (
     destination_kind,
 )
 from router.config.fields import AETitle, ByteSize, Keyword, Name, Status, Text, one_or_many
+from router.config.http import BasicAuth, BearerAuth, HttpAuth
 from router.config.listen import TLS, Caller, Listen, Metrics
 from router.config.match import GroupMembers, Match, TagCondition, TagTest, sop_classes
 from router.dicom import sopclass
@@ -168,8 +166,13 @@ class Config(Strict):
 
     version: Literal[1] = Field(description="the rule file's format, always 1")
     listen: Listen = Field(description="where and as whom the router accepts associations")
-    spool: str = Field("spool", description="received instances and queues")
-    spool_min_free: ByteSize = Field(2 * 1024**3, description="below it, new instances get 0xA700")
+    spool: str = Field(
+        "spool", description="the folder for received instances, queues and the decision log"
+    )
+    spool_min_free: ByteSize = Field(
+        2 * 1024**3,
+        description="free space (a size, e.g. 2GiB) below which new instances get 0xA700",
+    )
     callers: list[Caller] | None = Field(None, description="when present, only these may associate")
     metrics: Metrics | None = Field(None, description="Prometheus /metrics; off when absent")
     destinations: dict[Name, Destination] = Field(
