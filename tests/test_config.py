@@ -687,3 +687,59 @@ def test_parallel_is_connections_for_a_stow_service(tmp_path: Path) -> None:
     dest = load_text(tmp_path, text).config.destinations["ai"]
     assert isinstance(dest, QueuedDestination)
     assert dest.parallel == 4
+
+
+# --- messages built from the status tables, cautions --------------------------------------
+
+
+def test_reject_outside_the_failures_lists_them(tmp_path: Path) -> None:
+    """A reject with a non-failure status names every failure code and range a reject may use."""
+    assert_one_problem(
+        tmp_path,
+        HEAD + "default:\n  - reject: 0x0001\n",
+        "7:13",
+        "default.0.reject",
+        "0x0001 is not a C-STORE failure status (use 0x0112, 0x0117, 0x0122, 0x0124, "
+        "0x0210-0x0212, 0xA700-0xA7FF, 0xA900-0xA9FF or 0xC000-0xCFFF)",
+    )
+
+
+def test_warn_outside_the_warnings_lists_them(tmp_path: Path) -> None:
+    """A warn with another status names the three C-STORE warnings."""
+    assert_one_problem(
+        tmp_path,
+        HEAD + "default:\n  - warn: 0xB001\n",
+        "7:11",
+        "default.0.warn",
+        "0xB001 is not a C-STORE warning status (use 0xB000, 0xB006 or 0xB007)",
+    )
+
+
+def test_template_without_a_field_is_a_located_warning(tmp_path: Path) -> None:
+    """A filesystem destination whose path has no {Keyword} loads, with a warning at the path."""
+    text = (
+        "version: 1\nlisten: {ae_title: ROUTER}\ndestinations:\n"
+        "  archive: {path: archive/one.dcm}\n"
+        "default: [{store: archive}]\n"
+    )
+    loaded = load_text(tmp_path, text)
+    assert [(w.line, w.column, w.message) for w in loaded.warnings] == [
+        (
+            4,
+            19,
+            "destinations.archive.path: no {Keyword} in the template: every instance goes "
+            "to the same file",
+        )
+    ]
+
+
+def test_unverified_destination_tls_is_a_located_warning(tmp_path: Path) -> None:
+    """`tls: {verify: false}` on a DICOM node loads, with a warning at `verify`."""
+    text = (
+        "version: 1\nlisten: {ae_title: ROUTER}\ndestinations:\n"
+        "  pacs: {ae_title: PACS, host: h, port: 104, tls: {verify: false}}\n"
+        "default: [{forward: pacs}]\n"
+    )
+    (warning,) = load_text(tmp_path, text).warnings
+    assert (warning.line, warning.column) == (4, 60)
+    assert warning.message.startswith("destinations.pacs.tls.verify: false: the destination's")
