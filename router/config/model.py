@@ -6,8 +6,8 @@ belong to their action's class. `load()` (in `router.rules.ruleset`) adds FILE:L
 error. The JSON Schema (`dicom-router schema`) is generated from these models.
 
 This module holds the root (`Config`), its rules and fixtures; the parts live beside it
-(`base`, `listen`, `destinations`, `match`, `actions`) and are re-exported here, so that
-`router.config.model` names every model of the file.
+(`base`, `listen`, `destinations`, `http`, `match`, `actions`) and are re-exported here, so
+that `router.config.model` names every model of the file.
 """
 
 from __future__ import annotations
