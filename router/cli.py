@@ -26,6 +26,7 @@ from router.actions.plan import action_names
 from router.config.model import Config, DicomDestination, FilesystemDestination, StowDestination
 from router.dicom.header import tag_values
 from router.dicom.sopclass import sop_class_name
+from router.dicom.status import hex_code
 from router.errors import ActionError, ConfigError, RouterError, UsageError
 from router.observe import logs
 from router.rules.engine import also_matching, wanted_tags
@@ -238,7 +239,7 @@ def _explain(args: argparse.Namespace) -> int:
         try:
             decision, header = pipeline.evaluate(loaded, received)
         except ActionError as exc:
-            print(f"  status  0x{exc.status:04X} ({exc})")
+            print(f"  status  {hex_code(exc.status)} ({exc})")
             continue
         print(f"  rule    {decision.rule}")
         for reason in decision.reasons:
@@ -248,7 +249,7 @@ def _explain(args: argparse.Namespace) -> int:
         if shadowed:
             print(f"  shadows {', '.join(shadowed)} (would also match; the first match wins)")
         print(f"  actions {', '.join(action_names(decision.actions))}")
-        print(f"  status  0x{decision.status:04X}")
+        print(f"  status  {hex_code(decision.status)}")
     return worst
 
 
@@ -311,14 +312,14 @@ def _trace(args: argparse.Namespace) -> int:
         print(
             f"{when} {rec.sop_instance_uid} {sop_class_name(rec.sop_class_uid)} from "
             f"{rec.calling_ae}@{rec.peer} to {rec.called_ae}: rule {rec.rule} "
-            f"[{rec.actions or '-'}] status 0x{rec.status:04X} config {rec.config_version}"
+            f"[{rec.actions or '-'}] status {hex_code(rec.status)} config {rec.config_version}"
             + (f" ({rec.comment})" if rec.comment else "")
         )
     for d in deliveries:
-        status = "-" if d.last_status is None else f"0x{d.last_status:04X}"
         print(
             f"  -> {d.destination}: {d.sop_instance_uid} {d.state} after {d.attempts} "
-            f"attempt(s), last status {status}" + (f" ({d.last_error})" if d.last_error else "")
+            f"attempt(s), last status {hex_code(d.last_status)}"
+            + (f" ({d.last_error})" if d.last_error else "")
         )
     return EXIT_OK
 

@@ -7,11 +7,40 @@ Action failures carry the DIMSE status the sender gets.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
 class RouterError(Exception):
     """Base of every error the router raises on purpose."""
+
+
+def close_matches(name: str, choices: Iterable[str]) -> list[str]:
+    """Up to three of `choices` close to `name`, best first."""
+    return difflib.get_close_matches(name, sorted(set(choices)), n=3, cutoff=0.6)
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """The did-you-mean tail of every unknown-name message, or "" when nothing is close.
+
+    One format everywhere: `; did you mean 'a'?`, `; did you mean 'a', 'b' or 'c'?`.
+    """
+    hints = [repr(h) for h in close_matches(name, choices)]
+    if not hints:
+        return ""
+    listed = hints[0] if len(hints) == 1 else f"{', '.join(hints[:-1])} or {hints[-1]}"
+    return f"; did you mean {listed}?"
+
+
+class UnknownName(RouterError, ValueError):
+    """A name the rule file uses that is not among the known ones (a keyword, a key...).
+
+    A ValueError too, so that a Pydantic validator raising it gives a located error.
+    """
+
+    def __init__(self, kind: str, name: str, choices: Iterable[str]) -> None:
+        super().__init__(f"unknown {kind} {name!r}{did_you_mean(name, choices)}")
 
 
 @dataclass(frozen=True)

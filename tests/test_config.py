@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from router.config.destinations import QueuedDestination
 from router.errors import ConfigError, Located
 from router.rules.ruleset import LoadedConfig, load
 
@@ -159,7 +160,7 @@ ERRORS = [
         "    actions: [discard]\ndefault: [discard]\n",
         "9:18",
         "rules.0.match.sop_class",
-        "unknown SOP class or group 'CTImageStorag'; did you mean CTImageStorage",
+        "unknown SOP class or group 'CTImageStorag'; did you mean 'CTImageStorage'",
         id="unknown-sop-class",
     ),
     pytest.param(
@@ -168,7 +169,7 @@ ERRORS = [
         "    actions: [discard]\ndefault: [discard]\n",
         "11:18",
         "rules.0.match.sop_class",
-        "'cross_sectionl'; did you mean cross_sectional",
+        "'cross_sectionl'; did you mean 'cross_sectional'?",
         id="unknown-group",
     ),
     pytest.param(
@@ -176,7 +177,7 @@ ERRORS = [
         "default: [discard]\n",
         "7:37",
         "sop_class_groups.cross_sectional.1",
-        "unknown SOP class 'MRImageStorag'; did you mean MRImageStorage",
+        "unknown SOP class 'MRImageStorag'; did you mean 'MRImageStorage'",
         id="unknown-group-member",
     ),
     pytest.param(
@@ -212,7 +213,7 @@ ERRORS = [
         "    actions: [discard]\ndefault: [discard]\n",
         "10:9",
         "rules.0.match.tags.Manufactrer",
-        "unknown DICOM keyword 'Manufactrer'; did you mean Manufacturer",
+        "unknown DICOM keyword 'Manufactrer'; did you mean 'Manufacturer'",
         id="unknown-tag-keyword-at-key",
     ),
     pytest.param(
@@ -220,7 +221,7 @@ ERRORS = [
         '    path: "archive/{PatientId}/{SOPInstanceUID}.dcm"\ndefault: [discard]\n',
         "5:11",
         "destinations.archive.path",
-        "unknown DICOM keyword 'PatientId'; did you mean PatientID",
+        "unknown DICOM keyword 'PatientId'; did you mean 'PatientID'",
         id="template-unknown-keyword",
     ),
     pytest.param(
@@ -465,10 +466,10 @@ def test_duration_strings_are_parsed(tmp_path: Path, text: str, seconds: float) 
     loaded = load_text(
         tmp_path,
         "version: 1\nlisten: {ae_title: ROUTER}\ndestinations:\n"
-        f"  pacs: {{ae_title: PACS, host: h, port: 104, retry: {{initial_delay: {text}}}}}\n"
+        f"  pacs: {{ae_title: PACS, host: h, port: 104, idle_timeout: {text}}}\n"
         "default: [discard]\n",
     )
-    assert loaded.config.destinations["pacs"].retry.initial_delay == pytest.approx(seconds)
+    assert loaded.config.destinations["pacs"].idle_timeout == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize(
@@ -588,3 +589,157 @@ def test_embedded_default_rule_file_loads() -> None:
     assert loaded.config.listen.ae_title == "DICOM_ROUTER"
     assert loaded.config.listen.port == 11112
     assert loaded.fixture_failures == []
+
+
+# --- retry bounds ----------------------------------------------------------------------
+
+RETRY = (
+    "version: 1\nlisten: {ae_title: ROUTER}\ndestinations:\n"
+    "  pacs:\n    ae_title: PACS\n    host: h\n    port: 104\n    retry:\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("retry", "line_col", "key_path", "fragment"),
+    [
+        pytest.param(
+            "      max_attempts: 5000\n",
+            "9:21",
+            "destinations.pacs.retry.max_attempts",
+            "max_attempts is 5000, more than 1000: write at most 1000",
+            id="too-many-attempts",
+        ),
+        pytest.param(
+            "      max_attempts: 0\n",
+            "9:21",
+            "destinations.pacs.retry.max_attempts",
+            "max_attempts is 0: write at least 1",
+            id="no-attempt",
+        ),
+        pytest.param(
+            "      max_delay: 2d\n",
+            "9:18",
+            "destinations.pacs.retry.max_delay",
+            "max_delay is 172800 s, more than a day: write at most 1d",
+            id="max-delay-over-a-day",
+        ),
+        pytest.param(
+            "      initial_delay: 10m\n      max_delay: 5m\n",
+            "9:7",
+            "destinations.pacs.retry",
+            "initial_delay (600 s) is longer than max_delay (300 s): lower initial_delay or "
+            "raise max_delay",
+            id="initial-delay-over-max-delay",
+        ),
+    ],
+)
+def test_retry_out_of_bounds_is_located(
+    tmp_path: Path, retry: str, line_col: str, key_path: str, fragment: str
+) -> None:
+    """Retry bounds: 1-1000 attempts, max_delay at most a day, initial_delay <= max_delay."""
+    assert_one_problem(
+        tmp_path, RETRY + retry + "default: [discard]\n", line_col, key_path, fragment
+    )
+
+
+def test_retry_at_its_bounds_is_accepted(tmp_path: Path) -> None:
+    """1000 attempts, a max_delay of exactly a day and an initial_delay equal to it load."""
+    retry = "      max_attempts: 1000\n      initial_delay: 1d\n      max_delay: 24h\n"
+    loaded = load_text(tmp_path, RETRY + retry + "default: [discard]\n")
+    got = loaded.config.destinations["pacs"].retry
+    assert (got.max_attempts, got.initial_delay, got.max_delay) == (1000, 86400.0, 86400.0)
+
+
+def test_retry_on_a_stow_destination_is_bounded_too(tmp_path: Path) -> None:
+    """A STOW-RS service's retry has the same bounds as a DICOM node's."""
+    text = (
+        "version: 1\nlisten: {ae_title: ROUTER}\ndestinations:\n"
+        "  ai: {url: 'http://127.0.0.1:8042/dicom-web', retry: {max_attempts: 1001}}\n"
+        "default: [discard]\n"
+    )
+    assert_one_problem(
+        tmp_path, text, "4:70", "destinations.ai.retry.max_attempts", "more than 1000"
+    )
+
+
+# --- queued destinations ----------------------------------------------------------------
+
+
+def test_parallel_is_associations_for_a_dicom_node(tmp_path: Path) -> None:
+    """A DICOM node's deliveries run over `associations` associations at once."""
+    text = (
+        "version: 1\nlisten: {ae_title: ROUTER}\ndestinations:\n"
+        "  pacs: {ae_title: PACS, host: h, port: 104, associations: 3}\n"
+        "default: [discard]\n"
+    )
+    dest = load_text(tmp_path, text).config.destinations["pacs"]
+    assert isinstance(dest, QueuedDestination)
+    assert dest.parallel == 3
+
+
+def test_parallel_is_connections_for_a_stow_service(tmp_path: Path) -> None:
+    """A STOW-RS service's deliveries run over `connections` requests at once."""
+    text = (
+        "version: 1\nlisten: {ae_title: ROUTER}\ndestinations:\n"
+        "  ai: {url: 'http://127.0.0.1:8042/dicom-web', connections: 4}\n"
+        "default: [discard]\n"
+    )
+    dest = load_text(tmp_path, text).config.destinations["ai"]
+    assert isinstance(dest, QueuedDestination)
+    assert dest.parallel == 4
+
+
+# --- messages built from the status tables, cautions --------------------------------------
+
+
+def test_reject_outside_the_failures_lists_them(tmp_path: Path) -> None:
+    """A reject with a non-failure status names every failure code and range a reject may use."""
+    assert_one_problem(
+        tmp_path,
+        HEAD + "default:\n  - reject: 0x0001\n",
+        "7:13",
+        "default.0.reject",
+        "0x0001 is not a C-STORE failure status (use 0x0112, 0x0117, 0x0122, 0x0124, "
+        "0x0210-0x0212, 0xA700-0xA7FF, 0xA900-0xA9FF or 0xC000-0xCFFF)",
+    )
+
+
+def test_warn_outside_the_warnings_lists_them(tmp_path: Path) -> None:
+    """A warn with another status names the three C-STORE warnings."""
+    assert_one_problem(
+        tmp_path,
+        HEAD + "default:\n  - warn: 0xB001\n",
+        "7:11",
+        "default.0.warn",
+        "0xB001 is not a C-STORE warning status (use 0xB000, 0xB006 or 0xB007)",
+    )
+
+
+def test_template_without_a_field_is_a_located_warning(tmp_path: Path) -> None:
+    """A filesystem destination whose path has no {Keyword} loads, with a warning at the path."""
+    text = (
+        "version: 1\nlisten: {ae_title: ROUTER}\ndestinations:\n"
+        "  archive: {path: archive/one.dcm}\n"
+        "default: [{store: archive}]\n"
+    )
+    loaded = load_text(tmp_path, text)
+    assert [(w.line, w.column, w.message) for w in loaded.warnings] == [
+        (
+            4,
+            19,
+            "destinations.archive.path: no {Keyword} in the template: every instance goes "
+            "to the same file",
+        )
+    ]
+
+
+def test_unverified_destination_tls_is_a_located_warning(tmp_path: Path) -> None:
+    """`tls: {verify: false}` on a DICOM node loads, with a warning at `verify`."""
+    text = (
+        "version: 1\nlisten: {ae_title: ROUTER}\ndestinations:\n"
+        "  pacs: {ae_title: PACS, host: h, port: 104, tls: {verify: false}}\n"
+        "default: [{forward: pacs}]\n"
+    )
+    (warning,) = load_text(tmp_path, text).warnings
+    assert (warning.line, warning.column) == (4, 60)
+    assert warning.message.startswith("destinations.pacs.tls.verify: false: the destination's")

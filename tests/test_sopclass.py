@@ -14,8 +14,8 @@ from router.dicom.sopclass import (
     resolve_sop_class,
     resolve_transfer_syntax,
     sop_class_name,
-    suggest,
 )
+from router.errors import RouterError, did_you_mean
 from tests.seed import SEED_SOP_CLASSES
 
 SEED_IDS = [name for _, name in SEED_SOP_CLASSES]
@@ -159,11 +159,25 @@ def test_unknown_name_is_a_value_error() -> None:
     assert issubclass(UnknownName, ValueError)
 
 
-def test_suggest_returns_at_most_three() -> None:
-    """suggest() offers at most three close matches, best first."""
-    got = suggest("port", {"port", "ports", "portal", "part", "sport"})
-    assert got[0] == "port"
-    assert len(got) <= 3
+def test_unknown_name_is_in_the_error_tree() -> None:
+    """UnknownName is a RouterError, the one raised from router.errors."""
+    assert issubclass(UnknownName, RouterError)
+
+
+def test_did_you_mean_offers_at_most_three_best_first() -> None:
+    """did_you_mean() quotes up to three close matches, best first, the last after 'or'."""
+    got = did_you_mean("prot", {"port", "ports", "portal", "part", "sport", "host"})
+    assert got == "; did you mean 'port', 'part' or 'sport'?"
+
+
+def test_did_you_mean_quotes_a_single_match() -> None:
+    """One close match is quoted alone."""
+    assert did_you_mean("archiv", {"archive", "pacs"}) == "; did you mean 'archive'?"
+
+
+def test_did_you_mean_is_empty_when_nothing_is_close() -> None:
+    """Nothing close: no hint at all, the caller says what there is."""
+    assert did_you_mean("zzz", {"archive", "pacs"}) == ""
 
 
 @pytest.mark.parametrize(
@@ -183,7 +197,7 @@ def test_transfer_syntax_keyword_or_uid_resolves(name: str, uid: str) -> None:
 
 def test_unknown_transfer_syntax_has_did_you_mean() -> None:
     """An unknown transfer syntax keyword is refused with a did-you-mean."""
-    with pytest.raises(UnknownName, match="did you mean ExplicitVRLittleEndian"):
+    with pytest.raises(UnknownName, match="did you mean 'ExplicitVRLittleEndian'"):
         resolve_transfer_syntax("ExplicitVRLittleEndan")
 
 

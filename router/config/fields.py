@@ -12,8 +12,16 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
 from pydicom.datadict import keyword_dict
 
-from router.dicom import sopclass
-from router.dicom.status import WARNINGS, is_failure
+from router.dicom.status import (
+    FAILURE_RANGES,
+    GENERAL_FAILURES,
+    SUCCESS,
+    WARNINGS,
+    hex_code,
+    is_failure,
+    listing,
+)
+from router.errors import UnknownName
 
 
 def _ae_title(value: str) -> str:
@@ -101,8 +109,8 @@ def _failure(value: Any) -> int:
     code = _parse_code(value)
     if not is_failure(code):
         raise ValueError(
-            f"0x{code:04X} is not a C-STORE failure status (use 0x0112, 0x0117, 0x0122, "
-            "0x0124, 0x0210-0x0212, 0xA700-0xA7FF, 0xA900-0xA9FF or 0xC000-0xCFFF)"
+            f"{hex_code(code)} is not a C-STORE failure status "
+            f"(use {listing(GENERAL_FAILURES, FAILURE_RANGES)})"
         )
     return code
 
@@ -111,15 +119,15 @@ def _warning(value: Any) -> int:
     code = _parse_code(value)
     if code not in WARNINGS:
         raise ValueError(
-            f"0x{code:04X} is not a C-STORE warning status (use 0xB000, 0xB006 or 0xB007)"
+            f"{hex_code(code)} is not a C-STORE warning status (use {listing(WARNINGS)})"
         )
     return code
 
 
 def _any_status(value: Any) -> int:
     code = _parse_code(value)
-    if code != 0 and code not in WARNINGS and not is_failure(code):
-        raise ValueError(f"0x{code:04X} is not a C-STORE status")
+    if code != SUCCESS and code not in WARNINGS and not is_failure(code):
+        raise ValueError(f"{hex_code(code)} is not a C-STORE status")
     return code
 
 
@@ -136,8 +144,7 @@ Status = Annotated[int, BeforeValidator(_any_status), WithJsonSchema(_STATUS_SCH
 def keyword(value: str) -> str:
     """A DICOM keyword pydicom knows, else a did-you-mean error."""
     if value not in keyword_dict:
-        hint = sopclass.suggest(value, set(keyword_dict))
-        raise ValueError(str(sopclass.UnknownName("DICOM keyword", value, hint)))
+        raise UnknownName("DICOM keyword", value, keyword_dict)
     return value
 
 

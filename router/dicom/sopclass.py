@@ -7,13 +7,15 @@ spellings that neither library knows; `SEED_ALIASES` maps only those.
 
 from __future__ import annotations
 
-import difflib
 import re
 from functools import cache
 
 from pydicom._uid_dict import UID_dictionary
 from pydicom.uid import RE_VALID_UID
 from pynetdicom.sop_class import _STORAGE_CLASSES
+
+# Raised here; re-exported so that callers catching it need only this module.
+from router.errors import UnknownName as UnknownName
 
 # Older spellings from the seed table -> today's keyword (PS3.6 / pydicom).
 SEED_ALIASES: dict[str, str] = {
@@ -50,14 +52,6 @@ SEED_UID_TYPOS: dict[str, str] = {
 }
 
 
-class UnknownName(ValueError):
-    """A name that is neither a known keyword nor a valid UID."""
-
-    def __init__(self, kind: str, name: str, suggestions: list[str]) -> None:
-        hint = f"; did you mean {' or '.join(suggestions)}?" if suggestions else ""
-        super().__init__(f"unknown {kind} {name!r}{hint}")
-
-
 @cache
 def _keywords(kind: str) -> dict[str, str]:
     """Keyword -> UID for 'SOP Class' (incl. pynetdicom's storage names) or 'Transfer Syntax'."""
@@ -74,11 +68,6 @@ def sop_class_names() -> set[str]:
     return set(_keywords("SOP Class"))
 
 
-def suggest(name: str, choices: list[str] | set[str]) -> list[str]:
-    """Up to three close matches for a did-you-mean."""
-    return difflib.get_close_matches(name, sorted(choices), n=3, cutoff=0.6)
-
-
 def _resolve(kind: str, label: str, name: str) -> str:
     table = _keywords(kind)
     if name in table:
@@ -87,7 +76,7 @@ def _resolve(kind: str, label: str, name: str) -> str:
         if len(name) > 64 or not re.fullmatch(RE_VALID_UID, name):
             raise ValueError(f"{name!r} is not a valid UID")
         return SEED_UID_TYPOS.get(name, name)
-    raise UnknownName(label, name, suggest(name, set(table)))
+    raise UnknownName(label, name, table)
 
 
 def resolve_sop_class(name: str) -> str:

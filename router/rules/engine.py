@@ -26,6 +26,7 @@ from router.config.model import (
     TagTest,
     WarnAction,
 )
+from router.dicom import status
 from router.dicom.tags import TagValues
 
 
@@ -111,10 +112,10 @@ def planned_status(actions: Sequence[Action]) -> int:
             return action.warn
     modifies = [a.modify for a in actions if isinstance(a, ModifyAction)]
     if any(m.remove for m in modifies):
-        return 0xB006  # PS3.4 B.2.3: Elements Discarded
+        return status.ELEMENTS_DISCARDED  # PS3.4 B.2.3
     if modifies:
-        return 0xB000  # Coercion of Data Elements
-    return 0x0000
+        return status.COERCION
+    return status.SUCCESS
 
 
 def _decision(rule: str, actions: Sequence[Action], reasons: Sequence[str]) -> Decision:
