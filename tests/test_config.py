@@ -650,6 +650,13 @@ def test_retry_at_its_bounds_is_accepted(tmp_path: Path) -> None:
     assert (got.max_attempts, got.initial_delay, got.max_delay) == (1000, 86400.0, 86400.0)
 
 
+def test_a_max_delay_below_the_default_first_delay_lowers_it(tmp_path: Path) -> None:
+    """A rule file that sets only a short max_delay loads: the first delay follows it."""
+    loaded = load_text(tmp_path, RETRY + "      max_delay: 500ms\n" + "default: [discard]\n")
+    got = loaded.config.destinations["pacs"].retry
+    assert (got.initial_delay, got.max_delay) == (0.5, 0.5)
+
+
 def test_retry_on_a_stow_destination_is_bounded_too(tmp_path: Path) -> None:
     """A STOW-RS service's retry has the same bounds as a DICOM node's."""
     text = (

@@ -86,6 +86,10 @@ class Retry(Strict):
 
     @model_validator(mode="after")
     def _ordered(self) -> Retry:
+        # A rule file that lowers only max_delay (below the 2 s default) loaded before these
+        # bounds existed: the default first delay follows it instead of refusing the file.
+        if "initial_delay" not in self.model_fields_set and self.initial_delay > self.max_delay:
+            object.__setattr__(self, "initial_delay", self.max_delay)  # frozen: set once, here
         if self.initial_delay > self.max_delay:
             raise ValueError(
                 f"initial_delay ({_seconds(self.initial_delay)}) is longer than max_delay "
