@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
 from router.actions import modify
+from router.actions.templates import Template, template_fields
 from router.config.model import (
     Action,
     FilesystemDestination,
@@ -111,7 +112,7 @@ class _Plan:
 
     keywords: frozenset[str]  # everything read from the header
     tags: frozenset[str] = frozenset()  # what the rules' `tags` match on
-    templates: Mapping[str, tuple[store.Template, str]] = field(default_factory=dict)
+    templates: Mapping[str, tuple[Template, str]] = field(default_factory=dict)
     names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # rule -> actions
 
 
@@ -236,9 +237,9 @@ class Pipeline:
             templates = {}
             for name, dest in loaded.config.destinations.items():
                 if isinstance(dest, FilesystemDestination):
-                    fields = store.template_fields(dest.path)
+                    fields = template_fields(dest.path)
                     keywords.update(fields)
-                    templates[name] = (store.Template(loaded.base_dir, dest.path), dest.on_exists)
+                    templates[name] = (Template(loaded.base_dir, dest.path), dest.on_exists)
             names = {rule.name: action_names(rule.actions) for rule in loaded.config.rules}
             names["default"] = action_names(loaded.config.default)
             plan = _Plan(frozenset(keywords), tags, templates, names)
