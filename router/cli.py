@@ -277,7 +277,7 @@ def _age(seconds: float) -> str:
 def _queue(args: argparse.Namespace) -> int:
     spool = _spool(args.file)
     if args.action == "retry":
-        print(f"{spool.requeue_dead(args.destination)} dead letters queued again")
+        print(f"{spool.requeue_dead_letters(args.destination)} dead letters queued again")
         return EXIT_OK
     if args.action == "purge":
         states = ("dead", "pending") if args.all else ("dead",)

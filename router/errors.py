@@ -72,6 +72,10 @@ class StartupError(RouterError):
     """The daemon could not start (port in use, spool not writable...)."""
 
 
+class ProtocolError(RouterError):
+    """A peer broke the upper layer or DIMSE protocol: the association is aborted."""
+
+
 class ActionError(RouterError):
     """An action failed; `status` is the failure status the sender gets."""
 

@@ -26,8 +26,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from router.actions.modify import PIXEL_DATA, apply_modify
+from router.actions.modify import apply_modify
 from router.config.model import ModifySpec
+from router.dicom.tags import PIXEL_DATA
 from router.errors import CannotUnderstand
 from tests.dicomgen import make_ct
 

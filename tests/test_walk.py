@@ -18,7 +18,9 @@ from pydicom.data import get_testdata_files
 from pydicom.uid import ExplicitVRLittleEndian
 
 from router.dicom import header as dataset
-from router.dicom.walk import COLLECT_LIMIT, INFLATE_FLOOR, walk
+from router.dicom.streams import INFLATE_FLOOR
+from router.dicom.tags import LONG_VRS, SHORT_VRS
+from router.dicom.walk import COLLECT_LIMIT, walk
 from router.errors import InflateLimit, InvalidStructure
 from tests import brokendata
 from tests.dicomgen import make_ct, make_multiframe
@@ -95,6 +97,13 @@ def test_broken_structure_fails_the_walk_though_the_header_reads(
     with pytest.raises(InvalidStructure) as err:
         dataset.read_received(path)
     assert err.value.status == 0xC210
+
+
+def test_the_walk_knows_the_header_length_of_every_explicit_vr() -> None:
+    """PS3.5 table 7.1-1/7.1-2 (2019 on, OV SV UV included): 4-byte lengths, 2-byte ones."""
+    assert sorted(LONG_VRS) == b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split()
+    short = b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split()
+    assert sorted(SHORT_VRS) == short
 
 
 def test_tags_out_of_order_fail_the_walk(tmp_path: Path) -> None:

@@ -17,10 +17,10 @@ file meta's (0002,0000) is recomputed. A tail copied raw keeps its own, still tr
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from pydicom import dcmread, dcmwrite
 from pydicom.datadict import tag_for_keyword
@@ -29,17 +29,16 @@ from pydicom.filebase import DicomBytesIO, DicomFileLike, DicomIO
 from pydicom.filereader import read_dataset, read_file_meta_info, read_partial
 from pydicom.filewriter import write_dataset
 from pydicom.tag import BaseTag
-from pydicom.uid import DeflatedExplicitVRLittleEndian as DEFLATED
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from router.config.model import ModifySpec
+from router.dicom.tags import ITEM, LONG_VRS, PIXEL_DATA, SEQUENCE_END, UNDEFINED_LENGTH
 from router.errors import CannotUnderstand, OutOfResources
 
-PIXEL_DATA = 0x7FE00010
 CHUNK = 1 << 20  # the copy's buffer: all the memory a gigabyte of pixel data costs
 TAIL_LIMIT = 16 << 20  # elements after Pixel Data above this take the slow path
-_ITEM, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE0DD
-_UNDEFINED = 0xFFFFFFFF
+
+_T = TypeVar("_T")
 
 
 def apply_modify(source: Path, spec: ModifySpec, target: Path) -> None:
@@ -77,15 +76,11 @@ def _streamed(source: Path, spec: ModifySpec, target: Path) -> bool:
     if touches_pixel_data(spec):
         return False
     with source.open("rb") as fp:
-        try:
-            # Checked first: pydicom would inflate a deflated dataset whole into memory.
-            if read_file_meta_info(source).get("TransferSyntaxUID") == DEFLATED:
-                return False
-            header = read_partial(fp, stop_when=_at_pixel_data)
-        except OSError:
-            raise
-        except Exception as exc:  # pydicom raises many types for a corrupt stream
-            raise CannotUnderstand(f"cannot parse the dataset to modify it: {exc}") from exc
+        # Checked first: pydicom would inflate a deflated dataset whole into memory.
+        meta = _parsed(lambda: read_file_meta_info(source))
+        if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+            return False
+        header = _parsed(lambda: read_partial(fp, stop_when=_at_pixel_data))
         implicit, little = bool(header.is_implicit_VR), bool(header.is_little_endian)
         pixel_start = fp.tell()
         size = fp.seek(0, 2)
@@ -95,8 +90,8 @@ def _streamed(source: Path, spec: ModifySpec, target: Path) -> bool:
         fp.seek(pixel_end)
         tail_bytes = fp.read()
         tail = _parse_tail(tail_bytes, implicit=implicit, little=little)
-        _modify(header, spec, below_pixel_data=True)
-        tail_changed = _modify(tail, spec, below_pixel_data=False)
+        _apply(header, spec, below_pixel_data=True)
+        tail_changed = _apply(tail, spec, below_pixel_data=False)
         with target.open("wb") as out:
             dcmwrite(out, header, enforce_file_format=True)
             fp.seek(pixel_start)
@@ -107,6 +102,20 @@ def _streamed(source: Path, spec: ModifySpec, target: Path) -> bool:
             else:
                 out.write(tail_bytes)
     return True
+
+
+def _parsed(read: Callable[[], _T]) -> _T:
+    """What pydicom's `read` returns; any error it raises for a corrupt stream: CannotUnderstand.
+
+    pydicom raises many types for those. An OSError is no parse failure: it goes up to
+    `apply_modify`, which tells a failed read (CannotUnderstand) from a failed write.
+    """
+    try:
+        return read()
+    except Exception as exc:
+        if isinstance(exc, OSError):
+            raise
+        raise CannotUnderstand(f"cannot parse the dataset to modify it: {exc}") from exc
 
 
 def _at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -126,13 +135,13 @@ def _element_end(fp: BinaryIO, start: int, size: int, *, implicit: bool, little:
     if implicit:
         (length,) = struct.unpack(f"{order}I", head[4:])
         value = start + 8
-    elif head[4:6].decode("latin-1") in EXPLICIT_VR_LENGTH_32:
+    elif head[4:6] in LONG_VRS:
         (length,) = struct.unpack(f"{order}I", fp.read(4))
         value = start + 12
     else:
         (length,) = struct.unpack(f"{order}H", head[6:])
         value = start + 8
-    end = _items_end(fp, value, size, order) if length == _UNDEFINED else value + length
+    end = _items_end(fp, value, size, order) if length == UNDEFINED_LENGTH else value + length
     if end > size:
         raise CannotUnderstand("cannot parse the dataset to modify it: Pixel Data is truncated")
     return end
@@ -144,9 +153,9 @@ def _items_end(fp: BinaryIO, offset: int, size: int, order: str) -> int:
         fp.seek(offset)
         group, elem, length = struct.unpack(f"{order}HHI", fp.read(8))
         tag = group << 16 | elem
-        if tag == _SEQUENCE_END:
+        if tag == SEQUENCE_END:
             return offset + 8
-        if tag != _ITEM or length == _UNDEFINED:
+        if tag != ITEM or length == UNDEFINED_LENGTH:
             raise CannotUnderstand(
                 f"cannot parse the dataset to modify it: ({group:04X},{elem:04X}) in"
                 " encapsulated Pixel Data"
@@ -164,18 +173,24 @@ def _parse_tail(data: bytes, *, implicit: bool, little: bool) -> Dataset:
         raise CannotUnderstand(f"cannot parse the elements after Pixel Data: {exc}") from exc
 
 
-def _modify(ds: Dataset, spec: ModifySpec, *, below_pixel_data: bool) -> bool:
-    """Apply the part of `spec` on this side of Pixel Data; True when `ds` changed."""
+def _apply(ds: Dataset, spec: ModifySpec, *, below_pixel_data: bool | None = None) -> bool:
+    """Apply `spec`'s removals, then its settings, to `ds`; True when `ds` changed.
+
+    `below_pixel_data` True or False: only the keywords on that side of Pixel Data (the
+    streamed path rewrites each side apart); None: all of them (the whole dataset).
+    """
 
     def here(keyword: str) -> bool:
         tag = _tag(keyword)
-        return tag is not None and (tag < PIXEL_DATA) == below_pixel_data
+        if tag is None:
+            return False
+        return below_pixel_data is None or (tag < PIXEL_DATA) == below_pixel_data
 
     tags = set(ds.keys())
     if "private" in spec.remove:
         ds.remove_private_tags()
     for name in spec.remove:
-        if name != "private" and here(name) and name in ds:
+        if here(name) and name in ds:
             del ds[name]
     settings = {k: v for k, v in spec.set.items() if here(k)}
     for keyword, value in settings.items():
@@ -206,17 +221,6 @@ def _chunks(src: BinaryIO, count: int) -> Iterator[bytes]:
 
 def _whole(source: Path, spec: ModifySpec, target: Path) -> None:
     """The slow path: the whole dataset through pydicom (memory grows with the instance)."""
-    try:
-        ds: FileDataset = dcmread(source)
-    except OSError:
-        raise
-    except Exception as exc:
-        raise CannotUnderstand(f"cannot parse the dataset to modify it: {exc}") from exc
-    for name in spec.remove:
-        if name == "private":
-            ds.remove_private_tags()
-        elif name in ds:
-            del ds[name]
-    for keyword, value in spec.set.items():
-        setattr(ds, keyword, value)
+    ds: FileDataset = _parsed(lambda: dcmread(source))
+    _apply(ds, spec)
     ds.save_as(target, enforce_file_format=True)

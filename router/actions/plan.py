@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
+from router.actions.templates import Template, template_fields
 from router.config.model import Action, FilesystemDestination
 from router.dicom import header as dataset
 from router.rules.engine import wanted_tags
 from router.rules.ruleset import LoadedConfig
-from router.spool import durable as store
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Plan:
 
     keywords: frozenset[str]  # everything read from the header
     tags: frozenset[str] = frozenset()  # what the rules' `tags` match on
-    templates: Mapping[str, tuple[store.Template, str]] = field(default_factory=dict)
+    templates: Mapping[str, tuple[Template, str]] = field(default_factory=dict)
     names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # rule -> actions
 
 
@@ -37,8 +37,8 @@ def make_plan(loaded: LoadedConfig) -> Plan:
     templates = {}
     for name, dest in loaded.config.destinations.items():
         if isinstance(dest, FilesystemDestination):
-            keywords.update(store.template_fields(dest.path))
-            templates[name] = (store.Template(loaded.base_dir, dest.path), dest.on_exists)
+            keywords.update(template_fields(dest.path))
+            templates[name] = (Template(loaded.base_dir, dest.path), dest.on_exists)
     names = {rule.name: action_names(rule.actions) for rule in loaded.config.rules}
     names["default"] = action_names(loaded.config.default)
     return Plan(frozenset(keywords), tags, templates, names)

@@ -38,7 +38,9 @@ from pydicom.uid import (
     JPEGExtended12Bit,
 )
 
-PIXEL_DATA = Tag(0x7FE00010)
+from router.dicom import tags
+
+PIXEL_DATA = Tag(tags.PIXEL_DATA)  # a BaseTag: the key type of pydicom's element dict
 # Only meaningful for encapsulated pixel data: dropped from the decompressed file.
 ENCAPSULATION_ONLY = (0x7FE00001, 0x7FE00002)  # Extended Offset Table (Lengths)
 ALWAYS_LOSSY = (JPEGBaseline8Bit, JPEGExtended12Bit)

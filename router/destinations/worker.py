@@ -162,7 +162,7 @@ class DestinationWorkers:
         if state == "delivered":
             self.spool.delivered(d.id, status or 0)
         else:
-            self.spool.dead(d.id, status, error or "dead letter")
+            self.spool.dead_letter(d.id, status, error or "dead letter")
         metrics.delivery_done(self.name, "delivered" if state == "delivered" else "dead_letter")
         self._log(d, state, status, error)
 

@@ -22,16 +22,14 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_partial
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
-from pydicom.uid import RE_VALID_UID
+from pydicom.uid import RE_VALID_UID, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
-from router.dicom.tags import TagValues
-from router.dicom.walk import EXPLICIT_BE, IMPLICIT_LE, Raw, walk
+from router.dicom.tags import PIXEL_DATA, SPECIFIC_CHARACTER_SET, TagValues
+from router.dicom.walk import Raw, walk
 from router.errors import CannotUnderstand
 
 # Everything the 0xA900 check, the log and `trace` need; Series Instance UID comes last.
 IDENTITY = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-PIXEL_DATA = 0x7FE00010
-CHARSET = 0x00080005
 
 
 def _last_tag(wanted: Collection[str]) -> int:
@@ -42,15 +40,15 @@ def read_received(path: Path, keywords: Collection[str] = ()) -> Dataset:
     """Walk a received file's structure (InvalidStructure, InflateLimit), then read its header."""
     wanted = {*IDENTITY, *keywords}
     walked = walk(path, collect=_collected(frozenset(wanted)))
-    implicit = walked.transfer_syntax == IMPLICIT_LE
-    little = walked.transfer_syntax != EXPLICIT_BE
+    implicit = walked.transfer_syntax == ImplicitVRLittleEndian
+    little = walked.transfer_syntax != ExplicitVRBigEndian
     return _parse(lambda: _header(walked.elements, walked.meta, implicit, little), wanted)
 
 
 @functools.lru_cache(maxsize=16)
 def _collected(wanted: frozenset[str]) -> frozenset[int]:
     tags = (keyword_dict[k] for k in wanted)
-    return frozenset({CHARSET, *(t for t in tags if t < PIXEL_DATA)})
+    return frozenset({SPECIFIC_CHARACTER_SET, *(t for t in tags if t < PIXEL_DATA)})
 
 
 def _raw(elements: Mapping[int, Raw], little: bool) -> dict[BaseTag, DataElement | RawDataElement]:
@@ -67,7 +65,7 @@ def _header(
     raw = _raw(elements, little)
     ds = Dataset(raw)
     encoding: str | list[str] = default_encoding
-    charset = raw.get(BaseTag(CHARSET))
+    charset = raw.get(BaseTag(SPECIFIC_CHARACTER_SET))
     if isinstance(charset, RawDataElement):
         encoding = convert_encodings(convert_raw_data_element(charset).value)
     ds.set_original_encoding(implicit, little, encoding)

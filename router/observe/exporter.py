@@ -157,7 +157,7 @@ def _spool_metrics(loaded: LoadedConfig) -> Iterable[Any]:
     for name in names:  # a removed destination's leftovers: `dicom-router queue`
         q = stats.get(name, spool_db.QueueStats())
         families["pending"].add_metric([name], q.pending)
-        families["dead"].add_metric([name], q.dead)
+        families["dead"].add_metric([name], q.dead_letters)
         age = max(0.0, now - q.oldest_pending) if q.oldest_pending is not None else 0.0
         families["age"].add_metric([name], age)
     yield from families.values()

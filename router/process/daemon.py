@@ -9,11 +9,9 @@ C-STORE uses the rules that were current when it arrived.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import select
-import shutil
 import signal
 import socket
 import time
@@ -32,7 +30,7 @@ from router.process.systemd import Notifier
 from router.process.workers import WorkerPool, reserve_port
 from router.receive.stack import ABORT_SECONDS, DRAIN_SECONDS, ReceiveStack
 from router.rules.ruleset import LoadedConfig, load
-from router.spool import durable as store
+from router.spool import layout
 from router.spool.database import Spool
 
 log = logging.getLogger("router.daemon")
@@ -132,22 +130,7 @@ class Daemon:
     def _recover_spool(self, spool: Path) -> Spool:
         """Take the spool's lock and clear what a crashed run left that was never acked."""
         try:
-            spool.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = os.open(spool / "lock", os.O_RDWR | os.O_CREAT, 0o640)
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StartupError(f"spool {spool} is in use by another dicom-router") from None
-            _wait_for_old_workers(spool)
-            for name in ("incoming", "work"):
-                folder = spool / name
-                folder.mkdir(exist_ok=True)
-                for stale in folder.iterdir():  # partial receives, modify outputs
-                    stale.unlink(missing_ok=True) if stale.is_file() else shutil.rmtree(stale)
-            journal = spool / store.JOURNAL
-            journal.mkdir(exist_ok=True)
-            for leftover in store.remove_leftovers(journal):
-                log.info("removed %s, left by a run killed while storing it", leftover)
+            self._lock_fd = layout.recover(spool, workers_timeout=2 * DRAIN_SECONDS + 10)
             spool_db = Spool(spool)
             spool_db.collect_garbage(grace=0)  # files linked before their rows were committed
         except (OSError, OutOfResources) as exc:
@@ -265,29 +248,6 @@ class Daemon:
             self.forwarder.stop(timeout=FORWARDER_STOP_SECONDS)
         if self.exporter is not None:
             self.exporter.stop()
-
-
-def _wait_for_old_workers(spool: Path, timeout: float = 2 * DRAIN_SECONDS + 10) -> None:
-    """Wait until no receiving worker of a previous (killed) daemon still writes here.
-
-    They hold `workers.lock` shared and get SIGTERM when their main process dies; they
-    are gone once an exclusive lock is granted.
-    """
-    fd = os.open(spool / "workers.lock", os.O_RDWR | os.O_CREAT, 0o640)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise StartupError(
-                        f"spool {spool}: workers of a previous dicom-router still running"
-                    ) from None
-                time.sleep(0.1)
-    finally:
-        os.close(fd)  # releases the lock: our own workers take it shared
 
 
 def _restart_only(old: LoadedConfig, new: LoadedConfig) -> list[str]:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from pynetdicom.association import Association
 
+from router.errors import ProtocolError as ProtocolError  # where the netlayer's modules use it
+
 log = logging.getLogger("router.netlayer")
 
 PYNETDICOM_VERSION = "3.0.4"
@@ -70,10 +72,6 @@ ABORT_INVALID_PARAMETER = 0x06
 
 incoming: Path | None = None  # set by install(): where received datasets go
 counter = itertools.count()
-
-
-class ProtocolError(Exception):
-    """A peer broke the upper layer or DIMSE protocol: the association is aborted."""
 
 
 def escaped(value: str | bytes) -> str:

@@ -1,0 +1,290 @@
+"""The delivery queue: one spooled file per instance, one delivery per destination.
+
+A delivery's states (the `state` column of queue.db's deliveries):
+
+    pending --delivered()---> delivered  its file goes once no destination needs it
+    pending --dead_letter()-> dead       a dead letter: kept, with its file, not due
+    pending --retry_later()-> pending    not due before the time it names
+    dead --requeue_dead_letters()-> pending, with a fresh attempt count
+
+A sending delivery has no state of its own: it stays pending until its outcome is
+recorded, so a crash mid-send leaves it pending and it is sent again (at least once).
+
+Durability of `enqueue()`, before the sender gets its status: the file's data is fsync'd,
+it is linked into objects/ and that folder fsync'd, then the rows are committed (FULL
+sync: the WAL is fsync'd). A crash before the commit leaves an orphan file that start-up
+removes (`collect_garbage`); after it, the instance is delivered at least once to every
+destination.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from router.errors import OutOfResources
+from router.spool import durable
+from router.spool.db import Databases
+
+PENDING = "pending"
+DELIVERED = "delivered"
+DEAD_LETTER = "dead"  # the value on disk since the first spools: kept for them
+
+
+@dataclass(frozen=True)
+class Instance:
+    """What the queue remembers of a spooled instance."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    study_uid: str = ""
+    series_uid: str = ""
+    calling_ae: str = ""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One (instance, destination) row as the forwarder and `queue list` see it."""
+
+    id: int
+    object_id: str
+    destination: str
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_status: int | None
+    last_error: str | None
+    path: Path
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    received_at: float
+
+
+_SELECT = (
+    "SELECT d.id, d.object_id, d.destination, d.state, d.attempts, d.next_attempt_at,"
+    " d.last_status, d.last_error, o.sop_instance_uid, o.sop_class_uid, o.transfer_syntax,"
+    " o.received_at FROM deliveries d JOIN objects o ON o.id = d.object_id"
+)
+
+
+class Queue:
+    """The deliveries in queue.db and the spooled files in `objects`; thread-safe."""
+
+    def __init__(self, db: Databases, objects: Path) -> None:
+        self._db = db
+        self.objects = objects
+
+    def path_of(self, object_id: str) -> Path:
+        """The spooled file of an object."""
+        return self.objects / f"{object_id}.dcm"
+
+    def enqueue(self, source: Path, destinations: Sequence[str], instance: Instance) -> str:
+        """Durably spool `source` (already fsync'd) for each destination; return its id."""
+        object_id = uuid.uuid4().hex
+        target = self.path_of(object_id)
+        now = time.time()
+        try:
+            durable.link_or_copy(source, target)
+            if not os.path.samefile(source, target):
+                durable.fsync_file(target)
+            durable.fsync_dir(self.objects)
+            with self._db.queue() as db:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.execute(
+                        "INSERT INTO objects VALUES (?,?,?,?,?,?,?,?)",
+                        (
+                            object_id,
+                            instance.sop_instance_uid,
+                            instance.sop_class_uid,
+                            instance.transfer_syntax,
+                            instance.study_uid,
+                            instance.series_uid,
+                            instance.calling_ae,
+                            now,
+                        ),
+                    )
+                    db.executemany(
+                        "INSERT INTO deliveries (object_id, destination, next_attempt_at,"
+                        " updated_at) VALUES (?,?,?,?)",
+                        [(object_id, name, now, now) for name in destinations],
+                    )
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+        except (OSError, sqlite3.Error) as exc:
+            target.unlink(missing_ok=True)
+            raise OutOfResources(f"cannot spool the instance: {exc}") from exc
+        return object_id
+
+    def due(self, destination: str, limit: int, exclude: Sequence[int] = ()) -> list[Delivery]:
+        """Pending deliveries of `destination` whose time has come, oldest first."""
+        marks = ",".join("?" * len(exclude))
+        with self._db.queue() as db:
+            rows = db.execute(
+                f"{_SELECT} WHERE d.destination=? AND d.state=? AND d.next_attempt_at<=?"
+                + (f" AND d.id NOT IN ({marks})" if exclude else "")
+                + " ORDER BY d.next_attempt_at, d.id LIMIT ?",
+                (destination, PENDING, time.time(), *exclude, limit),
+            ).fetchall()
+        return [self._delivery(r) for r in rows]
+
+    def entries(
+        self, destination: str | None = None, states: Sequence[str] = (PENDING, DEAD_LETTER)
+    ) -> list[Delivery]:
+        """Deliveries in the given states (for `queue list`)."""
+        where, args = _where(states, destination, "d.")
+        with self._db.queue() as db:
+            rows = db.execute(
+                f"{_SELECT} WHERE {where} ORDER BY o.received_at, d.id", args
+            ).fetchall()
+        return [self._delivery(r) for r in rows]
+
+    def of_instances(self, sops: Sequence[str], uid: str) -> list[Delivery]:
+        """Deliveries of the instances `sops`, or of any in the study or series `uid`."""
+        marks = ",".join("?" * len(sops))
+        with self._db.queue() as db:
+            rows = db.execute(
+                f"{_SELECT} WHERE o.sop_instance_uid IN ({marks}) OR o.series_uid=? OR"
+                " o.study_uid=? ORDER BY o.received_at, d.id",
+                (*sops, uid, uid),
+            ).fetchall()
+        return [self._delivery(r) for r in rows]
+
+    def delivered(self, delivery_id: int, status: int) -> None:
+        """Record a delivery as done; drop the file once no destination needs it."""
+        self._finish(delivery_id, DELIVERED, status, None)
+
+    def dead_letter(self, delivery_id: int, status: int | None, error: str) -> None:
+        """Move a delivery to the dead letters (kept, with its file, for `queue retry`)."""
+        self._finish(delivery_id, DEAD_LETTER, status, error)
+
+    def retry_later(
+        self, delivery_id: int, at: float, status: int | None, error: str, count: bool = True
+    ) -> None:
+        """Schedule another attempt; `count` False when the destination was not reached."""
+        with self._db.queue() as db:
+            db.execute(
+                "UPDATE deliveries SET attempts=attempts+?, next_attempt_at=?,"
+                " last_status=COALESCE(?, last_status), last_error=?, updated_at=?"
+                " WHERE id=? AND state=?",
+                (1 if count else 0, at, status, error, time.time(), delivery_id, PENDING),
+            )
+
+    def _finish(self, delivery_id: int, state: str, status: int | None, error: str | None) -> None:
+        with self._db.queue() as db:
+            db.execute(
+                "UPDATE deliveries SET state=?, attempts=attempts+1, last_status=?, last_error=?,"
+                " updated_at=? WHERE id=?",
+                (state, status, error, time.time(), delivery_id),
+            )
+            if state == DELIVERED:
+                self._drop_if_done(db, delivery_id)
+
+    def _drop_if_done(self, db: sqlite3.Connection, delivery_id: int) -> None:
+        row = db.execute(
+            "SELECT object_id FROM deliveries WHERE id=? AND NOT EXISTS (SELECT 1 FROM deliveries"
+            " e WHERE e.object_id=deliveries.object_id AND e.state!=?)",
+            (delivery_id, DELIVERED),
+        ).fetchone()
+        if row:
+            self.path_of(row[0]).unlink(missing_ok=True)
+
+    def requeue_dead_letters(self, destination: str | None = None) -> int:
+        """Dead letters back to pending with a fresh attempt count; returns how many."""
+        where, args = _where((DEAD_LETTER,), destination)
+        now = time.time()
+        with self._db.queue() as db:
+            return db.execute(
+                f"UPDATE deliveries SET state=?, attempts=0, next_attempt_at=?, updated_at=?"
+                f" WHERE {where}",
+                [PENDING, now, now, *args],
+            ).rowcount
+
+    def purge(self, destination: str | None = None, states: Sequence[str] = (DEAD_LETTER,)) -> int:
+        """Delete deliveries (dead letters by default) and files nobody needs any more."""
+        where, args = _where(states, destination)
+        with self._db.queue() as db:
+            count = db.execute(f"DELETE FROM deliveries WHERE {where}", args).rowcount
+        self.collect_garbage()
+        return count
+
+    def collect_garbage(self, grace: float = 600.0) -> int:
+        """Remove spooled files no pending or dead delivery needs (after purge or a crash).
+
+        Files younger than `grace` seconds are spared: a running daemon links a file
+        before it commits its rows.
+        """
+        with self._db.queue() as db:
+            needed = {
+                r[0]
+                for r in db.execute(
+                    "SELECT DISTINCT object_id FROM deliveries WHERE state!=?", (DELIVERED,)
+                )
+            }
+        removed = 0
+        cutoff = time.time() - grace
+        for path in self.objects.glob("*.dcm"):
+            if path.stem not in needed and path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def prune(self, before: float) -> None:
+        """Forget deliveries finished before `before` (epoch seconds), and their objects."""
+        with self._db.queue() as db:
+            db.execute("DELETE FROM deliveries WHERE state=? AND updated_at<?", (DELIVERED, before))
+            db.execute(
+                "DELETE FROM objects WHERE received_at<? AND id NOT IN"
+                " (SELECT object_id FROM deliveries)",
+                (before,),
+            )
+
+    def depth(self) -> dict[str, tuple[int, int]]:
+        """Per destination: (pending, dead letters) counts."""
+        with self._db.queue() as db:
+            rows = db.execute(
+                "SELECT destination, SUM(state=?), SUM(state=?) FROM deliveries"
+                " GROUP BY destination",
+                (PENDING, DEAD_LETTER),
+            ).fetchall()
+        return {r[0]: (int(r[1] or 0), int(r[2] or 0)) for r in rows}
+
+    def _delivery(self, row: Any) -> Delivery:
+        (did, oid, dest, state, attempts, nxt, status, error, sop, cls, ts, received) = row
+        return Delivery(
+            did,
+            oid,
+            dest,
+            state,
+            attempts,
+            nxt,
+            status,
+            error,
+            self.path_of(oid),
+            sop,
+            cls,
+            ts,
+            received,
+        )
+
+
+def _where(
+    states: Sequence[str], destination: str | None, prefix: str = ""
+) -> tuple[str, list[object]]:
+    """A WHERE clause (and its arguments) for deliveries in `states`, of one destination."""
+    sql = f"{prefix}state IN ({','.join('?' * len(states))})"
+    args: list[object] = list(states)
+    if destination:
+        sql += f" AND {prefix}destination=?"
+        args.append(destination)
+    return sql, args
