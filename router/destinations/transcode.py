@@ -38,15 +38,13 @@ from pydicom.uid import (
     JPEGExtended12Bit,
 )
 
+from router.errors import TranscodeError
+
 PIXEL_DATA = Tag(0x7FE00010)
 # Only meaningful for encapsulated pixel data: dropped from the decompressed file.
 ENCAPSULATION_ONLY = (0x7FE00001, 0x7FE00002)  # Extended Offset Table (Lengths)
 ALWAYS_LOSSY = (JPEGBaseline8Bit, JPEGExtended12Bit)
 MAX_VALUE_LENGTH = 2**32 - 2  # PS3.5 7.1.1: 0xFFFFFFFF means undefined length
-
-
-class TranscodeError(Exception):
-    """The file cannot be decompressed here (no codec, corrupt or unsupported data)."""
 
 
 def decompress(src: Path, dst: Path, target: str = ExplicitVRLittleEndian) -> None:

@@ -17,7 +17,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from router.destinations.worker import Forwarder
+from router.destinations.registry import Forwarder
 from router.net.setup import configure_pynetdicom
 from router.observe import logs, metrics
 from router.process import forkserver
