@@ -66,7 +66,9 @@ class QueueWorkers(ABC, Generic[D, C]):
     each instance through `settle` (or `postpone` when the destination cannot be reached).
     """
 
-    def __init__(self, name: str, dest: D, spool: Spool, loaded: LoadedConfig, parallel: int):
+    def __init__(
+        self, name: str, dest: D, spool: Spool, loaded: LoadedConfig, parallel: int
+    ) -> None:
         self.name = name
         self.dest = dest
         self.calling_ae = loaded.config.listen.ae_title
