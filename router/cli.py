@@ -23,7 +23,8 @@ from pydicom import dcmread
 
 from router.actions.pipeline import Pipeline, Received
 from router.actions.plan import action_names
-from router.config.model import Config, DicomDestination, FilesystemDestination, StowDestination
+from router.config.model import Config, FilesystemDestination
+from router.destinations import registry
 from router.dicom.header import tag_values
 from router.dicom.sopclass import sop_class_name
 from router.dicom.status import hex_code
@@ -180,15 +181,11 @@ def _print_summary(cfg: Config, loaded: LoadedConfig) -> None:
         where = f"http://{host}:{cfg.metrics.port}"
         print(f"  metrics   {where}/metrics (and /healthz, /readyz)")
     for name, dest in cfg.destinations.items():
-        if isinstance(dest, DicomDestination):
-            print(
-                f"  dest      {name}: DICOM {dest.ae_title}@{dest.host}:{dest.port}"
-                f"{_tls_summary(dest)}"
-            )
+        kind = registry.kind_of(dest)
+        if kind is not None:
+            print(f"  dest      {name}: {kind.describe(dest)}")
         elif isinstance(dest, FilesystemDestination):
             print(f"  dest      {name}: folder {loaded.resolve(dest.path)}")
-        elif isinstance(dest, StowDestination):
-            print(f"  dest      {name}: {dest.describe()}")
     for i, rule in enumerate(cfg.rules, 1):
         print(
             f"  rule {i:<4} {rule.name}: "
@@ -196,19 +193,6 @@ def _print_summary(cfg: Config, loaded: LoadedConfig) -> None:
             f" -> {', '.join(action_names(rule.actions))}"
         )
     print(f"  default   -> {', '.join(action_names(cfg.default))}")
-
-
-def _tls_summary(dest: DicomDestination) -> str:
-    tls = dest.tls
-    if tls is None:
-        return ""
-    if not tls.verify:
-        return " TLS (not verified)"
-    parts = [f"server name {tls.server_name or dest.host}"]
-    parts.append(f"CA {tls.ca_certificates}" if tls.ca_certificates else "system CAs")
-    if tls.certificate:
-        parts.append("client certificate")
-    return f" TLS ({', '.join(parts)})"
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -113,3 +113,74 @@ class InflateLimit(CannotUnderstand):
     """A deflated dataset inflates past the router's bound (a decompression bomb): 0xC212."""
 
     status = 0xC212
+
+
+# --- delivery ---------------------------------------------------------------------------
+# Each failure to deliver maps to one of these, once, where it happens (the DICOM Sender,
+# the STOW-RS sender); the queue worker decides from the class alone:
+#     ForwardError
+#     ├── Unreachable        connect refused / timed out, association rejected or aborted
+#     │   │                  before it was established, 401/403, 404/405/3xx: the
+#     │   │                  destination as a whole backs off; attempts do not move
+#     │   ├── AuthFailed     401/403, or the secret cannot be read
+#     │   └── Throttled      429, maybe with a Retry-After
+#     ├── TransientError     timeout or abort during a transfer, 408/5xx: retried, attempt counted
+#     │   └── ServerError    408 or 5xx, maybe with a Retry-After
+#     └── PermanentError     no accepted presentation context, a syntax we cannot convert,
+#                            413/415/4xx: straight to dead letters
+
+
+class ForwardError(RouterError):
+    """Base of delivery failures; `status` is the destination's answer, if any."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Unreachable(ForwardError):
+    """The destination could not be reached or refused the association."""
+
+    rejected = False
+
+
+class AuthFailed(Unreachable):
+    """401/403, or the secret cannot be read: nothing is sent until that is fixed."""
+
+
+class Throttled(Unreachable):
+    """429: the destination asks us to slow down, maybe saying for how long."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TransientError(ForwardError):
+    """The transfer broke (timeout, abort); another attempt may succeed.
+
+    `timed_out`: the destination stayed silent for dimse_timeout (rather than the
+    association breaking under the C-STORE).
+    """
+
+    timed_out = False
+
+
+class ServerError(TransientError):
+    """408 or 5xx: retried, not before a Retry-After the server gave."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(ForwardError):
+    """This instance cannot be delivered as it is; it goes to the dead letters."""
+
+
+class TranscodeError(RouterError):
+    """The file cannot be decompressed here (no codec, corrupt or unsupported data)."""
+
+
+class TLSConfigError(RouterError):
+    """A certificate, key or CA file of a destination's `tls` cannot be loaded."""

@@ -1,7 +1,7 @@
 """Forwarding policy, pure parts (design §4 `on_status`, §7; operations.md "Forwarding").
 
-`forward.policy` decides what a destination's answer means for a queued delivery,
-`forward.backoff` how long to wait before the next attempt, `forward.contexts_for` which
+`policy.policy` decides what a destination's answer means for a queued delivery,
+`policy.backoff` how long to wait before the next attempt, `forward.contexts_for` which
 presentation contexts an association to a destination proposes. No network here.
 """
 
@@ -25,6 +25,7 @@ from pynetdicom.presentation import PresentationContext
 
 from router.config.model import DicomDestination, Retry
 from router.destinations import dicom as forward
+from router.destinations import policy as forward_policy
 from router.dicom import status
 
 DELIVERED, RETRY, DEAD = "delivered", "retry", "dead_letter"
@@ -42,37 +43,37 @@ def on_status(keys: Mapping[object, str]) -> dict[str, str]:
 
 def test_success_is_delivered() -> None:
     """0x0000 from the destination marks the delivery delivered."""
-    assert forward.policy(0x0000, {}) == DELIVERED
+    assert forward_policy.policy(0x0000, {}) == DELIVERED
 
 
 @pytest.mark.parametrize("code", [0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007, 0xBFFF])
 def test_warnings_are_delivered_by_default(code: int) -> None:
     """Every warning status (0x0001, 0x0107, 0x0116, 0xBxxx) counts as delivered by default."""
-    assert forward.policy(code, {}) == DELIVERED
+    assert forward_policy.policy(code, {}) == DELIVERED
 
 
 @pytest.mark.parametrize("code", [0xA700, 0xA701, 0xA7FF])
 def test_out_of_resources_is_retried_by_default(code: int) -> None:
     """0xA7xx (out of resources) is transient: retried (design §7)."""
-    assert forward.policy(code, {}) == RETRY
+    assert forward_policy.policy(code, {}) == RETRY
 
 
 @pytest.mark.parametrize("code", [0x0110, 0x0210, 0x0211, 0x0212, 0x0213, 0xC000, 0xC211, 0xCFFF])
 def test_other_failures_are_retried_by_default(code: int) -> None:
     """A failure that is not one of the built-in permanent ones is retried by default."""
-    assert forward.policy(code, {}) == RETRY
+    assert forward_policy.policy(code, {}) == RETRY
 
 
 @pytest.mark.parametrize("code", [0x0112, 0x0117, 0x0122, 0x0124, 0xA900, 0xA950, 0xA9FF])
 def test_builtin_permanent_failures_go_to_dead_letters(code: int) -> None:
     """0x0112, 0x0117, 0x0122, 0x0124 and 0xA9xx are permanent: dead letter at once."""
-    assert forward.policy(code, {}) == DEAD
+    assert forward_policy.policy(code, {}) == DEAD
 
 
 @pytest.mark.parametrize("code", [0x0200, 0x0300, 0xD000, 0xFE00])
 def test_unknown_codes_are_treated_as_retryable_failures(code: int) -> None:
     """A code outside every PS3.7 class is a failure (never 'delivered'), retried by default."""
-    assert forward.policy(code, {}) == RETRY
+    assert forward_policy.policy(code, {}) == RETRY
 
 
 # --- the class keys ------------------------------------------------------------------------
@@ -82,32 +83,32 @@ def test_unknown_codes_are_treated_as_retryable_failures(code: int) -> None:
 def test_warning_key_decides_warnings(verdict: str) -> None:
     """`warning: X` applies to every warning status."""
     policy = on_status({"warning": verdict})
-    assert forward.policy(0xB007, policy) == verdict
-    assert forward.policy(0x0001, policy) == verdict
+    assert forward_policy.policy(0xB007, policy) == verdict
+    assert forward_policy.policy(0x0001, policy) == verdict
 
 
 @pytest.mark.parametrize("verdict", [DELIVERED, RETRY, DEAD])
 def test_failure_key_decides_non_permanent_failures(verdict: str) -> None:
     """`failure: X` applies to failures that are not built-in permanent ones."""
     policy = on_status({"failure": verdict})
-    assert forward.policy(0xA700, policy) == verdict
-    assert forward.policy(0xC000, policy) == verdict
+    assert forward_policy.policy(0xA700, policy) == verdict
+    assert forward_policy.policy(0xC000, policy) == verdict
 
 
 def test_class_keys_do_not_touch_success() -> None:
     """No class key turns 0x0000 into anything but delivered."""
     policy = on_status({"warning": DEAD, "failure": DEAD})
-    assert forward.policy(0x0000, policy) == DELIVERED
+    assert forward_policy.policy(0x0000, policy) == DELIVERED
 
 
 def test_warning_key_does_not_apply_to_failures() -> None:
     """`warning: dead_letter` leaves failures at their default (retry)."""
-    assert forward.policy(0xA700, on_status({"warning": DEAD})) == RETRY
+    assert forward_policy.policy(0xA700, on_status({"warning": DEAD})) == RETRY
 
 
 def test_failure_key_does_not_apply_to_warnings() -> None:
     """`failure: dead_letter` leaves warnings at their default (delivered)."""
-    assert forward.policy(0xB000, on_status({"failure": DEAD})) == DELIVERED
+    assert forward_policy.policy(0xB000, on_status({"failure": DEAD})) == DELIVERED
 
 
 # --- precedence: exact > range > built-in permanent > class > default --------------------
@@ -116,64 +117,64 @@ def test_failure_key_does_not_apply_to_warnings() -> None:
 def test_exact_code_beats_range() -> None:
     """An exact code in on_status wins over a range that contains it."""
     policy = on_status({"0xA700-0xA7FF": DEAD, 0xA702: RETRY})
-    assert forward.policy(0xA702, policy) == RETRY
-    assert forward.policy(0xA701, policy) == DEAD
+    assert forward_policy.policy(0xA702, policy) == RETRY
+    assert forward_policy.policy(0xA701, policy) == DEAD
 
 
 def test_exact_code_beats_builtin_permanent() -> None:
     """`0x0124: retry` makes the built-in permanent 0x0124 retried."""
-    assert forward.policy(0x0124, on_status({0x0124: RETRY})) == RETRY
+    assert forward_policy.policy(0x0124, on_status({0x0124: RETRY})) == RETRY
 
 
 def test_exact_code_beats_class() -> None:
     """An exact code wins over the class key of its class."""
     policy = on_status({"failure": DEAD, "0xA701": RETRY, "warning": DEAD, "0xB007": DELIVERED})
-    assert forward.policy(0xA701, policy) == RETRY
-    assert forward.policy(0xB007, policy) == DELIVERED
-    assert forward.policy(0xB006, policy) == DEAD
+    assert forward_policy.policy(0xA701, policy) == RETRY
+    assert forward_policy.policy(0xB007, policy) == DELIVERED
+    assert forward_policy.policy(0xB006, policy) == DEAD
 
 
 def test_range_beats_builtin_permanent() -> None:
     """A range covering 0xA9xx overrides the built-in dead_letter."""
     policy = on_status({"0xA900-0xA9FF": RETRY})
-    assert forward.policy(0xA900, policy) == RETRY
-    assert forward.policy(0xA9FF, policy) == RETRY
+    assert forward_policy.policy(0xA900, policy) == RETRY
+    assert forward_policy.policy(0xA9FF, policy) == RETRY
 
 
 def test_range_beats_class() -> None:
     """A range wins over the class key of the codes it holds, and only for those."""
     policy = on_status({"failure": RETRY, "0xC000-0xCFFF": DEAD})
-    assert forward.policy(0xC123, policy) == DEAD
-    assert forward.policy(0xA700, policy) == RETRY
+    assert forward_policy.policy(0xC123, policy) == DEAD
+    assert forward_policy.policy(0xA700, policy) == RETRY
 
 
 def test_range_bounds_are_inclusive() -> None:
     """Both ends of a range belong to it, the codes next to it do not."""
     policy = on_status({"0xA710-0xA720": DEAD})
-    assert forward.policy(0xA710, policy) == DEAD
-    assert forward.policy(0xA720, policy) == DEAD
-    assert forward.policy(0xA70F, policy) == RETRY
-    assert forward.policy(0xA721, policy) == RETRY
+    assert forward_policy.policy(0xA710, policy) == DEAD
+    assert forward_policy.policy(0xA720, policy) == DEAD
+    assert forward_policy.policy(0xA70F, policy) == RETRY
+    assert forward_policy.policy(0xA721, policy) == RETRY
 
 
 def test_builtin_permanent_beats_failure_class() -> None:
     """`failure: retry` does not make 0x0124 or 0xA9xx retryable (configuration.md)."""
     policy = on_status({"failure": RETRY})
-    assert forward.policy(0x0124, policy) == DEAD
-    assert forward.policy(0xA900, policy) == DEAD
+    assert forward_policy.policy(0x0124, policy) == DEAD
+    assert forward_policy.policy(0xA900, policy) == DEAD
 
 
 def test_builtin_permanent_beats_failure_delivered() -> None:
     """Even `failure: delivered` leaves the built-in permanent failures dead-lettered."""
-    assert forward.policy(0x0122, on_status({"failure": DELIVERED})) == DEAD
+    assert forward_policy.policy(0x0122, on_status({"failure": DELIVERED})) == DEAD
 
 
 def test_lowercase_and_integer_keys_work_after_loading() -> None:
     """Keys written 0xa701, 0xa700-0xa7ff or as YAML integers are found by policy()."""
     policy = on_status({"0xa701": DEAD, "0xb000-0xb0ff": RETRY, 0x0124: RETRY})
-    assert forward.policy(0xA701, policy) == DEAD
-    assert forward.policy(0xB006, policy) == RETRY
-    assert forward.policy(0x0124, policy) == RETRY
+    assert forward_policy.policy(0xA701, policy) == DEAD
+    assert forward_policy.policy(0xB006, policy) == RETRY
+    assert forward_policy.policy(0x0124, policy) == RETRY
 
 
 # --- completeness --------------------------------------------------------------------------
@@ -215,9 +216,9 @@ def test_every_failure_status_is_classified() -> None:
     unclassified = [f"0x{c:04X}" for c in failures if _expected_default(c) is None]
     assert unclassified == []
     wrong = {
-        f"0x{c:04X}": (forward.policy(c, {}), _expected_default(c))
+        f"0x{c:04X}": (forward_policy.policy(c, {}), _expected_default(c))
         for c in failures
-        if forward.policy(c, {}) != _expected_default(c)
+        if forward_policy.policy(c, {}) != _expected_default(c)
     }
     assert wrong == {}
 
@@ -246,7 +247,7 @@ def test_every_code_gets_a_verdict_whatever_on_status() -> None:
         on_status({0x0124: RETRY, "0xA900-0xA9FF": DELIVERED, "failure": DELIVERED}),
     ]
     for policy in policies:
-        verdicts = {forward.policy(code, policy) for code in range(0x10000)}
+        verdicts = {forward_policy.policy(code, policy) for code in range(0x10000)}
         assert verdicts <= {DELIVERED, RETRY, DEAD}
 
 
@@ -265,8 +266,8 @@ def nominal(attempt: int, retry: Retry) -> float:
 @pytest.mark.parametrize("attempt", range(1, 16))
 def test_backoff_extremes_are_half_and_full_nominal(attempt: int, retry: Retry) -> None:
     """With no jitter the delay is half the nominal one; with the most jitter, all of it."""
-    low = forward.backoff(attempt, retry, rand=lambda: 0.0)
-    high = forward.backoff(attempt, retry, rand=lambda: 0.999999)
+    low = forward_policy.backoff(attempt, retry, rand=lambda: 0.0)
+    high = forward_policy.backoff(attempt, retry, rand=lambda: 0.999999)
     assert low == pytest.approx(0.5 * nominal(attempt, retry))
     assert high == pytest.approx(nominal(attempt, retry), rel=1e-5)
     assert high <= nominal(attempt, retry)
@@ -278,21 +279,48 @@ def test_backoff_random_delays_stay_within_bounds(retry: Retry) -> None:
     rng = random.Random(1234)
     for attempt in range(1, 20):
         for _ in range(200):
-            delay = forward.backoff(attempt, retry, rand=rng.random)
+            delay = forward_policy.backoff(attempt, retry, rand=rng.random)
             assert 0.5 * nominal(attempt, retry) <= delay <= nominal(attempt, retry)
 
 
 def test_backoff_doubles_then_caps_at_max_delay() -> None:
     """Nominal delays with the defaults: 2, 4, 8 ... 256, then 300 s for ever."""
-    delays = [forward.backoff(n, RETRY_DEFAULTS, rand=lambda: 1.0) for n in range(1, 13)]
+    delays = [forward_policy.backoff(n, RETRY_DEFAULTS, rand=lambda: 1.0) for n in range(1, 13)]
     assert delays == [2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300, 300]
 
 
 def test_backoff_uses_the_default_random_source() -> None:
     """Without `rand`, delays are jittered (not all equal) and within bounds."""
-    delays = {forward.backoff(3, RETRY_DEFAULTS) for _ in range(50)}
+    delays = {forward_policy.backoff(3, RETRY_DEFAULTS) for _ in range(50)}
     assert len(delays) > 1
     assert all(4.0 <= d <= 8.0 for d in delays)
+
+
+RETRY_MS = Retry(initial_delay=0.001, max_delay=0.002)
+
+
+@pytest.mark.parametrize("retry", [RETRY_DEFAULTS, RETRY_MS], ids=["defaults", "milliseconds"])
+@pytest.mark.parametrize("attempt", [1, 1_025, 10**6])
+def test_backoff_survives_any_number_of_attempts(attempt: int, retry: Retry) -> None:
+    """However long the outage, the delay is a float within [initial/2, max_delay]:
+    2**1024 no longer overflows it (finding 1: attempt 1,025 raised OverflowError)."""
+    for rand in (lambda: 0.0, lambda: 0.5, lambda: 0.999999, lambda: 1.0):
+        delay = forward_policy.backoff(attempt, retry, rand=rand)
+        assert isinstance(delay, float)
+        assert 0.5 * min(retry.initial_delay, retry.max_delay) <= delay <= retry.max_delay
+    if attempt > 1:  # long past the cap: the whole max_delay, jitter taking up to half
+        assert forward_policy.backoff(attempt, retry, rand=lambda: 1.0) == retry.max_delay
+        assert forward_policy.backoff(attempt, retry, rand=lambda: 0.0) == 0.5 * retry.max_delay
+    else:
+        assert forward_policy.backoff(attempt, retry, rand=lambda: 1.0) == retry.initial_delay
+
+
+def test_on_status_parsed_once_gives_the_same_verdicts() -> None:
+    """A worker's OnStatus (parsed when it starts) answers as policy() does per call."""
+    keys = on_status({"failure": DEAD, "0xA700-0xA7FF": RETRY, "0xA702": DELIVERED})
+    parsed = forward_policy.OnStatus.parse(keys)
+    for code in (0x0000, 0x0001, 0xA700, 0xA702, 0xA7FF, 0xA900, 0xB000, 0xC000, 0x0124):
+        assert parsed.verdict(code) == forward_policy.policy(code, keys)
 
 
 # --- presentation contexts -----------------------------------------------------------------

@@ -32,7 +32,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from router.destinations.transcode import TranscodeError, decompress
+from router.destinations.transcode import decompress
+from router.errors import TranscodeError
 from tests.peers import StoreSCP
 from tests.test_forward import Router, dest, queue_list, rule_file, send, states, wait_until
 

@@ -9,9 +9,14 @@ from pydicom.dataset import Dataset
 
 from router.actions.pipeline import Received
 from router.config.model import DicomDestination
-from router.destinations.dicom import PermanentError, TransientError, Unreachable
 from router.destinations.syncpool import SyncPool
-from router.errors import ActionError, OutOfResources
+from router.errors import (
+    ActionError,
+    OutOfResources,
+    PermanentError,
+    TransientError,
+    Unreachable,
+)
 from router.rules.ruleset import LoadedConfig
 from router.spool.database import Instance, Spool
 

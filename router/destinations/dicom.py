@@ -1,14 +1,11 @@
-"""Forwarding: sending spooled instances to DICOM destinations, with retries.
+"""Forwarding: sending spooled instances to DICOM destinations over one association.
 
-Error tree (each failure maps to one of these, once, in `Sender`):
-    ForwardError
-    ├── Unreachable        connect refused / timed out, association rejected or aborted
-    │                      before it was established: the destination as a whole backs
-    │                      off; the instance's attempt count does not move
-    ├── TransientError     timeout or abort during a transfer: retried, attempt counted
-    └── PermanentError     no accepted presentation context, a transfer syntax we cannot
-                           convert: straight to dead letters
-A destination's answer is classified by `policy()` (design §7, `on_status`).
+Each failure maps to one class of `router.errors`' ForwardError tree, once, in `Sender`:
+Unreachable (connect refused / timed out, association rejected or aborted before it was
+established: the destination as a whole backs off), TransientError (timeout or abort
+during a transfer: retried, attempt counted), PermanentError (no accepted presentation
+context, a transfer syntax we cannot convert: dead letter). A destination's answer is
+classified by `router.destinations.policy` (design §7, `on_status`).
 
 Sending is from the file (`STORE_SEND_CHUNKED_DATASET`) on an exact-transfer-syntax
 context. When the destination refuses the file's syntax, a compressed file is decompressed
@@ -22,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import tempfile
 import time
@@ -43,78 +39,20 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from router.config.model import DicomDestination, Retry
+from router.config.model import DicomDestination
 from router.destinations import transcode
-from router.dicom import status
+from router.errors import (
+    PermanentError,
+    TLSConfigError,
+    TranscodeError,
+    TransientError,
+    Unreachable,
+)
 from router.net import tls
 
 log = logging.getLogger("router.forward")
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-
-
-class ForwardError(Exception):
-    """Base of forwarding failures; `status` is the destination's answer, if any."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class Unreachable(ForwardError):
-    """The destination could not be reached or refused the association."""
-
-    rejected = False
-
-
-class TransientError(ForwardError):
-    """The transfer broke (timeout, abort); another attempt may succeed.
-
-    `timed_out`: the destination stayed silent for dimse_timeout (rather than the
-    association breaking under the C-STORE).
-    """
-
-    timed_out = False
-
-
-class PermanentError(ForwardError):
-    """This instance cannot be delivered as it is; it goes to the dead letters."""
-
-
-# --- policy (pure) ---------------------------------------------------------------------
-
-
-def policy(code: int, on_status: dict[str, str]) -> str:
-    """delivered | retry | dead_letter for a destination's answer `code`.
-
-    Precedence: an exact code in `on_status`, then a range, then the built-in permanent
-    failures (0x0112, 0x0117, 0x0122, 0x0124, 0xA9xx: dead_letter), then the class
-    (`warning` default delivered, `failure` default retry).
-    """
-    exact = on_status.get(f"0x{code:04X}")
-    if exact:
-        return exact
-    for key, value in on_status.items():
-        if "-" in key:
-            low, high = (int(part, 16) for part in key.split("-"))
-            if low <= code <= high:
-                return value
-    kind = status.category(code)
-    if kind == "success":
-        return "delivered"
-    if kind == "failure" and status.is_permanent(code):
-        return "dead_letter"
-    return on_status.get(kind, "delivered" if kind == "warning" else "retry")
-
-
-def backoff(attempt: int, retry: Retry, rand: Callable[[], float] = random.random) -> float:
-    """Seconds before attempt `attempt + 1`: initial * 2**(attempt-1), capped, jittered.
-
-    The jitter keeps half the delay and randomises the other half, so that instances
-    that failed together do not all come back together.
-    """
-    delay = min(retry.max_delay, retry.initial_delay * 2 ** max(attempt - 1, 0))
-    return float(delay * (0.5 + 0.5 * rand()))
 
 
 # --- one association to one destination ------------------------------------------------
@@ -242,7 +180,7 @@ class Sender:
             return None
         try:
             ctx = tls.client_context(self.dest.tls, self.resolve)
-        except tls.TLSConfigError as exc:
+        except TLSConfigError as exc:
             raise Unreachable(f"{self.dest.ae_title}@{self.dest.host}: {exc}") from exc
         return ctx, self.dest.tls.server_name or self.dest.host
 
@@ -316,7 +254,7 @@ class Sender:
         try:
             try:
                 transcode.decompress(path, plain, targets[0])
-            except transcode.TranscodeError as exc:
+            except TranscodeError as exc:
                 raise PermanentError(
                     f"destination refuses {UID(ts).name} and it cannot be decompressed here: {exc}"
                 ) from exc

@@ -6,7 +6,7 @@ spooled file's bytes as they are, streamed in 1 MiB reads behind an exact Conten
 from the response body, never from the HTTP code alone: Orthanc's DICOMweb plugin 1.7
 answers 200 with failures listed, and 400 or 409 when part of the batch was stored.
 
-Errors map onto forward.py's tree:
+Errors map onto router.errors' ForwardError tree:
     Unreachable     connection refused / timed out, TLS failure, 401/403 (AuthFailed),
                     429 (Throttled, Retry-After), 404/405/3xx (the url is wrong): the
                     destination backs off as a whole, attempts not counted
@@ -35,10 +35,13 @@ from typing import Any
 import httpx
 
 from router.config.model import BasicAuth, BearerAuth, StowDestination
-from router.destinations.dicom import (
+from router.destinations.dicom import Sent
+from router.errors import (
+    AuthFailed,
     ForwardError,
     PermanentError,
-    Sent,
+    ServerError,
+    Throttled,
     TransientError,
     Unreachable,
 )
@@ -54,26 +57,6 @@ PROCESSING_FAILURE = 0x0110  # a FailedSOPSequence item without a FailureReason
 
 REFERENCED, FAILED = "00081199", "00081198"
 INSTANCE_UID, FAILURE_REASON, WARNING_REASON = "00081155", "00081197", "00081196"
-
-
-class AuthFailed(Unreachable):
-    """401/403, or the secret cannot be read: nothing is sent until that is fixed."""
-
-
-class Throttled(Unreachable):
-    """429: the destination asks us to slow down, maybe saying for how long."""
-
-    def __init__(self, message: str, retry_after: float | None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class ServerError(TransientError):
-    """408 or 5xx: retried, not before a Retry-After the server gave."""
-
-    def __init__(self, message: str, retry_after: float | None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

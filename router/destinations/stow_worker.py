@@ -1,144 +1,85 @@
 """The worker threads of a STOW-RS destination: batches out of the queue, one POST each.
 
-They share delivery.py's queue handling (claims, retries, dead letters, backoff, logs),
-so `queue`, `trace` and the logs show STOW-RS deliveries like DICOM ones. A batch holds
-up to `batch.max_instances` due instances and `batch.max_bytes` of files (at least one
-instance, however large); each instance's answer goes through `forward.policy`.
+`router.destinations.worker` claims, settles and backs off, so `queue`, `trace`, the logs
+and the metrics show STOW-RS deliveries like DICOM ones. A batch holds up to
+`batch.max_instances` due instances and `batch.max_bytes` of files (at least one
+instance, however large); each instance's answer goes through the destination's
+`on_status`. A 429 or 5xx with Retry-After pauses the whole destination that long.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from pathlib import Path
-
 from router.config.model import StowDestination
-from router.destinations import dicom as forward
-from router.destinations.dicom import PermanentError, Sent, TransientError, Unreachable
-from router.destinations.stow import Part, Result, ServerError, StowSender, Throttled
-from router.destinations.worker import IDLE_POLL, DestinationWorkers
-from router.dicom.status import hex_code
+from router.destinations.stow import Part, Result, StowSender
+from router.destinations.worker import QueueWorkers, file_size
+from router.errors import PermanentError, ServerError, Throttled, TransientError, Unreachable
+from router.observe import metrics
+from router.rules.ruleset import LoadedConfig
 from router.spool.database import Delivery, Spool
 
-log = logging.getLogger("router.forward")
 
-
-class StowWorkers(DestinationWorkers):
+class StowWorkers(QueueWorkers[StowDestination, StowSender]):
     """`connections` threads, each POSTing batches over its own kept-alive connection."""
 
     def __init__(
-        self, name: str, dest: StowDestination, calling_ae: str, base_dir: Path, spool: Spool
+        self, name: str, dest: StowDestination, spool: Spool, loaded: LoadedConfig, parallel: int
     ) -> None:
-        super().__init__(name, dest, calling_ae, spool)
-        self.stow = dest
-        self.base_dir = base_dir
+        super().__init__(name, dest, spool, loaded, parallel)
+        self.base_dir = loaded.base_dir  # auth secret files and CA bundle are relative to it
 
-    def _claim(self) -> list[Delivery]:
-        limit = self.stow.batch.max_bytes
-        with self._lock:
-            due = self.spool.due(self.name, self.stow.batch.max_instances, sorted(self._inflight))
-            batch: list[Delivery] = []
-            total = 0
-            for d in due:
-                size = _size(d.path)
-                if batch and total + size > limit:
-                    break  # the rest stays due for the next batch (or another thread)
-                batch.append(d)
-                total += size
-            self._inflight.update(d.id for d in batch)
+    def open_channel(self) -> StowSender:
+        """A sender whose httpx client is made at its first POST."""
+        return StowSender(self.name, self.dest, self.base_dir)
+
+    def claim_limit(self) -> int:
+        """At most `batch.max_instances` per request."""
+        return self.dest.batch.max_instances
+
+    def fit(self, due: list[Delivery]) -> list[Delivery]:
+        """The first instances within `batch.max_bytes` (at least one)."""
+        batch: list[Delivery] = []
+        total = 0
+        for d in due:
+            size = file_size(d.path)
+            if batch and total + size > self.dest.batch.max_bytes:
+                break
+            batch.append(d)
+            total += size
         return batch
 
-    def _work(self) -> None:
-        sender = StowSender(self.name, self.stow, self.base_dir)
+    def send_batch(self, channel: StowSender, batch: list[Delivery]) -> None:
+        """One POST; each instance settled from the answer, or all alike on a failure."""
+        took = metrics.timer()
+        results: list[Result]
         try:
-            while not self._stop.is_set():
-                wait = self._blocked_until - time.time()
-                if wait > 0:
-                    self._stop.wait(min(wait, 1.0))
-                    continue
-                batch = self._claim()
-                if not batch:
-                    sender.close_if_idle()
-                    self._stop.wait(IDLE_POLL)
-                    continue
-                try:
-                    self._post(sender, batch)
-                except Exception:  # a bug must not kill the worker: log, pause, go on
-                    log.exception("forwarding to %s failed unexpectedly", self.name)
-                    self._stop.wait(1.0)
-                finally:
-                    self._release(batch)
-        finally:
-            sender.close()
-
-    def _post(self, sender: StowSender, batch: list[Delivery]) -> None:
-        ready = []
-        for d in batch:
-            if d.path.exists():
-                ready.append(d)
-            else:
-                self._outcome(d, "dead", None, "spooled file is missing")
-        if not ready or self._stop.is_set():
-            return
-        try:
-            results = sender.send([Part(d.path, d.sop_instance_uid) for d in ready])
+            results = channel.send([Part(d.path, d.sop_instance_uid) for d in batch])
         except Throttled as exc:
             if exc.retry_after is None:
-                self._postpone(ready, str(exc))
+                self.postpone(batch, str(exc))
                 return
-            self._failures = 0
-            until = self._hold(exc.retry_after, str(exc))
-            for d in ready:  # not counted: the instances were not the problem
+            self.reached()
+            until = self.hold(exc.retry_after, str(exc))
+            for d in batch:  # not counted: the instances were not the problem
                 self.spool.retry_later(d.id, until, None, str(exc), count=False)
             return
         except Unreachable as exc:
-            self._postpone(ready, str(exc))
+            self.postpone(batch, str(exc))
             return
         except TransientError as exc:
-            self._failures = 0  # it answered, or the transfer started: not unreachable
+            self.reached()  # it answered, or the transfer started: not unreachable
             if isinstance(exc, ServerError) and exc.retry_after:
-                self._hold(exc.retry_after, str(exc))
-            results = [exc] * len(ready)
+                self.hold(exc.retry_after, str(exc))
+            results = [exc] * len(batch)
         except PermanentError as exc:
-            self._failures = 0
-            results = [exc] * len(ready)
+            self.reached()
+            results = [exc] * len(batch)
         else:
-            self._failures = 0
-        for d, result in zip(ready, results, strict=True):
-            self._settle(d, result)
+            self.reached()
+            metrics.delivery_sent(self.name, sum(file_size(d.path) for d in batch), took())
+        for d, result in zip(batch, results, strict=True):
+            self.settle(d, result)
 
-    def _hold(self, seconds: float, why: str) -> float:
-        """Send nothing to this destination for `seconds` (its Retry-After); until when."""
-        with self._lock:
-            self._blocked_until = max(self._blocked_until, time.time() + seconds)
-            until = self._blocked_until
-        log.warning(
-            "destination %s asks for a pause (%s): next try in %.1f s",
-            self.name,
-            why,
-            seconds,
-            extra={"event": "retry_after", "destination": self.name},
-        )
-        return until
+    def close_if_idle(self, channel: StowSender) -> None:
+        """Close the kept-alive connection after idle_timeout without work."""
+        channel.close_if_idle()
 
-    def _settle(self, d: Delivery, result: Result) -> None:
-        if isinstance(result, PermanentError):
-            self._outcome(d, "dead", result.status, str(result))
-        elif isinstance(result, Sent):
-            verdict = forward.policy(result.status, dict(self.stow.on_status))
-            error = result.comment or f"status {hex_code(result.status)}"
-            if verdict == "delivered":
-                self._outcome(d, "delivered", result.status, None)
-            elif verdict == "dead_letter":
-                self._outcome(d, "dead", result.status, error)
-            else:
-                self._retry(d, result.status, error)
-        else:
-            self._retry(d, result.status, str(result))
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0  # a missing file is dead-lettered when its batch is sent

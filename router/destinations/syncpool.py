@@ -20,7 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from router.config.model import DicomDestination
-from router.destinations.dicom import Sender, Sent, TransientError
+from router.destinations.dicom import Sender, Sent
+from router.errors import TransientError
 
 log = logging.getLogger("router.forward")
 

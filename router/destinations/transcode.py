@@ -39,16 +39,13 @@ from pydicom.uid import (
 )
 
 from router.dicom import tags
+from router.errors import TranscodeError
 
 PIXEL_DATA = Tag(tags.PIXEL_DATA)  # a BaseTag: the key type of pydicom's element dict
 # Only meaningful for encapsulated pixel data: dropped from the decompressed file.
 ENCAPSULATION_ONLY = (0x7FE00001, 0x7FE00002)  # Extended Offset Table (Lengths)
 ALWAYS_LOSSY = (JPEGBaseline8Bit, JPEGExtended12Bit)
 MAX_VALUE_LENGTH = 2**32 - 2  # PS3.5 7.1.1: 0xFFFFFFFF means undefined length
-
-
-class TranscodeError(Exception):
-    """The file cannot be decompressed here (no codec, corrupt or unsupported data)."""
 
 
 def decompress(src: Path, dst: Path, target: str = ExplicitVRLittleEndian) -> None:

@@ -1,65 +1,122 @@
-"""The queued destinations' worker threads, run by the forwarder process.
+"""The queue worker every queued destination kind shares, run by the forwarder process.
 
-They read due deliveries from the spool's SQLite queue. A destination gets
-`associations` worker threads, each keeping one association open while there is work
-and closing it after `idle_timeout`.
+A destination gets `parallel` worker threads. Each claims due deliveries from the spool's
+SQLite queue, waits while the destination as a whole is blocked (unreachable, or a
+Retry-After), hands the batch to its kind (`send_batch`: DICOM in `dicom_worker`, STOW-RS
+in `stow_worker`), and closes its connection after `idle_timeout` without work. What the
+destination answered is settled here, once for every kind: the policy's verdict gives
+delivered, dead letter or another attempt after a backoff; an unreachable destination
+blocks as a whole, its instances' attempts not counted.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
-from router.config.model import DicomDestination, StowDestination
-from router.destinations import dicom as forward
-from router.destinations.dicom import PermanentError, Sender, TransientError, Unreachable
+from router.config.model import Policy, Retry
+from router.destinations.dicom import Sent
+from router.destinations.policy import OnStatus, backoff
 from router.dicom.status import hex_code
+from router.errors import ForwardError, PermanentError
 from router.observe import metrics
 from router.rules.ruleset import LoadedConfig
 from router.spool.database import Delivery, Spool
 
 log = logging.getLogger("router.forward")
 
-BATCH = 16
 IDLE_POLL = 0.05  # seconds between queue polls when there is nothing due
+BUG_PAUSE = 1.0  # seconds a worker pauses after an unexpected exception
 
 
-class DestinationWorkers:
-    """The worker threads of one destination and the state they share."""
+class Queued(Protocol):
+    """What every queued destination's model has (DicomDestination, StowDestination)."""
+
+    @property
+    def retry(self) -> Retry: ...
+
+    @property
+    def on_status(self) -> Mapping[str, Policy]: ...
+
+    @property
+    def idle_timeout(self) -> float: ...
+
+
+class Channel(Protocol):
+    """A worker thread's connection to its destination (an association, an HTTP client)."""
+
+    def close(self) -> None:
+        """Close it; the next send opens another."""
+
+
+D = TypeVar("D", bound=Queued)
+C = TypeVar("C", bound=Channel)
+
+
+class QueueWorkers(ABC, Generic[D, C]):
+    """The worker threads of one destination and the state they share.
+
+    A kind supplies `open_channel`, `send_batch` and `close_if_idle`; `send_batch` reports
+    each instance through `settle` (or `postpone` when the destination cannot be reached).
+    """
 
     def __init__(
-        self,
-        name: str,
-        dest: DicomDestination | StowDestination,
-        calling_ae: str,
-        spool: Spool,
-        resolve: Callable[[str], Path] = Path,
+        self, name: str, dest: D, spool: Spool, loaded: LoadedConfig, parallel: int
     ) -> None:
         self.name = name
         self.dest = dest
-        self.calling_ae = calling_ae
+        self.calling_ae = loaded.config.listen.ae_title
         self.spool = spool
-        self.resolve = resolve
+        self.on_status = OnStatus.parse(dest.on_status)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._inflight: set[int] = set()
         self._blocked_until = 0.0
-        self._failures = 0
+        self._failures = 0  # consecutive unreachable cycles: the backoff's attempt number
         metrics.destination_started(name)
         self._threads = [
             threading.Thread(target=self._work, name=f"forward-{name}-{i}", daemon=True)
-            for i in range(
-                dest.associations if isinstance(dest, DicomDestination) else dest.connections
-            )
+            for i in range(parallel)
         ]
+
+    # --- what a kind supplies ----------------------------------------------------------
+
+    @abstractmethod
+    def open_channel(self) -> C:
+        """A new, unconnected channel for one worker thread (it connects on first send)."""
+
+    @abstractmethod
+    def claim_limit(self) -> int:
+        """How many due deliveries one claim may take."""
+
+    @abstractmethod
+    def send_batch(self, channel: C, batch: list[Delivery]) -> None:
+        """Send `batch` (files present); call `settle` or `postpone` for every instance."""
+
+    @abstractmethod
+    def close_if_idle(self, channel: C) -> None:
+        """Close the channel when it has had no work for idle_timeout."""
+
+    def fit(self, due: list[Delivery]) -> list[Delivery]:
+        """The part of `due` one batch takes (all of it, unless the kind limits bytes)."""
+        return due
+
+    # --- life cycle ----------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the workers."""
         for thread in self._threads:
             thread.start()
+
+    def request_stop(self) -> None:
+        """Ask every worker to stop after the instance in hand (see `stop`)."""
+        self._stop.set()
 
     def stop(self, timeout: float) -> None:
         """Let each worker finish the instance in hand, then stop (bounded)."""
@@ -68,20 +125,15 @@ class DestinationWorkers:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _claim(self) -> list[Delivery]:
-        with self._lock:
-            batch = self.spool.due(self.name, BATCH, exclude=sorted(self._inflight))
-            self._inflight.update(d.id for d in batch)
-        return batch
+    @property
+    def stopping(self) -> bool:
+        """True once the workers were asked to stop: a batch in hand ends early."""
+        return self._stop.is_set()
 
-    def _release(self, batch: Sequence[Delivery]) -> None:
-        with self._lock:
-            self._inflight.difference_update(d.id for d in batch)
+    # --- the loop ------------------------------------------------------------------------
 
     def _work(self) -> None:
-        assert isinstance(self.dest, DicomDestination)  # StowWorkers has its own loop
-        work = self.spool.root / "work"
-        sender = Sender(self.name, self.dest, self.calling_ae, resolve=self.resolve, scratch=work)
+        channel = self.open_channel()
         try:
             while not self._stop.is_set():
                 wait = self._blocked_until - time.time()
@@ -90,70 +142,91 @@ class DestinationWorkers:
                     continue
                 batch = self._claim()
                 if not batch:
-                    if (
-                        sender.assoc
-                        and time.monotonic() - sender.last_used > self.dest.idle_timeout
-                    ):
-                        sender.close()
+                    self.close_if_idle(channel)
                     self._stop.wait(IDLE_POLL)
                     continue
                 try:
-                    self._run_batch(sender, batch)
+                    ready = self._present(batch)
+                    if ready and not self._stop.is_set():
+                        self.send_batch(channel, ready)
                 except Exception:  # a bug must not kill the worker: log, pause, go on
                     log.exception("forwarding to %s failed unexpectedly", self.name)
-                    sender.close()
-                    self._stop.wait(1.0)
+                    channel.close()
+                    self._stop.wait(BUG_PAUSE)
                 finally:
                     self._release(batch)
         finally:
-            sender.close()
+            channel.close()
 
-    def _run_batch(self, sender: Sender, batch: list[Delivery]) -> None:
-        for i, delivery in enumerate(batch):
-            if self._stop.is_set():
-                return
-            try:
-                self._deliver(sender, delivery)
-            except Unreachable as exc:
-                self._postpone(batch[i:], str(exc))
-                return
+    def _claim(self) -> list[Delivery]:
+        with self._lock:
+            due = self.spool.due(self.name, self.claim_limit(), exclude=sorted(self._inflight))
+            batch = self.fit(due)  # the rest stays due for the next batch (or another thread)
+            self._inflight.update(d.id for d in batch)
+        return batch
 
-    def _postpone(self, rest: list[Delivery], error: str) -> None:
+    def _release(self, batch: Sequence[Delivery]) -> None:
+        with self._lock:
+            self._inflight.difference_update(d.id for d in batch)
+
+    def _present(self, batch: list[Delivery]) -> list[Delivery]:
+        """The deliveries whose spooled file exists; the others are dead letters."""
+        ready = []
+        for d in batch:
+            if d.path.exists():
+                ready.append(d)
+            else:
+                self._outcome(d, "dead", None, "spooled file is missing")
+        return ready
+
+    # --- outcomes ------------------------------------------------------------------------
+
+    def reached(self) -> None:
+        """The destination answered (whatever it said): it is not unreachable."""
+        self._failures = 0
+
+    def settle(self, d: Delivery, result: Sent | ForwardError) -> None:
+        """Apply one instance's result: the policy's verdict on an answer, or the failure's."""
+        if isinstance(result, PermanentError):
+            self._outcome(d, "dead", result.status, str(result))
+        elif isinstance(result, Sent):
+            verdict = self.on_status.verdict(result.status)
+            error = result.comment or f"status {hex_code(result.status)}"
+            if verdict == "delivered":
+                self._outcome(d, "delivered", result.status, None)
+            elif verdict == "dead_letter":
+                self._outcome(d, "dead", result.status, error)
+            else:
+                self._retry(d, result.status, error)
+        else:
+            self._retry(d, result.status, str(result))
+
+    def postpone(self, rest: Sequence[Delivery], error: str) -> None:
         """The destination is unreachable: these wait for it, their attempts not counted."""
         until = self._block(error)
         for d in rest:
             self.spool.retry_later(d.id, max(d.next_attempt_at, until), None, error, count=False)
 
-    def _deliver(self, sender: Sender, d: Delivery) -> None:
-        if not d.path.exists():
-            self._outcome(d, "dead", None, "spooled file is missing")
-            return
-        took = metrics.timer()
-        try:
-            sent = sender.send(d.path, d.sop_class_uid, d.transfer_syntax)
-            metrics.delivery_sent(self.name, d.path, took())
-        except TransientError as exc:
-            self._retry(d, exc.status, str(exc))
-            return
-        except PermanentError as exc:
-            self._outcome(d, "dead", exc.status, str(exc))
-            return
-        self._failures = 0
-        verdict = forward.policy(sent.status, dict(self.dest.on_status))
-        error = sent.comment or f"status {hex_code(sent.status)}"
-        if verdict == "delivered":
-            self._outcome(d, "delivered", sent.status, None)
-        elif verdict == "dead_letter":
-            self._outcome(d, "dead", sent.status, error)
-        else:
-            self._retry(d, sent.status, error)
+    def hold(self, seconds: float, why: str) -> float:
+        """Send nothing to this destination for `seconds` (its Retry-After); until when."""
+        with self._lock:
+            self._blocked_until = max(self._blocked_until, time.time() + seconds)
+            until = self._blocked_until
+        log.warning(
+            "destination %s asks for a pause (%s): next try in %.1f s",
+            self.name,
+            why,
+            seconds,
+            extra={"event": "retry_after", "destination": self.name},
+        )
+        return until
 
     def _retry(self, d: Delivery, status: int | None, error: str) -> None:
         attempts = d.attempts + 1
         if attempts >= self.dest.retry.max_attempts:
             self._outcome(d, "dead", status, f"gave up after {attempts} attempts: {error}")
             return
-        delay = forward.backoff(attempts, self.dest.retry)
+        delay = backoff(attempts, self.dest.retry)
         self.spool.retry_later(d.id, time.time() + delay, status, error)
         metrics.delivery_retry(self.name)
         self._log(d, "retry", status, f"{error}; attempt {attempts}, next in {delay:.1f} s")
@@ -170,17 +243,18 @@ class DestinationWorkers:
         """The destination is unreachable: back off as a whole; attempts are not counted."""
         self._failures += 1
         metrics.destination_unreachable(self.name)
-        delay = forward.backoff(self._failures, self.dest.retry)
+        delay = backoff(self._failures, self.dest.retry)
         with self._lock:
             self._blocked_until = max(self._blocked_until, time.time() + delay)
+            until = self._blocked_until
         log.warning(
-            "destination %s unreachable (%s): next try in %.1f s",
+            "destination %s unreachable (%s): next try in %s",
             self.name,
             error,
-            delay,
-            extra={"event": "unreachable", "destination": self.name},
+            _seconds(delay),
+            extra={"event": "unreachable", "destination": self.name, "delay": delay},
         )
-        return self._blocked_until
+        return until
 
     def _log(self, d: Delivery, state: str, status: int | None, error: str | None) -> None:
         log.info(
@@ -201,48 +275,14 @@ class DestinationWorkers:
         )
 
 
-class Forwarder:
-    """All destinations' workers in the forwarder process; `apply()` follows reloads."""
-
-    def __init__(self, spool: Spool) -> None:
-        self.spool = spool
-        self.workers: dict[str, DestinationWorkers] = {}
-
-    def apply(self, loaded: LoadedConfig) -> None:
-        """Start, restart or stop destinations so they match `loaded`."""
-        calling = loaded.config.listen.ae_title
-        wanted = {
-            name: dest
-            for name, dest in loaded.config.destinations.items()
-            if isinstance(dest, DicomDestination | StowDestination)
-        }
-        for name in list(self.workers):
-            current = self.workers[name]
-            if wanted.get(name) != current.dest or current.calling_ae != calling:
-                current.stop(timeout=60)
-                del self.workers[name]
-                if name not in wanted:
-                    log.info("destination %s removed: its queue waits until it is back", name)
-        for name, dest in wanted.items():
-            if name not in self.workers:
-                self.workers[name] = _workers(name, dest, loaded, self.spool)
-                self.workers[name].start()
-
-    def stop(self, timeout: float) -> None:
-        """Stop every destination, each finishing the instance in hand."""
-        for workers in self.workers.values():
-            workers._stop.set()
-        for workers in self.workers.values():
-            workers.stop(timeout)
+def file_size(path: Path) -> int:
+    """A spooled file's size; 0 when it is gone (it is dead-lettered when sent)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
-def _workers(
-    name: str, dest: DicomDestination | StowDestination, loaded: LoadedConfig, spool: Spool
-) -> DestinationWorkers:
-    if isinstance(dest, StowDestination):
-        from router.destinations.stow_worker import StowWorkers  # it builds on this module
-
-        return StowWorkers(name, dest, loaded.config.listen.ae_title, loaded.base_dir, spool)
-    return DestinationWorkers(name, dest, loaded.config.listen.ae_title, spool, loaded.resolve)
-
-
+def _seconds(delay: float) -> str:
+    """A wait as people read it: 1.5 s, 0.8 s; below 0.1 s three digits (0.00153 s)."""
+    return f"{delay:.1f} s" if delay >= 0.1 else f"{delay:.3g} s"

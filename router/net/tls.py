@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from router.config.model import TLS, DestinationTLS
-from router.errors import StartupError
+from router.errors import StartupError, TLSConfigError
 
 BCP195_CIPHERS = ":".join(
     (
@@ -31,10 +31,6 @@ BCP195_CIPHERS = ":".join(
         "DHE-RSA-AES256-GCM-SHA384",
     )
 )
-
-
-class TLSConfigError(Exception):
-    """A certificate, key or CA file of `tls` cannot be loaded."""
 
 
 class _RecordingSocket(ssl.SSLSocket):

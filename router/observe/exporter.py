@@ -22,9 +22,8 @@ from socketserver import ThreadingMixIn
 from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from router.config.model import DicomDestination
 from router.errors import StartupError
-from router.observe.metrics import PREFIX
+from router.observe.instruments import PREFIX, queued_destinations
 from router.rules.ruleset import LoadedConfig
 from router.spool import database as spool_db
 
@@ -132,7 +131,7 @@ def _spool_metrics(loaded: LoadedConfig) -> Iterable[Any]:
         "spool_min_free: below it every new instance gets 0xA700",
         loaded.config.spool_min_free,
     )
-    names = [n for n, d in loaded.config.destinations.items() if isinstance(d, DicomDestination)]
+    names = queued_destinations(loaded.config)
     try:
         stats = spool_db.queue_stats(root, names)
     except Exception as exc:  # a scrape reports what it can; the queue is not ours to fix

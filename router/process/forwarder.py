@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from router.destinations.worker import Forwarder
+from router.destinations.registry import Forwarder
 from router.net.setup import configure_pynetdicom
 from router.process.children import ChildProcess, Launch, Settings, enter
 from router.rules.ruleset import load_shipped
