@@ -1,8 +1,8 @@
 """The queued destination kinds, and the forwarder's workers built from them.
 
-`KINDS` maps a destination's config model to its plugin: the queue-worker class, how many
-threads it gets, how it is described. A new kind of queued destination is one entry here
-(and its worker module), not another `isinstance` branch. Filesystem destinations are
+`KINDS` maps a destination's config model to its plugin: the queue-worker class and how it
+is described (its threads are the model's `parallel`). A new kind of queued destination is
+one entry here (and its worker module), not another `isinstance` branch. Filesystem destinations are
 written while the C-STORE is answered and are not queued: they have no entry.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from router.config.destinations import QueuedDestination
 from router.config.model import DicomDestination, StowDestination
 from router.destinations.dicom_worker import DicomWorkers
 from router.destinations.stow_worker import StowWorkers
@@ -28,7 +29,6 @@ class Kind:
     """One queued destination kind: its workers, their number, a one-line description."""
 
     workers: Callable[[str, Any, Spool, LoadedConfig, int], QueueWorkers[Any, Any]]
-    parallel: Callable[[Any], int]
     describe: Callable[[Any], str]
 
 
@@ -50,8 +50,8 @@ def _describe_stow(dest: StowDestination) -> str:
 
 
 KINDS: Mapping[type, Kind] = {
-    DicomDestination: Kind(DicomWorkers, lambda d: d.associations, _describe_dicom),
-    StowDestination: Kind(StowWorkers, lambda d: d.connections, _describe_stow),
+    DicomDestination: Kind(DicomWorkers, _describe_dicom),
+    StowDestination: Kind(StowWorkers, _describe_stow),
 }
 
 
@@ -60,17 +60,20 @@ def kind_of(dest: object) -> Kind | None:
     return KINDS.get(type(dest))
 
 
-def queued(destinations: Mapping[str, object]) -> dict[str, object]:
+def queued(destinations: Mapping[str, object]) -> dict[str, QueuedDestination]:
     """The destinations of a config that have a delivery queue."""
-    return {name: dest for name, dest in destinations.items() if type(dest) in KINDS}
+    return {
+        name: dest
+        for name, dest in destinations.items()
+        if isinstance(dest, QueuedDestination) and type(dest) in KINDS
+    }
 
 
 def build_workers(
-    name: str, dest: object, loaded: LoadedConfig, spool: Spool
+    name: str, dest: QueuedDestination, loaded: LoadedConfig, spool: Spool
 ) -> QueueWorkers[Any, Any]:
     """The (not yet started) workers of queued destination `name`."""
-    kind = KINDS[type(dest)]
-    return kind.workers(name, dest, spool, loaded, kind.parallel(dest))
+    return KINDS[type(dest)].workers(name, dest, spool, loaded, dest.parallel)
 
 
 class Forwarder:

@@ -22,6 +22,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from router.config.destinations import QueuedDestination
 from router.dicom import status
 
 if TYPE_CHECKING:
@@ -217,11 +218,11 @@ def _check_multiprocess() -> None:
 
 
 def queued_destinations(config: Config) -> list[str]:
-    """The destinations with a delivery queue (DICOM, STOW-RS): those with a retry policy.
+    """The destinations with a delivery queue (DICOM, STOW-RS).
 
     Filesystem destinations are written while the C-STORE is answered: no queue, no retry.
     """
-    return [n for n, d in config.destinations.items() if getattr(d, "retry", None) is not None]
+    return [n for n, d in config.destinations.items() if isinstance(d, QueuedDestination)]
 
 
 def config_applied(config: Config) -> None:
