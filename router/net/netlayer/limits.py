@@ -41,6 +41,7 @@ UPSTREAM_SOURCES = {
     "association.Association._run_reactor": "f28838c5559e462a",
     "association.Association.network_timeout.fset": "d1e01042128ea4a2",
     "association.Association.kill": "8f9713666a7f4cff",
+    "association.Association._abort_blocking": "10b43ef8c63c6764",
     "acse.ACSE._negotiate_as_acceptor": "fffd360957c42a8e",
     "service_class.StorageServiceClass.SCP": "63afca7fc6c6e7ee",
     "events.Event.dataset_path": "7eba7552ff800249",
