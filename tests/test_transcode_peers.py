@@ -107,14 +107,17 @@ def _through_router(workdir: Path, files: list[Path]) -> dict[str, Path]:
     """storescu -> the router -> its queue -> uncompressed-only storescp."""
     with UncompressedSCP(workdir / "router-pacs") as pacs:
         daemon = RouterDaemon(
-            workdir / "router", rule_file({"pacs": dest(pacs.ae_title, pacs.port)}, ["forward: pacs"])
+            workdir / "router",
+            rule_file({"pacs": dest(pacs.ae_title, pacs.port)}, ["forward: pacs"]),
         ).start()
         try:
             assert send(daemon, files) == [0] * len(files)
             wait_until(
                 "every delivery done",
-                lambda: set(states(daemon, "pacs")) <= {"delivered", "dead"}
-                and len(states(daemon, "pacs")) == len(files),
+                lambda: (
+                    set(states(daemon, "pacs")) <= {"delivered", "dead"}
+                    and len(states(daemon, "pacs")) == len(files)
+                ),
                 timeout=120,
             )
         finally:
@@ -131,9 +134,7 @@ def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
     start = time.monotonic()
     orthanc = _through_orthanc(workdir, files)
     router = _through_router(workdir, files)
-    yield Exchange(
-        corpus, set(orthanc), set(router), router, orthanc, time.monotonic() - start
-    )
+    yield Exchange(corpus, set(orthanc), set(router), router, orthanc, time.monotonic() - start)
 
 
 def _names(ex: Exchange, uids: set[str]) -> list[str]:
@@ -174,7 +175,9 @@ def test_the_12_bit_jpeg_decoded_by_gdcm_has_orthancs_pixels(exchange: Exchange)
     pixel, and arrives uncompressed."""
     (uid,) = [u for u, p in exchange.corpus.items() if p.name == JPEG_LOSSY]
     ours, theirs = exchange.router_files[uid], exchange.orthanc_files[uid]
-    assert not UID(str(_read(ours, stop_before_pixels=True).file_meta.TransferSyntaxUID)).is_compressed
+    assert not UID(
+        str(_read(ours, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    ).is_compressed
     expected, actual = _pixels(theirs), _pixels(ours)
     assert expected is not None and actual is not None
     assert actual.dtype == expected.dtype and np.array_equal(actual, expected)

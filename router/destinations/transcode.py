@@ -257,13 +257,9 @@ def _gdcm_jpeg_extended(src: bytes, runner: DecodeRunner) -> bytes:
         img.SetPlanarConfiguration(runner.planar_configuration)
     ts = gdcm.TransferSyntax.GetTSType(str.__str__(runner.transfer_syntax))
     img.SetTransferSyntax(gdcm.TransferSyntax(ts))
-    bits = runner.bits_stored
-    img.SetPixelFormat(
-        gdcm.PixelFormat(
-            runner.samples_per_pixel, runner.bits_allocated, bits, bits - 1,
-            runner.pixel_representation,
-        )
-    )
+    bits, signed = runner.bits_stored, runner.pixel_representation
+    samples, allocated = runner.samples_per_pixel, runner.bits_allocated
+    img.SetPixelFormat(gdcm.PixelFormat(samples, allocated, bits, bits - 1, signed))
     buffer = img.GetBuffer()
     if buffer is None:
         raise ValueError("GDCM could not decode the JPEG Extended frame")
