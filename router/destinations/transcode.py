@@ -19,13 +19,13 @@ all (pydicom's own GDCM plugin declines 12-bit JPEG Extended; `_gdcm_frame` does
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
 import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ def decompress(src: Path, dst: Path, target: str = ExplicitVRLittleEndian) -> No
     frames = int(opts.get("number_of_frames", 1) or 1)
     failures: list[str] = []
     # _write sets only values it derives again on the next attempt: a retry starts clean.
-    for plugin in plugins(decoder):
+    for plugin in _plugins(decoder):
         try:
             with src.open("rb") as fp, dst.open("wb") as out:
                 fp.seek(raw.value_tell)
@@ -104,7 +104,7 @@ def decompress(src: Path, dst: Path, target: str = ExplicitVRLittleEndian) -> No
     raise TranscodeError("; ".join(failures))
 
 
-def plugins(decoder: Decoder) -> list[str]:
+def _plugins(decoder: Decoder) -> list[str]:
     """The decoder's available plugins in the order decompress() tries them."""
     rank = {name: i for i, name in enumerate(PREFERENCE)}
     return sorted(
@@ -227,7 +227,7 @@ def _gdcm_frame(src: bytes, runner: DecodeRunner) -> bytes:
             with _stderr_captured(printed):
                 if runner.transfer_syntax == JPEGExtended12Bit and runner.bits_stored > 8:
                     return _gdcm_jpeg_extended(src, runner)
-                return bytes(pydicom_gdcm._decode_frame(src, runner))
+                return pydicom_gdcm._decode_frame(src, runner)
         except Exception as exc:
             if printed:  # what GDCM printed says more than the exception it left behind
                 raise ValueError(" | ".join(printed)) from exc
@@ -268,7 +268,7 @@ def _gdcm_jpeg_extended(src: bytes, runner: DecodeRunner) -> bytes:
     return frame
 
 
-@contextmanager
+@contextlib.contextmanager
 def _stderr_captured(lines: list[str]) -> Iterator[None]:
     """Point fd 2 at a temporary file for the block; its lines are appended to `lines`."""
     with tempfile.TemporaryFile() as tmp:
@@ -287,8 +287,12 @@ def _stderr_captured(lines: list[str]) -> Iterator[None]:
 def _install_gdcm() -> None:
     for uid in DECODER_DEPENDENCIES:
         decoder = get_decoder(uid)
-        decoder.remove_plugin("gdcm")  # pydicom registers one for each of these syntaxes
-        decoder.add_plugin("gdcm", (__name__, "_gdcm_frame"))
+        # pydicom 3.0 registers its own for each of these syntaxes; a release that did not
+        # must not stop the import (nor must a second call).
+        with contextlib.suppress(ValueError):
+            decoder.remove_plugin("gdcm")
+        with contextlib.suppress(ValueError):
+            decoder.add_plugin("gdcm", (__name__, "_gdcm_frame"))
 
 
 class _PluginFailure(logging.Filter):
