@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import pydicom.data
 import pytest
+from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID, generate_uid
 
+from router.destinations.transcode import DECODER_DEPENDENCIES, decoding_order
 from tests.daemon import RouterDaemon
 from tests.peers import LOOPBACK, Orthanc, storescu
 from tests.test_forward import dest, rule_file, send, states, wait_until
@@ -181,3 +183,11 @@ def test_the_12_bit_jpeg_decoded_by_gdcm_has_orthancs_pixels(exchange: Exchange)
     expected, actual = _pixels(theirs), _pixels(ours)
     assert expected is not None and actual is not None
     assert actual.dtype == expected.dtype and np.array_equal(actual, expected)
+
+
+def test_gdcm_is_tried_after_the_pylibjpeg_and_pyjpegls_plugins() -> None:
+    """For every syntax GDCM decodes, the router's codecs come first and GDCM last."""
+    orders = {UID(u).keyword: decoding_order(get_decoder(u)) for u in DECODER_DEPENDENCIES}
+    assert orders["JPEGExtended12Bit"] == ["pylibjpeg", "gdcm"]
+    assert orders["JPEGLSLossless"] == ["pylibjpeg", "pyjpegls", "gdcm"]
+    assert all(order[-1] == "gdcm" and len(order) > 1 for order in orders.values()), orders

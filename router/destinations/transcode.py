@@ -88,7 +88,7 @@ def decompress(src: Path, dst: Path, target: str = ExplicitVRLittleEndian) -> No
     frames = int(opts.get("number_of_frames", 1) or 1)
     failures: list[str] = []
     # _write sets only values it derives again on the next attempt: a retry starts clean.
-    for plugin in _plugins(decoder):
+    for plugin in decoding_order(decoder):
         try:
             with src.open("rb") as fp, dst.open("wb") as out:
                 fp.seek(raw.value_tell)
@@ -104,7 +104,7 @@ def decompress(src: Path, dst: Path, target: str = ExplicitVRLittleEndian) -> No
     raise TranscodeError("; ".join(failures))
 
 
-def _plugins(decoder: Decoder) -> list[str]:
+def decoding_order(decoder: Decoder) -> list[str]:
     """The decoder's available plugins in the order decompress() tries them."""
     rank = {name: i for i, name in enumerate(PREFERENCE)}
     return sorted(
