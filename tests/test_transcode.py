@@ -39,11 +39,10 @@ from tests.test_forward import Router, dest, queue_list, rule_file, send, states
 
 pytestmark = pytest.mark.interop
 
-# Bundled files left out: no installed codec decodes the first two (pylibjpeg-libjpeg
-# refuses JPEG-lossy.dcm's scan parameters, GDCM reads it; the other is broken on purpose),
-# and DCMTK cannot read the third (implicit VR under an explicit VR syntax), so no
-# storescu sends it.
-LEFT_OUT = {"JPEG-lossy.dcm", "JPEG2000-embedded-sequence-delimiter.dcm", "SC_rgb_jpeg.dcm"}
+# Bundled files left out: no installed codec decodes the first (broken on purpose), and
+# DCMTK cannot read the second (implicit VR under an explicit VR syntax), so no storescu
+# sends it. JPEG-lossy.dcm is in: pylibjpeg-libjpeg refuses it, GDCM (the fallback) reads it.
+LEFT_OUT = {"JPEG2000-embedded-sequence-delimiter.dcm", "SC_rgb_jpeg.dcm"}
 
 
 def _read(path: str | Path, **kw: Any) -> Dataset:
