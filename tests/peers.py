@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -45,6 +46,7 @@ __all__ = [
     "Proc",
     "StoreResult",
     "StoreSCP",
+    "StorescuParser",
     "echoscu",
     "file_contexts",
     "free_port",
@@ -718,49 +720,72 @@ _FILE_ERROR = re.compile(r"E: (No presentation context for.*|Store Failed.*|Bad 
 _ABORT = re.compile(r"Peer aborted Association|Connection reset by peer|Broken pipe", re.I)
 
 
-def parse_storescu_output(log: str) -> StoreResult:
-    """Parse ``storescu -d`` stderr (DCMTK 3.6.x) into a StoreResult with returncode -1.
+class StorescuParser:
+    """Reads ``storescu -d`` stderr (DCMTK 3.6.x) line by line into a StoreResult.
 
     Per file: the "DIMSE Status : 0xXXXX" of the INCOMING C-STORE-RSP dump, its Affected
     SOP Instance UID, an ErrorComment from the "Status Detail" dump, or the error lines.
+    Line by line so that a test can act on the Nth response while storescu still sends.
     """
-    result = StoreResult(returncode=-1, output=log)
-    files = result.files
-    incoming = False  # inside an INCOMING DIMSE dump (the C-STORE-RSP)
-    collecting = False  # appending "E:" continuation lines to the last file's error
-    lines = log.splitlines()
-    for i, line in enumerate(lines):
-        if collecting and line.startswith("E: ") and files:
+
+    def __init__(self, on_response: Callable[[FileOutcome], None] | None = None) -> None:
+        """on_response: called with a file's outcome once its C-STORE-RSP dump ends."""
+        self.result = StoreResult(returncode=-1, output="")
+        self.on_response = on_response
+        self._incoming = False  # inside an INCOMING DIMSE dump (the C-STORE-RSP)
+        self._collecting = False  # appending "E:" continuation lines to the last file's error
+        self._rejected: list[str] | None = None  # "F:" lines after "Association Rejected"
+        self._after_rejected = 0  # lines still to look at for that detail
+
+    def feed(self, line: str) -> None:
+        """Take one line of storescu's log (without its newline)."""
+        result, files = self.result, self.result.files
+        if self._after_rejected:
+            # "Result: ..., Source: ..." and "Reason: ..." follow as further F: lines.
+            self._after_rejected -= 1
+            if line.startswith("F: ") and self._rejected is not None:
+                self._rejected.append(line[3:])
+                result.rejected = "; ".join(self._rejected)
+        if self._collecting and line.startswith("E: ") and files:
             files[-1].error = f"{files[-1].error}\n{line[3:]}"
             if _ABORT.search(line):
                 result.aborted = True
-            continue
-        collecting = False
+            return
+        self._collecting = False
         if m := _SENDING.search(line):
             files.append(FileOutcome(path=m.group(1)))
-            incoming = False
+            self._incoming = False
         elif "INCOMING DIMSE MESSAGE" in line:
-            incoming = True
+            self._incoming = True
         elif "END DIMSE MESSAGE" in line:
-            incoming = False
-        elif incoming and files and (m := _STATUS.search(line)):
+            if self._incoming and files and files[-1].status is not None and self.on_response:
+                self.on_response(files[-1])
+            self._incoming = False
+        elif self._incoming and files and (m := _STATUS.search(line)):
             files[-1].status = int(m.group(1), 16)
-        elif incoming and files and (m := _INSTANCE.search(line)):
+        elif self._incoming and files and (m := _INSTANCE.search(line)):
             files[-1].sop_instance_uid = m.group(1)
         elif files and (m := _COMMENT.search(line)):
             files[-1].error_comment = m.group(1)
         elif files and (m := _FILE_ERROR.search(line)):
             files[-1].error = m.group(1)
-            collecting = True
+            self._collecting = True
         elif "Association Rejected" in line:
-            # "Result: ..., Source: ..." and "Reason: ..." follow as further F: lines.
-            detail = [x[3:] for x in lines[i + 1 : i + 3] if x.startswith("F: ")]
-            result.rejected = "; ".join(detail) or line
+            result.rejected = line
+            self._rejected, self._after_rejected = [], 2
         elif "Association Request Failed" in line:
             result.request_failed = line.split(": ", 1)[-1]
         elif _ABORT.search(line):
             result.aborted = True
-    return result
+
+
+def parse_storescu_output(log: str) -> StoreResult:
+    """Parse a whole ``storescu -d`` stderr into a StoreResult with returncode -1."""
+    parser = StorescuParser()
+    for line in log.splitlines():
+        parser.feed(line)
+    parser.result.output = log
+    return parser.result
 
 
 def file_contexts(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[str, list[str]]]:
@@ -818,6 +843,7 @@ def storescu(
     propose: Literal["files", "required", "default"] = "files",
     halt: bool = False,
     timeout: float = 300.0,
+    on_response: Callable[[FileOutcome], None] | None = None,
 ) -> StoreResult:
     """Send files (or directories) with DCMTK storescu on one association.
 
@@ -825,7 +851,9 @@ def storescu(
     via a generated ``-xf`` profile, so *any* SOP class UID can be sent (storescu's ``-R``
     refuses classes DCMTK does not know). "required" = ``-R``; "default" = storescu's
     built-in 120-class list (a modality that proposes everything). halt=False adds
-    ``--no-halt`` so every file is attempted and reported.
+    ``--no-halt`` so every file is attempted and reported. on_response is called (in the
+    calling thread) with each file's outcome as its C-STORE-RSP arrives, while storescu
+    still sends: a test can act on the Nth acknowledgement, whatever the machine's speed.
     """
     paths = iter_files(files)
     argv = ["storescu", "-d", "-aet", calling, "-aec", called]
@@ -839,11 +867,53 @@ def storescu(
         if not halt:
             argv.append("--no-halt")
         argv += [*extra, LOOPBACK, str(port), *map(str, paths)]
+        if on_response is not None:
+            return _stream_storescu(argv, timeout, on_response)
         done = _run_dcmtk(argv, timeout)
     # The log is on stderr; stdout only carries the "XMIT: ...." progress dots.
     result = parse_storescu_output(done.stderr)
     result.returncode = done.returncode
     result.output = done.stderr + done.stdout
+    return result
+
+
+def _stream_storescu(
+    argv: Sequence[str], timeout: float, on_response: Callable[[FileOutcome], None]
+) -> StoreResult:
+    """Run storescu, parsing its stderr as it comes; killed by PID after timeout."""
+    parser = StorescuParser(on_response)
+    log: list[str] = []
+    with tempfile.TemporaryFile() as out:  # stdout: only progress dots, read at the end
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE,
+            env={**os.environ, **_DCMTK_ENV}, text=True, errors="replace",
+        )  # fmt: skip
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, expire)  # a hung peer must not hang the test
+        timer.start()
+        try:
+            assert proc.stderr is not None
+            for line in proc.stderr:  # DCMTK's log is unbuffered: a line as soon as written
+                log.append(line)
+                parser.feed(line.rstrip("\n"))
+            returncode = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if expired.is_set():
+            raise subprocess.TimeoutExpired(list(argv), timeout)
+        out.seek(0)
+        stdout = out.read().decode(errors="replace")
+    result = parser.result
+    result.returncode = returncode
+    result.output = "".join(log) + stdout
     return result
 
 
