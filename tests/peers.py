@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import re
 import shlex
 import signal
@@ -22,7 +23,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -66,12 +67,54 @@ MAX_CONTEXTS = 128
 # --------------------------------------------------------------------------- ports
 
 
+def _test_ports() -> range:
+    """Ports for our servers: outside the kernel's ephemeral range, this xdist worker's share.
+
+    A port the OS picks with bind(0) comes from the ephemeral range, where every outgoing
+    connection (and every other pytest-xdist worker) picks its source port too: it can be
+    taken between free_port() and the server's bind. Below (or above) that range, in a
+    share of its own per worker, only our own servers use the port.
+    """
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    ours = range(10000, low) if low - 10000 >= 4000 else range(high + 1, 65536)
+    if len(ours) < 4000:
+        return range(0)  # no room: let the OS pick (bind to port 0)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), index + 1)
+    share = len(ours) // count
+    return range(ours.start + index * share, ours.start + (index + 1) * share)
+
+
+def _port_cycle() -> Iterator[int]:
+    """This process's ports in turn from a random start, so a port is not handed out twice
+    soon (a test may name a port nothing listens on yet, and start a server there later)."""
+    ports = _test_ports()
+    start = random.randrange(len(ports)) if ports else 0
+    while True:
+        for i in range(len(ports)):
+            yield ports[(start + i) % len(ports)]
+        if not ports:
+            yield 0
+
+
+_PORTS = _port_cycle()
+
+
 def free_port() -> int:
-    """Return a TCP port that was free on 127.0.0.1 a moment ago (the OS picked it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """Return a TCP port free on 127.0.0.1 now, reserved for this process's servers."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                # No SO_REUSEADDR: a port with a listener or a TIME_WAIT connection fails.
+                s.bind((LOOPBACK, next(_PORTS)))
+            except OSError:
+                continue
+            port: int = s.getsockname()[1]
+            return port
 
 
 def _listener_inodes(port: int) -> set[str]:
