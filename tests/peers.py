@@ -1077,10 +1077,13 @@ def pyn_store(
                 "(connection refused, timed out, or no context accepted)"
             )
         _bound_send_queue(assoc, limit=16)
+        checkpoint = _Checkpoint()
+        assoc._reactor_checkpoint = checkpoint
         statuses: list[int] = []
         for path in files:
             if not assoc.is_established:
                 raise AssociationAborted(statuses, "association no longer established")
+            checkpoint.park(assoc)
             rsp_ds = assoc.send_c_store(path)
             if "Status" not in rsp_ds:
                 raise AssociationAborted(statuses, f"no C-STORE-RSP for {path}")
@@ -1091,6 +1094,58 @@ def pyn_store(
         if assoc.is_established:
             assoc.abort()
         ae.shutdown()
+
+
+class _Checkpoint:
+    """pynetdicom's reactor checkpoint (an Event to its users) that knows when the reactor
+    is parked on it.
+
+    Stock pynetdicom 3.0 pauses its reactor for a C-STORE by clearing the checkpoint and
+    waiting for `_is_paused`; that flag may still be true from a turn the reactor is just
+    leaving, and the reactor then takes the C-STORE-RSP ("Received unexpected C-STORE
+    service message") while send_c_store waits dimse_timeout for it. park() waits until
+    the reactor really blocks here, so the send that follows gets its response.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._flag = True
+        self._parked = False
+
+    def set(self) -> None:
+        """Let the reactor run."""
+        with self._cond:
+            self._flag = True
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        """Stop the reactor at its next turn."""
+        with self._cond:
+            self._flag = False
+
+    def is_set(self) -> bool:
+        """True while the reactor may run."""
+        return self._flag
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """The reactor's side: block while cleared."""
+        with self._cond:
+            if not self._flag:
+                self._parked = True
+                try:
+                    self._cond.wait_for(lambda: self._flag, timeout)
+                finally:
+                    self._parked = False
+            return self._flag
+
+    def park(self, assoc: Any) -> None:
+        """Clear, and return once the reactor blocks here (or has ended)."""
+        self.clear()
+        while assoc.is_alive():
+            with self._cond:
+                if self._parked:
+                    return
+            time.sleep(0.0001)
 
 
 def _bound_send_queue(assoc: Any, limit: int) -> None:
