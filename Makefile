@@ -10,8 +10,17 @@ ARGS   ?=
 run: setup
 	$(BIN)/dicom-router run $(ARGS)
 
+# Two runs: the tests in parallel (they mostly wait on daemons and peers, so more workers
+# than cores), a test file's tests on one worker (its module fixtures start once); then the
+# `alone` tests (wall-clock latencies, time budgets) one at a time, with no neighbour.
+# Exit 5 = no test selected (ARGS named none of them); any other failure fails `make test`.
+JOBS   ?= 4
+PYTEST := $(BIN)/python -m pytest -q --durations=15
 test: system-deps setup
-	$(BIN)/python -m pytest -q $(ARGS)
+	status=0; \
+	$(PYTEST) -n $(JOBS) --dist loadfile -m "not alone" $(ARGS) || [ $$? = 5 ] || status=1; \
+	$(PYTEST) -m alone $(ARGS) || [ $$? = 5 ] || status=1; \
+	exit $$status
 
 lint: setup
 	$(BIN)/ruff check router tests bench

@@ -16,6 +16,11 @@ def pytest_configure(config: pytest.Config) -> None:
     """Register our markers (pyproject is shared; unknown markers would warn -> error)."""
     config.addinivalue_line("markers", "slow: takes several seconds (big files, many classes)")
     config.addinivalue_line("markers", "interop: talks to real DCMTK/Orthanc processes")
+    config.addinivalue_line(
+        "markers",
+        "alone: asserts a wall-clock latency or a time budget that neighbours on a 2-core box"
+        " would blur: `make test` runs these after the parallel run, one at a time",
+    )
 
 
 @pytest.fixture

@@ -12,16 +12,18 @@ import base64
 import contextlib
 import json
 import os
+import random
 import re
 import shlex
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -45,6 +47,7 @@ __all__ = [
     "Proc",
     "StoreResult",
     "StoreSCP",
+    "StorescuParser",
     "echoscu",
     "file_contexts",
     "free_port",
@@ -64,12 +67,54 @@ MAX_CONTEXTS = 128
 # --------------------------------------------------------------------------- ports
 
 
+def _test_ports() -> range:
+    """Ports for our servers: outside the kernel's ephemeral range, this xdist worker's share.
+
+    A port the OS picks with bind(0) comes from the ephemeral range, where every outgoing
+    connection (and every other pytest-xdist worker) picks its source port too: it can be
+    taken between free_port() and the server's bind. Below (or above) that range, in a
+    share of its own per worker, only our own servers use the port.
+    """
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    ours = range(10000, low) if low - 10000 >= 4000 else range(high + 1, 65536)
+    if len(ours) < 4000:
+        return range(0)  # no room: let the OS pick (bind to port 0)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), index + 1)
+    share = len(ours) // count
+    return range(ours.start + index * share, ours.start + (index + 1) * share)
+
+
+def _port_cycle() -> Iterator[int]:
+    """This process's ports in turn from a random start, so a port is not handed out twice
+    soon (a test may name a port nothing listens on yet, and start a server there later)."""
+    ports = _test_ports()
+    start = random.randrange(len(ports)) if ports else 0
+    while True:
+        for i in range(len(ports)):
+            yield ports[(start + i) % len(ports)]
+        if not ports:
+            yield 0
+
+
+_PORTS = _port_cycle()
+
+
 def free_port() -> int:
-    """Return a TCP port that was free on 127.0.0.1 a moment ago (the OS picked it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """Return a TCP port free on 127.0.0.1 now, reserved for this process's servers."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                # No SO_REUSEADDR: a port with a listener or a TIME_WAIT connection fails.
+                s.bind((LOOPBACK, next(_PORTS)))
+            except OSError:
+                continue
+            port: int = s.getsockname()[1]
+            return port
 
 
 def _listener_inodes(port: int) -> set[str]:
@@ -718,49 +763,72 @@ _FILE_ERROR = re.compile(r"E: (No presentation context for.*|Store Failed.*|Bad 
 _ABORT = re.compile(r"Peer aborted Association|Connection reset by peer|Broken pipe", re.I)
 
 
-def parse_storescu_output(log: str) -> StoreResult:
-    """Parse ``storescu -d`` stderr (DCMTK 3.6.x) into a StoreResult with returncode -1.
+class StorescuParser:
+    """Reads ``storescu -d`` stderr (DCMTK 3.6.x) line by line into a StoreResult.
 
     Per file: the "DIMSE Status : 0xXXXX" of the INCOMING C-STORE-RSP dump, its Affected
     SOP Instance UID, an ErrorComment from the "Status Detail" dump, or the error lines.
+    Line by line so that a test can act on the Nth response while storescu still sends.
     """
-    result = StoreResult(returncode=-1, output=log)
-    files = result.files
-    incoming = False  # inside an INCOMING DIMSE dump (the C-STORE-RSP)
-    collecting = False  # appending "E:" continuation lines to the last file's error
-    lines = log.splitlines()
-    for i, line in enumerate(lines):
-        if collecting and line.startswith("E: ") and files:
+
+    def __init__(self, on_response: Callable[[FileOutcome], None] | None = None) -> None:
+        """on_response: called with a file's outcome once its C-STORE-RSP dump ends."""
+        self.result = StoreResult(returncode=-1, output="")
+        self.on_response = on_response
+        self._incoming = False  # inside an INCOMING DIMSE dump (the C-STORE-RSP)
+        self._collecting = False  # appending "E:" continuation lines to the last file's error
+        self._rejected: list[str] | None = None  # "F:" lines after "Association Rejected"
+        self._after_rejected = 0  # lines still to look at for that detail
+
+    def feed(self, line: str) -> None:
+        """Take one line of storescu's log (without its newline)."""
+        result, files = self.result, self.result.files
+        if self._after_rejected:
+            # "Result: ..., Source: ..." and "Reason: ..." follow as further F: lines.
+            self._after_rejected -= 1
+            if line.startswith("F: ") and self._rejected is not None:
+                self._rejected.append(line[3:])
+                result.rejected = "; ".join(self._rejected)
+        if self._collecting and line.startswith("E: ") and files:
             files[-1].error = f"{files[-1].error}\n{line[3:]}"
             if _ABORT.search(line):
                 result.aborted = True
-            continue
-        collecting = False
+            return
+        self._collecting = False
         if m := _SENDING.search(line):
             files.append(FileOutcome(path=m.group(1)))
-            incoming = False
+            self._incoming = False
         elif "INCOMING DIMSE MESSAGE" in line:
-            incoming = True
+            self._incoming = True
         elif "END DIMSE MESSAGE" in line:
-            incoming = False
-        elif incoming and files and (m := _STATUS.search(line)):
+            if self._incoming and files and files[-1].status is not None and self.on_response:
+                self.on_response(files[-1])
+            self._incoming = False
+        elif self._incoming and files and (m := _STATUS.search(line)):
             files[-1].status = int(m.group(1), 16)
-        elif incoming and files and (m := _INSTANCE.search(line)):
+        elif self._incoming and files and (m := _INSTANCE.search(line)):
             files[-1].sop_instance_uid = m.group(1)
         elif files and (m := _COMMENT.search(line)):
             files[-1].error_comment = m.group(1)
         elif files and (m := _FILE_ERROR.search(line)):
             files[-1].error = m.group(1)
-            collecting = True
+            self._collecting = True
         elif "Association Rejected" in line:
-            # "Result: ..., Source: ..." and "Reason: ..." follow as further F: lines.
-            detail = [x[3:] for x in lines[i + 1 : i + 3] if x.startswith("F: ")]
-            result.rejected = "; ".join(detail) or line
+            result.rejected = line
+            self._rejected, self._after_rejected = [], 2
         elif "Association Request Failed" in line:
             result.request_failed = line.split(": ", 1)[-1]
         elif _ABORT.search(line):
             result.aborted = True
-    return result
+
+
+def parse_storescu_output(log: str) -> StoreResult:
+    """Parse a whole ``storescu -d`` stderr into a StoreResult with returncode -1."""
+    parser = StorescuParser()
+    for line in log.splitlines():
+        parser.feed(line)
+    parser.result.output = log
+    return parser.result
 
 
 def file_contexts(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[str, list[str]]]:
@@ -818,6 +886,7 @@ def storescu(
     propose: Literal["files", "required", "default"] = "files",
     halt: bool = False,
     timeout: float = 300.0,
+    on_response: Callable[[FileOutcome], None] | None = None,
 ) -> StoreResult:
     """Send files (or directories) with DCMTK storescu on one association.
 
@@ -825,7 +894,9 @@ def storescu(
     via a generated ``-xf`` profile, so *any* SOP class UID can be sent (storescu's ``-R``
     refuses classes DCMTK does not know). "required" = ``-R``; "default" = storescu's
     built-in 120-class list (a modality that proposes everything). halt=False adds
-    ``--no-halt`` so every file is attempted and reported.
+    ``--no-halt`` so every file is attempted and reported. on_response is called (in the
+    calling thread) with each file's outcome as its C-STORE-RSP arrives, while storescu
+    still sends: a test can act on the Nth acknowledgement, whatever the machine's speed.
     """
     paths = iter_files(files)
     argv = ["storescu", "-d", "-aet", calling, "-aec", called]
@@ -839,11 +910,53 @@ def storescu(
         if not halt:
             argv.append("--no-halt")
         argv += [*extra, LOOPBACK, str(port), *map(str, paths)]
+        if on_response is not None:
+            return _stream_storescu(argv, timeout, on_response)
         done = _run_dcmtk(argv, timeout)
     # The log is on stderr; stdout only carries the "XMIT: ...." progress dots.
     result = parse_storescu_output(done.stderr)
     result.returncode = done.returncode
     result.output = done.stderr + done.stdout
+    return result
+
+
+def _stream_storescu(
+    argv: Sequence[str], timeout: float, on_response: Callable[[FileOutcome], None]
+) -> StoreResult:
+    """Run storescu, parsing its stderr as it comes; killed by PID after timeout."""
+    parser = StorescuParser(on_response)
+    log: list[str] = []
+    with tempfile.TemporaryFile() as out:  # stdout: only progress dots, read at the end
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE,
+            env={**os.environ, **_DCMTK_ENV}, text=True, errors="replace",
+        )  # fmt: skip
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, expire)  # a hung peer must not hang the test
+        timer.start()
+        try:
+            assert proc.stderr is not None
+            for line in proc.stderr:  # DCMTK's log is unbuffered: a line as soon as written
+                log.append(line)
+                parser.feed(line.rstrip("\n"))
+            returncode = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if expired.is_set():
+            raise subprocess.TimeoutExpired(list(argv), timeout)
+        out.seek(0)
+        stdout = out.read().decode(errors="replace")
+    result = parser.result
+    result.returncode = returncode
+    result.output = "".join(log) + stdout
     return result
 
 
@@ -964,10 +1077,13 @@ def pyn_store(
                 "(connection refused, timed out, or no context accepted)"
             )
         _bound_send_queue(assoc, limit=16)
+        checkpoint = _Checkpoint()
+        assoc._reactor_checkpoint = checkpoint
         statuses: list[int] = []
         for path in files:
             if not assoc.is_established:
                 raise AssociationAborted(statuses, "association no longer established")
+            checkpoint.park(assoc)
             rsp_ds = assoc.send_c_store(path)
             if "Status" not in rsp_ds:
                 raise AssociationAborted(statuses, f"no C-STORE-RSP for {path}")
@@ -978,6 +1094,58 @@ def pyn_store(
         if assoc.is_established:
             assoc.abort()
         ae.shutdown()
+
+
+class _Checkpoint:
+    """pynetdicom's reactor checkpoint (an Event to its users) that knows when the reactor
+    is parked on it.
+
+    Stock pynetdicom 3.0 pauses its reactor for a C-STORE by clearing the checkpoint and
+    waiting for `_is_paused`; that flag may still be true from a turn the reactor is just
+    leaving, and the reactor then takes the C-STORE-RSP ("Received unexpected C-STORE
+    service message") while send_c_store waits dimse_timeout for it. park() waits until
+    the reactor really blocks here, so the send that follows gets its response.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._flag = True
+        self._parked = False
+
+    def set(self) -> None:
+        """Let the reactor run."""
+        with self._cond:
+            self._flag = True
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        """Stop the reactor at its next turn."""
+        with self._cond:
+            self._flag = False
+
+    def is_set(self) -> bool:
+        """True while the reactor may run."""
+        return self._flag
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """The reactor's side: block while cleared."""
+        with self._cond:
+            if not self._flag:
+                self._parked = True
+                try:
+                    self._cond.wait_for(lambda: self._flag, timeout)
+                finally:
+                    self._parked = False
+            return self._flag
+
+    def park(self, assoc: Any) -> None:
+        """Clear, and return once the reactor blocks here (or has ended)."""
+        self.clear()
+        while assoc.is_alive():
+            with self._cond:
+                if self._parked:
+                    return
+            time.sleep(0.0001)
 
 
 def _bound_send_queue(assoc: Any, limit: int) -> None:

@@ -41,7 +41,15 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from tests.daemon import RouterDaemon
 from tests.dicomgen import make_instance, make_multiframe, make_series
-from tests.peers import LOOPBACK, Orthanc, StoreSCP, _descendants, free_port, storescu
+from tests.peers import (
+    LOOPBACK,
+    FileOutcome,
+    Orthanc,
+    StoreSCP,
+    _descendants,
+    free_port,
+    storescu,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -425,29 +433,42 @@ def test_kill9_during_a_stream_loses_no_acknowledged_instance(
     uid_of = {str(p): uid for p, uid in small_instances}
     d = router(rule_file({"pacs": dest("ORTHANC", orthanc.dicom_port, **BULK)}, ["forward: pacs"]))
     acked: set[str] = set()
+    progress = threading.Condition()  # notified at each acknowledgement and at the end
     todo = [p for p, _ in small_instances]
     done = threading.Event()
     deadline = time.monotonic() + 45
+
+    def on_response(outcome: FileOutcome) -> None:
+        if outcome.status == 0:
+            with progress:
+                acked.add(uid_of[outcome.path])
+                progress.notify_all()
 
     def sender() -> None:
         # A modality: send in batches of 50 associations; resend what got no 0x0000.
         nonlocal todo
         try:
             while todo and time.monotonic() < deadline:
-                result = storescu(d.port, todo[:50], timeout=30)
-                acked.update(uid_of[f.path] for f in result.files if f.status == 0)
+                result = storescu(d.port, todo[:50], timeout=30, on_response=on_response)
                 todo = [p for p in todo if uid_of[str(p)] not in acked]
                 if result.request_failed:
-                    time.sleep(0.05)  # the router is restarting
+                    time.sleep(0.05)  # the router is restarting: a modality retries soon after
         finally:
             done.set()
+            with progress:
+                progress.notify_all()
 
     thread = threading.Thread(target=sender, name="sender", daemon=True)
     thread.start()
     rng = random.Random(20261127)
+    # Kills after the Nth acknowledgement (not after a sleep): mid-stream at any machine speed.
+    targets = [rng.randint(100, 250), rng.randint(350, 500), rng.randint(600, 750)]
     kills: list[tuple[int, int]] = []  # (acknowledged, pending in the spool) when killed
-    for _ in range(3):
-        time.sleep(rng.uniform(1.0, 2.5))  # long enough for the forwarder to be at work
+    for target in targets:
+        with progress:
+            progress.wait_for(lambda t=target: done.is_set() or len(acked) >= t, timeout=60)
+        # ... and while the forwarder has deliveries queued, so that it is killed at work.
+        wait_until("a delivery pending", lambda: done.is_set() or _pending(d) > 0)
         if done.is_set():
             break
         kills.append((len(acked), _pending(d)))

@@ -84,7 +84,8 @@ def test_delivers_over_tls_with_a_client_certificate(
         path, _ = one_instance(tmp_path)
         assert send(d, [path]) == [0]
         wait_until("delivered", lambda: states(d, "pacs") == ["delivered"])
-        assert pacs.count() == 1
+        # storescp notes a reception after it has answered: wait for the note too.
+        assert pacs.wait_count(1) == 1
     finally:
         pacs.stop()
 

@@ -20,7 +20,8 @@ from tests.fuzz.checks import (
     summary,
 )
 
-pytestmark = pytest.mark.interop
+# The campaign has a time budget and runs eight senders: alone, after the parallel run.
+pytestmark = [pytest.mark.interop, pytest.mark.alone]
 
 SEED = int(os.environ.get("FUZZ_SEED", "20261201"))
 PDUS, DATASETS = 2000, 1000

@@ -229,7 +229,9 @@ def test_a_down_destination_shows_queue_depth_age_and_down(
     d = router(rule_file(metrics_port, free_port()))
     assert storescu(d.port, cts(tmp_path / "in", 2), calling="CT_1", called="ROUTER").ok
     wait_value(metrics_port, M + "destination_up", lambda v: v == 0, destination="pacs")
-    time.sleep(1.1)
+    wait_value(
+        metrics_port, M + "queue_oldest_pending_age_seconds", lambda v: v >= 1, destination="pacs"
+    )
     s = scrape(metrics_port)
     assert value(s, M + "queue_pending", destination="pacs") == 2
     assert value(s, M + "queue_oldest_pending_age_seconds", destination="pacs") >= 1

@@ -153,6 +153,7 @@ def test_a_fresh_association_that_breaks_answers_0xa700(
     assert len(pacs.stores) == 1
 
 
+@pytest.mark.alone
 def test_a_silent_destination_is_not_tried_twice(
     router: Router, counting: type[CountingSCP], tmp_path: Path
 ) -> None:

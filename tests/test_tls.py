@@ -99,6 +99,7 @@ def test_tls_association_stores(tls_router: RouterDaemon, tmp_path: Path) -> Non
     assert (tls_router.workdir / "archive" / f"{uid}.dcm").exists()
 
 
+@pytest.mark.alone
 def test_silent_tls_client_blocks_no_one(tls_router: RouterDaemon, tmp_path: Path) -> None:
     """A client that connects and never sends its ClientHello does not stall other clients."""
     make_ct(tmp_path / "ct.dcm")

@@ -143,6 +143,7 @@ def test_compressed_files_reach_an_uncompressed_pacs_with_the_same_pixels(
     )
     rows, _ = queue_list(d)
     assert rows == [], rows  # no dead letter
+    plain_pacs.wait_count(len(files))  # storescp notes a reception after it has answered
     received = {
         str(_read(p, stop_before_pixels=True).SOPInstanceUID): p for p in plain_pacs.files()
     }

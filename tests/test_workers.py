@@ -15,7 +15,7 @@ from pydicom import dcmread
 
 from tests.daemon import RouterDaemon
 from tests.dicomgen import make_ct, make_multiframe
-from tests.peers import _descendants, _listens_on, storescu
+from tests.peers import FileOutcome, _descendants, _listens_on, storescu
 from tests.test_hostile_network import wait_until
 from tests.test_scp import archived, rule_file
 from tests.ul import Peer, associate_rq
@@ -137,21 +137,23 @@ def test_kill9_of_a_worker_mid_stream_loses_no_acknowledged_instance(
 ) -> None:
     """Every instance a sender saw acknowledged survives kill -9 of the worker storing it."""
     daemon = router(with_workers(2))
+    assert wait_until(lambda: len(workers(daemon)) == 2, 10)
+    victims = workers(daemon)
     files = [tmp_path / "stream" / f"ct{i:03d}.dcm" for i in range(150)]
     for path in files:
         make_ct(path, size=64 * 1024)
-    acked: list[Path] = []
+    acks = 0
 
-    def send() -> None:
-        result = storescu(daemon.port, files)
-        acked.extend(f for f, r in zip(files, result.files, strict=False) if r.status == 0)
+    def on_response(outcome: FileOutcome) -> None:
+        # The 20th acknowledgement, not a clock: mid-stream on a fast machine or a slow one.
+        nonlocal acks
+        acks += outcome.status == 0
+        if acks == 20:
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
 
-    sender = threading.Thread(target=send)
-    sender.start()
-    time.sleep(0.8)
-    for pid in workers(daemon):
-        os.kill(pid, signal.SIGKILL)
-    sender.join(60)
+    result = storescu(daemon.port, files, timeout=60, on_response=on_response)
+    acked = [f for f, r in zip(files, result.files, strict=False) if r.status == 0]
     assert 0 < len(acked) < len(files), "the kill did not land mid-stream"
     for path in acked:
         stored = archived(daemon, path)
