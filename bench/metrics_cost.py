@@ -43,10 +43,16 @@ def per_c_store(calls: int) -> None:
 
     off = cost(one)
     config = Config.model_validate(
-        {"version": 1, "listen": {"ae_title": "R"}, "callers": [{"ae_title": "CT*"}],
-         "rules": [{"name": f"r{i}", "match": {"calling_ae": f"X{i}"}, "actions": ["discard"]}
-                   for i in range(100)],
-         "default": ["discard"]}
+        {
+            "version": 1,
+            "listen": {"ae_title": "R"},
+            "callers": [{"ae_title": "CT*"}],
+            "rules": [
+                {"name": f"r{i}", "match": {"calling_ae": f"X{i}"}, "actions": ["discard"]}
+                for i in range(100)
+            ],
+            "default": ["discard"],
+        }
     )
     metrics.enable(tmp, config)
     on = cost(one)
@@ -64,20 +70,21 @@ def big_config(queued: int, metrics_port: int) -> str:
         for i in range(20)
     )
     rules = "".join(
-        f"  - name: rule{i:03d}\n    match: {{calling_ae: \"M{i:03d}*\"}}\n"
+        f'  - name: rule{i:03d}\n    match: {{calling_ae: "M{i:03d}*"}}\n'
         f"    actions: [{{forward: d{i % 20:02d}}}]\n"
         for i in range(100)
     )
     return rule_file(
         f"metrics: {{port: {metrics_port}}}\n"
-        "callers: [{ae_title: \"M*\"}, {ae_title: \"CT*\"}]\n"
+        'callers: [{ae_title: "M*"}, {ae_title: "CT*"}]\n'
         f"destinations:\n{dests}rules:\n{rules}default: [discard]\n"
     )
 
 
 def scrape_latency(queued: int, scrapes: int) -> None:
     """Scrape percentiles of the real daemon with a big config and full queues."""
-    from router.spool.database import Instance, Spool
+    from router.spool.database import Spool
+    from router.spool.queue import Instance
 
     base = workdir("metrics")
     metrics_port = free_port()
@@ -89,8 +96,9 @@ def scrape_latency(queued: int, scrapes: int) -> None:
     for i in range(queued):  # every instance queued for all 20 destinations
         copy = base / "in.dcm"
         os.link(sample, copy)
-        spool.enqueue(copy, names, Instance(f"1.2.3.{i}", "1.2.840.10008.5.1.4.1.1.2",
-                                            "1.2.840.10008.1.2.1"))
+        spool.enqueue(
+            copy, names, Instance(f"1.2.3.{i}", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+        )
         copy.unlink()
     daemon.start()
     try:

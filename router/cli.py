@@ -23,7 +23,8 @@ from pydicom import dcmread
 
 from router.actions.pipeline import Pipeline, Received
 from router.actions.plan import action_names
-from router.config.model import Config, FilesystemDestination
+from router.config.destinations import FilesystemDestination
+from router.config.model import Config
 from router.destinations import registry
 from router.dicom.header import tag_values
 from router.dicom.sopclass import sop_class_name

@@ -23,7 +23,7 @@ from pydicom.uid import (
 from pynetdicom import status as pyn_status
 from pynetdicom.presentation import PresentationContext
 
-from router.config.model import DicomDestination, Retry
+from router.config.destinations import DicomDestination, Retry
 from router.destinations import dicom as forward
 from router.destinations import policy as forward_policy
 from router.dicom import status

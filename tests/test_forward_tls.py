@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from router.config.model import DestinationTLS
+from router.config.destinations import DestinationTLS
 from router.errors import ConfigError
 from router.net.tls import BCP195_CIPHERS, client_context
 from router.rules.ruleset import load

@@ -27,7 +27,7 @@ from pydicom.uid import (
 )
 
 from router.actions.modify import apply_modify
-from router.config.model import ModifySpec
+from router.config.actions import ModifySpec
 from router.dicom.tags import PIXEL_DATA
 from router.errors import CannotUnderstand
 from tests.dicomgen import make_ct

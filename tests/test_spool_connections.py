@@ -8,7 +8,9 @@ import threading
 import time
 from pathlib import Path
 
-from router.spool.database import IDLE_CONNECTIONS, DecisionRecord, Spool
+from router.spool.database import Spool
+from router.spool.db import IDLE_CONNECTIONS
+from router.spool.decisions import DecisionRecord
 
 
 def open_fds(folder: Path) -> int:

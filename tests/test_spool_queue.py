@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from router.errors import OutOfResources
-from router.spool.database import DecisionRecord, Instance, Spool, queue_stats
+from router.spool.database import Spool
+from router.spool.decisions import DecisionRecord
+from router.spool.queue import Instance
+from router.spool.stats import queue_stats
 
 CT = Instance("1.2.3.4", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", "1.2.3", "1.2.3.1")
 

@@ -13,7 +13,8 @@ import pytest
 
 from router.errors import StartupError
 from router.spool import layout
-from router.spool.database import Instance, Spool
+from router.spool.database import Spool
+from router.spool.queue import Instance
 
 CT = Instance("1.2.3.4", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", "1.2.3", "1.2.3.1")
 

@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 
-from router.spool.database import Instance, Spool
+from router.spool.database import Spool
+from router.spool.queue import Instance
 from tests.daemon import RouterDaemon
 from tests.dicomgen import make_instance, make_multiframe, make_series
 from tests.peers import LOOPBACK, DicomWebOrthanc, _descendants, pyn_store, storescu

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from router.actions.pipeline import Received
-from router.config.model import DicomDestination
+from router.config.destinations import DicomDestination
 from router.destinations.syncpool import SyncPool
 from router.errors import (
     ActionError,
@@ -18,7 +18,8 @@ from router.errors import (
     Unreachable,
 )
 from router.rules.ruleset import LoadedConfig
-from router.spool.database import Instance, Spool
+from router.spool.database import Spool
+from router.spool.queue import Instance
 
 
 class SpoolForwarding:

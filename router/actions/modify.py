@@ -31,7 +31,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from router.config.model import ModifySpec
+from router.config.actions import ModifySpec
 from router.dicom.tags import ITEM, LONG_VRS, PIXEL_DATA, SEQUENCE_END, UNDEFINED_LENGTH
 from router.errors import CannotUnderstand, OutOfResources
 

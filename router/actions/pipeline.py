@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 
 from router.actions import modify
 from router.actions.plan import Plan, lookup, make_plan
-from router.config.model import (
+from router.config.actions import (
     Action,
     DiscardAction,
     ForwardAction,
@@ -40,7 +40,7 @@ from router.observe import metrics
 from router.rules.engine import Decision, Facts, NeedsTags, decide
 from router.rules.ruleset import LoadedConfig
 from router.spool import durable as store
-from router.spool.database import DecisionRecord
+from router.spool.decisions import DecisionRecord
 
 log = logging.getLogger("router.store")
 

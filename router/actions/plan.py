@@ -14,7 +14,8 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
 from router.actions.templates import Template, template_fields
-from router.config.model import Action, FilesystemDestination
+from router.config.actions import Action
+from router.config.destinations import FilesystemDestination
 from router.dicom import header as dataset
 from router.rules.engine import wanted_tags
 from router.rules.ruleset import LoadedConfig

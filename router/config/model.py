@@ -2,12 +2,11 @@
 
 Everything is validated when the file loads, nothing at routing time: SOP classes and
 transfer syntaxes resolve to UIDs, destinations and groups must exist, status codes must
-belong to their action's class. `load()` (in `router.rules.ruleset`) adds FILE:LINE:COL to every
-error. The JSON Schema (`dicom-router schema`) is generated from these models.
+belong to their action's class. `load()` (in `router.rules.ruleset`) adds FILE:LINE:COL to
+every error. The JSON Schema (`dicom-router schema`) is generated from these models.
 
-This module holds the root (`Config`), its rules and fixtures; the parts live beside it
-(`base`, `listen`, `destinations`, `http`, `match`, `actions`) and are re-exported here, so
-that `router.config.model` names every model of the file.
+This module holds the root (`Config`), its rules and fixtures; the sections live beside it
+(`base`, `listen`, `destinations`, `http`, `match`, `actions`).
 """
 
 from __future__ import annotations
@@ -16,87 +15,15 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
-from router.config.actions import (
-    ACTION_KINDS,
-    Action,
-    Actions,
-    DiscardAction,
-    ForwardAction,
-    ForwardSpec,
-    ModifyAction,
-    ModifySpec,
-    RejectAction,
-    StoreAction,
-    StoreSpec,
-    WarnAction,
-)
+from router.config.actions import Actions
 from router.config.base import Strict, context
-from router.config.destinations import (
-    BaseDestination,
-    Caution,
-    Destination,
-    DestinationTLS,
-    DicomDestination,
-    FilesystemDestination,
-    OnExists,
-    Policy,
-    QueuedDestination,
-    Retry,
-    StatusKey,
-    StowBatch,
-    StowDestination,
-    destination_kind,
-)
+from router.config.destinations import Destination, destination_kind
 from router.config.fields import AETitle, ByteSize, Keyword, Name, Status, Text, one_or_many
-from router.config.http import BasicAuth, BearerAuth, HttpAuth
-from router.config.listen import TLS, Caller, Listen, Metrics
-from router.config.match import GroupMembers, Match, TagCondition, TagTest, sop_classes
+from router.config.listen import Caller, Listen, Metrics
+from router.config.match import GroupMembers, Match, sop_classes
 from router.dicom import sopclass
 
-__all__ = [
-    "ACTION_KINDS",
-    "TLS",
-    "Action",
-    "Actions",
-    "BaseDestination",
-    "BasicAuth",
-    "BearerAuth",
-    "Caller",
-    "Caution",
-    "Config",
-    "Destination",
-    "DestinationTLS",
-    "DicomDestination",
-    "DiscardAction",
-    "Expect",
-    "FilesystemDestination",
-    "Fixture",
-    "FixtureInstance",
-    "ForwardAction",
-    "ForwardSpec",
-    "HttpAuth",
-    "Listen",
-    "Match",
-    "Metrics",
-    "ModifyAction",
-    "ModifySpec",
-    "OnExists",
-    "Policy",
-    "QueuedDestination",
-    "RejectAction",
-    "Retry",
-    "Rule",
-    "StatusKey",
-    "StoreAction",
-    "StoreSpec",
-    "StowBatch",
-    "StowDestination",
-    "Strict",
-    "TagCondition",
-    "TagTest",
-    "WarnAction",
-    "validation_context",
-]
+__all__ = ["Config", "Expect", "Fixture", "FixtureInstance", "Rule", "validation_context"]
 
 
 class Rule(Strict):

@@ -39,7 +39,7 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from router.config.model import DicomDestination
+from router.config.destinations import DicomDestination
 from router.destinations import transcode
 from router.errors import (
     PermanentError,

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 
-from router.config.model import DicomDestination
+from router.config.destinations import DicomDestination
 from router.destinations.dicom import Sender
 from router.destinations.worker import QueueWorkers, file_size
 from router.errors import ForwardError, Unreachable
 from router.observe import metrics
 from router.rules.ruleset import LoadedConfig
-from router.spool.database import Delivery, Spool
+from router.spool.database import Spool
+from router.spool.queue import Delivery
 
 BATCH = 16  # due deliveries claimed at once by one thread
 

@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from router.config.model import Policy, Retry
+from router.config.destinations import Policy, Retry
 from router.dicom import status
 
 # 2**64 times any initial_delay is past every max_delay worth writing; a larger exponent

@@ -13,8 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from router.config.destinations import QueuedDestination
-from router.config.model import DicomDestination, StowDestination
+from router.config.destinations import DicomDestination, QueuedDestination, StowDestination
 from router.destinations.dicom_worker import DicomWorkers
 from router.destinations.stow_worker import StowWorkers
 from router.destinations.worker import QueueWorkers

@@ -34,7 +34,8 @@ from typing import Any
 
 import httpx
 
-from router.config.model import BasicAuth, BearerAuth, StowDestination
+from router.config.destinations import StowDestination
+from router.config.http import BasicAuth, BearerAuth
 from router.destinations.dicom import Sent
 from router.errors import (
     AuthFailed,

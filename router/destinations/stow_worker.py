@@ -9,13 +9,14 @@ instance, however large); each instance's answer goes through the destination's
 
 from __future__ import annotations
 
-from router.config.model import StowDestination
+from router.config.destinations import StowDestination
 from router.destinations.stow import Part, Result, StowSender
 from router.destinations.worker import QueueWorkers, file_size
 from router.errors import PermanentError, ServerError, Throttled, TransientError, Unreachable
 from router.observe import metrics
 from router.rules.ruleset import LoadedConfig
-from router.spool.database import Delivery, Spool
+from router.spool.database import Spool
+from router.spool.queue import Delivery
 
 
 class StowWorkers(QueueWorkers[StowDestination, StowSender]):
@@ -82,4 +83,3 @@ class StowWorkers(QueueWorkers[StowDestination, StowSender]):
     def close_if_idle(self, channel: StowSender) -> None:
         """Close the kept-alive connection after idle_timeout without work."""
         channel.close_if_idle()
-

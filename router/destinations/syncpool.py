@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from router.config.model import DicomDestination
+from router.config.destinations import DicomDestination
 from router.destinations.dicom import Sender, Sent
 from router.errors import TransientError
 

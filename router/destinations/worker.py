@@ -20,14 +20,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from router.config.model import Policy, Retry
+from router.config.destinations import Policy, Retry
 from router.destinations.dicom import Sent
 from router.destinations.policy import OnStatus, backoff
 from router.dicom.status import hex_code
 from router.errors import ForwardError, PermanentError
 from router.observe import metrics
 from router.rules.ruleset import LoadedConfig
-from router.spool.database import Delivery, Spool
+from router.spool.database import Spool
+from router.spool.queue import Delivery
 
 log = logging.getLogger("router.forward")
 

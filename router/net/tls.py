@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from router.config.model import TLS, DestinationTLS
+from router.config.destinations import DestinationTLS
+from router.config.listen import TLS
 from router.errors import StartupError, TLSConfigError
 
 BCP195_CIPHERS = ":".join(

@@ -27,7 +27,8 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from router.actions.pipeline import Outcome, Pipeline, Received
-from router.config.model import Config, Listen
+from router.config.listen import Listen
+from router.config.model import Config
 from router.dicom.sopclass import sop_class_name
 from router.errors import StartupError
 from router.net import netlayer

@@ -14,18 +14,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from router.config.model import (
+from router.config.actions import (
     Action,
-    Config,
     ForwardAction,
-    Match,
     ModifyAction,
     RejectAction,
     StoreAction,
-    TagCondition,
-    TagTest,
     WarnAction,
 )
+from router.config.match import Match, TagCondition, TagTest
+from router.config.model import Config
 from router.dicom import status
 from router.dicom.tags import TagValues
 

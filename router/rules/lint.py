@@ -15,15 +15,9 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from router.config.model import (
-    Action,
-    Config,
-    ForwardAction,
-    Match,
-    StoreAction,
-    TagCondition,
-    TagTest,
-)
+from router.config.actions import Action, ForwardAction, StoreAction
+from router.config.match import Match, TagCondition, TagTest
+from router.config.model import Config
 
 Loc = tuple[str | int, ...]
 _GLOB_CHARS = frozenset("*?[")

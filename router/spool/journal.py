@@ -14,7 +14,8 @@ import queue
 import threading
 import time
 
-from router.spool.database import DecisionRecord, Spool
+from router.spool.database import Spool
+from router.spool.decisions import DecisionRecord
 
 log = logging.getLogger("router.journal")
 
