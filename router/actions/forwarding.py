@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 from router.actions.pipeline import Received
 from router.config.destinations import DicomDestination
 from router.destinations.syncpool import SyncPool
+from router.dicom.status import SOP_CLASS_NOT_SUPPORTED
 from router.errors import (
     ActionError,
     OutOfResources,
@@ -64,7 +65,7 @@ class SpoolForwarding:
         except (Unreachable, TransientError) as exc:
             raise OutOfResources(f"{destination}: {exc}") from exc
         except PermanentError as exc:
-            raise ActionError(f"{destination}: {exc}", status=0x0122) from exc
+            raise ActionError(f"{destination}: {exc}", status=SOP_CLASS_NOT_SUPPORTED) from exc
         return sent.status, sent.comment
 
     def close(self) -> None:

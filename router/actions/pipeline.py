@@ -34,7 +34,7 @@ from router.config.actions import (
     WarnAction,
 )
 from router.dicom import header as dataset
-from router.dicom.status import is_warning
+from router.dicom.status import INTERNAL_ERROR, OUT_OF_RESOURCES, SUCCESS, is_warning
 from router.errors import ActionError, OutOfResources, SOPClassMismatch
 from router.observe import metrics
 from router.rules.engine import Decision, Facts, NeedsTags, decide
@@ -154,7 +154,7 @@ class Pipeline:
             log.exception(
                 "internal error on %s from %s", received.sop_instance_uid, received.calling_ae
             )
-            status, comment = 0xC211, f"internal error: {type(exc).__name__}"
+            status, comment = INTERNAL_ERROR, f"internal error: {type(exc).__name__}"
         finally:
             if early is not None:
                 early.cancel()  # not needed after all (reject, bad dataset...): if not started
@@ -269,7 +269,7 @@ class Pipeline:
         spec = action.forward
         if spec.mode == "sync":
             got, work.comment = forwarding.send_now(spec.to, work.file, work.header)
-            if got != 0x0000:
+            if got != SUCCESS:
                 work.status = got
                 return is_warning(got)  # a failure ends the run
             return True
@@ -286,7 +286,7 @@ class Pipeline:
 
     def _forwarder(self) -> Forwarding:
         if self._forwarding is None:
-            raise ActionError("forwarding is not running", status=0xA700)
+            raise ActionError("forwarding is not running", status=OUT_OF_RESOURCES)
         return self._forwarding
 
 

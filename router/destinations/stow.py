@@ -37,6 +37,7 @@ import httpx
 from router.config.destinations import StowDestination
 from router.config.http import BasicAuth, BearerAuth
 from router.destinations.dicom import Sent
+from router.dicom.status import PROCESSING_FAILURE  # a failed item without a FailureReason
 from router.errors import (
     AuthFailed,
     ForwardError,
@@ -54,7 +55,6 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 READ = 1024 * 1024  # bytes per read of a spooled file: the only buffer per part
 MAX_ANSWER = 16 * 1024 * 1024  # a response body larger than this is not read
 MAX_RETRY_AFTER = 3600.0  # a Retry-After beyond this is capped
-PROCESSING_FAILURE = 0x0110  # a FailedSOPSequence item without a FailureReason
 
 REFERENCED, FAILED = "00081199", "00081198"
 INSTANCE_UID, FAILURE_REASON, WARNING_REASON = "00081155", "00081197", "00081196"

@@ -36,9 +36,9 @@ OTHER = "other"
 REJECT_REASONS = ("callers", "limit", "called_ae", "protocol", OTHER)
 DELIVERY_RESULTS = ("delivered", "dead_letter")
 # Statuses the router itself answers whatever the rule file says (router.actions.pipeline).
-BUILTIN_STATUSES = (0x0000, 0x0122, 0xA700, 0xA900, 0xC210, 0xC211)
+BUILTIN_STATUSES = status.BUILTIN_STATUSES
 _KNOWN_CODES = frozenset(
-    {*BUILTIN_STATUSES, *status.GENERAL_FAILURES, *status.WARNINGS, 0x0001, 0x0107, 0x0116}
+    {*BUILTIN_STATUSES, *status.GENERAL_FAILURES, *status.WARNINGS, *status.GENERAL_WARNINGS}
 )
 _MAX_CALLERS_CACHED = 1024
 
