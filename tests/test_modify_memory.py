@@ -104,7 +104,7 @@ def test_apply_modify_of_a_256mib_file_peaks_under_100mib(tmp_path: Path) -> Non
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from router.config.model import ModifySpec\n"
+        "from router.config.actions import ModifySpec\n"
         "from router.actions.modify import apply_modify\n"
         "spec = ModifySpec(remove=['private'], set={'InstitutionName': 'X'})\n"
         "apply_modify(Path(sys.argv[1]), spec, Path(sys.argv[2]))\n"
