@@ -239,6 +239,19 @@ def test_a_down_destination_shows_queue_depth_age_and_down(
     assert value(s, M + "destination_last_delivery_timestamp_seconds", destination="pacs") == 0
 
 
+def test_a_value_file_left_empty_by_a_killed_child_does_not_break_the_scrape(
+    router: Start, tmp_path: Path, metrics_port: int, store_scp: StoreSCP
+) -> None:
+    """A child killed between creating its value file and sizing it leaves an empty file:
+    /metrics still answers, with every other series, and nothing is logged as a traceback."""
+    d = router(rule_file(metrics_port, store_scp.port))
+    assert storescu(d.port, cts(tmp_path / "in", 1), calling="CT_1", called="ROUTER").ok
+    (d.workdir / "spool" / "metrics" / "counter_999999.db").touch()
+    s = scrape(metrics_port)
+    assert value(s, M + "received_instances_total", calling_ae="CT*") == 1
+    assert "Traceback" not in d.log()
+
+
 def test_delivery_counters_add_up_across_a_forwarder_killed_and_restarted(
     router: Start, tmp_path: Path, metrics_port: int, store_scp: StoreSCP
 ) -> None:

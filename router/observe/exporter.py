@@ -10,6 +10,7 @@ CLIENT_TIMEOUT seconds; more are closed unanswered.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import socket
@@ -186,8 +187,21 @@ def readiness(daemon: Monitored) -> str | None:
 def _app(daemon: Monitored) -> Callable[..., list[bytes]]:
     from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess
 
+    class Collector(multiprocess.MultiProcessCollector):
+        """prometheus-client's, without the files a child has created but not yet sized.
+
+        A child's value file exists empty between its `open` and its `truncate`; read
+        then (or forever, if the child was killed in between) it would fail the scrape.
+        """
+
+        def collect(self) -> Any:
+            files = glob.glob(os.path.join(self._path, "*.db"))
+            return self.merge(  # type: ignore[no-untyped-call]
+                [f for f in files if _sized(f)], accumulate=True
+            )
+
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    Collector(registry)  # type: ignore[no-untyped-call]
     registry.register(RouterCollector(daemon))
     metrics_app = make_wsgi_app(registry)
 
@@ -198,7 +212,11 @@ def _app(daemon: Monitored) -> Callable[..., list[bytes]]:
     def app(environ: dict[str, Any], start: Callable[..., Any]) -> list[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
-            result: list[bytes] = metrics_app(environ, start)
+            try:
+                result: list[bytes] = metrics_app(environ, start)
+            except Exception as exc:  # one line, not wsgiref's traceback on stderr
+                log.warning("/metrics failed: %s: %s", type(exc).__name__, exc)
+                return text(start, "500 Internal Server Error", "metrics failed: see the log")
             return result
         if path == "/healthz":
             stale = time.monotonic() - daemon.last_tick
@@ -213,6 +231,14 @@ def _app(daemon: Monitored) -> Callable[..., list[bytes]]:
         return text(start, "404 Not Found", "try /metrics, /healthz or /readyz")
 
     return app
+
+
+def _sized(path: str) -> bool:
+    """True once a value file holds at least its 8-byte header."""
+    try:
+        return os.stat(path).st_size >= 8
+    except OSError:  # removed since the listing (a dead child's live gauges)
+        return False
 
 
 class _Handler(WSGIRequestHandler):
