@@ -311,6 +311,18 @@ class RssSampler(threading.Thread):
                         total += int(line.split()[1])
         return total
 
+    def wait_for_forwarder(self, timeout: float = 30.0) -> None:
+        """Until the daemon's tree has its forwarder process (named dr-forwarder)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for pid, _ in _descendants(self.pid):
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{pid}/comm").read_text().strip() == "dr-forwarder":
+                        self.tree_at = 0.0  # rescan the tree at the next sample
+                        return
+            time.sleep(0.05)
+        raise AssertionError(f"no forwarder process under the daemon within {timeout:.0f} s")
+
     def cpu_seconds(self) -> float:
         """User + system CPU the daemon's main process has used so far."""
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -338,6 +350,9 @@ def run_cases(daemon: RouterDaemon, names: list[str], workers: int,
     """Run the named cases with `workers` client threads; RSS sampled throughout."""
     assert daemon.proc is not None
     sampler = RssSampler(daemon.proc.pid)
+    # With one receiving process (one CPU) the fork server and the forwarder start after
+    # the daemon listens: idle means the whole tree, else their start counts as growth.
+    sampler.wait_for_forwarder()
     campaign = Campaign(baseline_rss_kib=sampler.tree_kib("VmRSS"))
     # Dataset cases get their own clients: each client holds one association, and every
     # open association costs the router CPU (pynetdicom polls every 1 ms).
