@@ -24,10 +24,12 @@ def open_fds(folder: Path) -> int:
 
 def record(spool: Spool, n: int) -> None:
     """One decision-log row, as a C-STORE's thread writes it."""
-    spool.record(
-        DecisionRecord(
-            time.time(), f"1.2.{n}", "", "", "1.2", "AE", "RTR", "::1", "r", "", 0, None, "v"
-        )
+    spool.record_many(
+        [
+            DecisionRecord(
+                time.time(), f"1.2.{n}", "", "", "1.2", "AE", "RTR", "::1", "r", "", 0, None, "v"
+            )
+        ]
     )
 
 

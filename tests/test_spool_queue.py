@@ -254,22 +254,24 @@ def test_queue_stats_see_pending_dead_letters_and_the_oldest(spool: Spool, recei
 def test_trace_finds_decisions_and_deliveries_of_a_study(spool: Spool, received: Path) -> None:
     """`trace STUDY_UID`: every C-STORE of the study, and each of its deliveries."""
     spool.enqueue(received, ["pacs", "archive"], CT)
-    spool.record(
-        DecisionRecord(
-            time.time(),
-            CT.sop_instance_uid,
-            CT.series_uid,
-            CT.study_uid,
-            CT.sop_class_uid,
-            "MODALITY",
-            "ROUTER",
-            "127.0.0.1",
-            "ct-to-pacs",
-            "forward",
-            0x0000,
-            None,
-            "v1",
-        )
+    spool.record_many(
+        [
+            DecisionRecord(
+                time.time(),
+                CT.sop_instance_uid,
+                CT.series_uid,
+                CT.study_uid,
+                CT.sop_class_uid,
+                "MODALITY",
+                "ROUTER",
+                "127.0.0.1",
+                "ct-to-pacs",
+                "forward",
+                0x0000,
+                None,
+                "v1",
+            )
+        ]
     )
     decisions, deliveries = spool.trace(CT.study_uid)
     assert [(d.sop_instance_uid, d.rule) for d in decisions] == [

@@ -100,10 +100,6 @@ class Spool:
         self.queue.prune(before)
         self.decisions.prune(before)
 
-    def record(self, rec: DecisionRecord) -> None:
-        """Append one C-STORE to the decision log."""
-        self.decisions.record_many([rec])
-
     def record_many(self, recs: Sequence[DecisionRecord]) -> None:
         """Append C-STOREs to the decision log, in one transaction."""
         self.decisions.record_many(recs)
