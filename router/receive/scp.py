@@ -43,6 +43,20 @@ from router.observe import metrics
 from router.spool.journal import Journal
 
 log = logging.getLogger("router.scp")
+REJECT_SENT_WAIT = 1.0  # seconds an A-ASSOCIATE-RJ may take to be sent before the close
+
+
+def _reject(assoc: Any, reason: tuple[int, int, int]) -> None:
+    """Send an A-ASSOCIATE-RJ and wait until it is on the wire (bounded).
+
+    pynetdicom closes the connection once this handler returns: the peer must have the
+    reject before that, or it sees an abort. The DUL sends the PDU and then enters Sta13
+    (awaiting the close), so that state is the event to wait for.
+    """
+    assoc.acse.send_reject(*reason)
+    deadline = time.monotonic() + REJECT_SENT_WAIT
+    while assoc.dul.state_machine.current_state != "Sta13" and time.monotonic() < deadline:
+        time.sleep(0.001)
 
 
 def _on_accepted(event: Event) -> None:
@@ -188,14 +202,12 @@ class StorageSCP:
                     what,
                     netlayer.escaped(hostile[what]),
                 )
-                event.assoc.acse.send_reject(*reason)
-                time.sleep(0.1)
+                _reject(event.assoc, reason)
                 return
         if not caller_allowed(self._current(), calling, peer):
             log.warning("association from %s@%s rejected: calling AE not in callers", calling, peer)
-            event.assoc.acse.send_reject(*REJECT_CALLING_AE)
             metrics.association_rejected("callers")
-            time.sleep(0.1)  # else the peer may see an abort before the reject arrives
+            _reject(event.assoc, REJECT_CALLING_AE)
             return
         if self._budget is not None:
             if not self._budget.take():
@@ -206,8 +218,7 @@ class StorageSCP:
                     self._budget.limit,
                 )
                 metrics.association_rejected("limit")
-                event.assoc.acse.send_reject(*REJECT_BUSY)
-                time.sleep(0.1)
+                _reject(event.assoc, REJECT_BUSY)
                 return
             netlayer.when_done(event.assoc, self._budget.give)
 
