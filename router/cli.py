@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 
+from router import __version__
 from router.actions.pipeline import Pipeline, Received
 from router.actions.plan import action_names
 from router.config.destinations import FilesystemDestination
@@ -42,6 +43,7 @@ EXIT_OK, EXIT_INVALID, EXIT_RUNTIME = 0, 1, 2
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dicom-router", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
+    p.add_argument("--version", action="version", version=f"dicom-router {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument(

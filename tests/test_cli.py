@@ -286,3 +286,13 @@ def test_explain_non_dicom_file_exits_1(
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1
     assert str(junk) in err
+
+
+def test_version_says_what_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """`dicom-router --version` prints the installed version and exits 0."""
+    from router import __version__
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"dicom-router {__version__}"
