@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.daemon import RouterDaemon
-from tests.peers import Orthanc, StoreSCP
+from tests.peers import DicomWebOrthanc, Orthanc, StoreSCP
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -32,6 +32,17 @@ def store_scp(tmp_path: Path) -> Iterator[StoreSCP]:
         yield scp
     finally:
         scp.stop()
+
+
+@pytest.fixture
+def web_orthanc(tmp_path: Path) -> Iterator[DicomWebOrthanc]:
+    """Orthanc with DICOMweb at /dicom-web, user router / s3cret; stopped after."""
+    server = DicomWebOrthanc(tmp_path / "orthanc")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

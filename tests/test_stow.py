@@ -66,17 +66,6 @@ def states(d: RouterDaemon) -> dict[str, str]:
     return {r.uid: r.state for r in deliveries(d)}
 
 
-@pytest.fixture
-def web_orthanc(tmp_path: Path) -> Iterator[DicomWebOrthanc]:
-    """Orthanc with DICOMweb at /dicom-web, user router / s3cret; stopped after."""
-    server = DicomWebOrthanc(tmp_path / "orthanc")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def start_router(router: Router, tmp_path: Path, config: str, password: str) -> RouterDaemon:
     """The router fixture's first daemon, with `password` in its web.pw."""
     d_dir = tmp_path / "router0"

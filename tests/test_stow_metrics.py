@@ -37,17 +37,6 @@ DESTINATIONS = ("web", "refusing", "down")
 
 
 @pytest.fixture
-def web_orthanc(tmp_path: Path) -> Iterator[DicomWebOrthanc]:
-    """Orthanc with DICOMweb at /dicom-web, user router / s3cret; stopped after."""
-    server = DicomWebOrthanc(tmp_path / "orthanc")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def refusing_server() -> Iterator[StowServer]:
     """A STOW-RS server that lists every instance as failed with 0xA900 (permanent)."""
     server = StowServer(script=[failed(0xA900)] * 50)
