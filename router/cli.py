@@ -26,7 +26,6 @@ from router.actions.pipeline import Pipeline, Received
 from router.actions.plan import action_names
 from router.config.destinations import FilesystemDestination
 from router.config.model import Config
-from router.destinations import registry
 from router.dicom.header import tag_values
 from router.dicom.sopclass import sop_class_name
 from router.dicom.status import hex_code
@@ -183,6 +182,10 @@ def _print_summary(cfg: Config, loaded: LoadedConfig) -> None:
         host = f"[{cfg.metrics.host}]" if ":" in cfg.metrics.host else cfg.metrics.host
         where = f"http://{host}:{cfg.metrics.port}"
         print(f"  metrics   {where}/metrics (and /healthz, /readyz)")
+    # Here, not at the top: the registry brings every sending library (httpx...), which the
+    # daemon's main process, importing this module, does not need.
+    from router.destinations import registry
+
     for name, dest in cfg.destinations.items():
         kind = registry.kind_of(dest)
         if kind is not None:

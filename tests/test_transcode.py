@@ -270,3 +270,24 @@ def test_a_large_multiframe_is_decompressed_one_frame_at_a_time(tmp_path: Path) 
         last = np.frombuffer(f.read(), dtype="<u2").reshape(512, 512)
     expected = (np.arange(512 * 512, dtype=np.uint16).reshape(512, 512) % 4096).astype(np.uint16)
     assert np.array_equal(last, expected)
+
+
+def test_gdcm_is_loaded_only_when_a_file_needs_it(tmp_path: Path) -> None:
+    """GDCM (~20 MiB a process) is not loaded by importing the router's processes; the
+    first file that only GDCM decodes (12-bit JPEG Extended) loads it, and decodes."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import router.process.workers, router.process.forwarder\n"
+        "import pydicom.data\n"
+        "from router.destinations.transcode import decompress\n"
+        "print('gdcm' in sys.modules)\n"
+        "decompress(Path(pydicom.data.get_testdata_file('JPEG-lossy.dcm')), Path(sys.argv[1]))\n"
+        "print('gdcm' in sys.modules)\n"
+    )
+    out = tmp_path / "out.dcm"
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(out)], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["False", "True"], result.stderr
+    assert not dcmread(out).file_meta.TransferSyntaxUID.is_compressed

@@ -46,6 +46,7 @@ from pydicom.uid import (
     JPEGExtended12Bit,
 )
 
+from router import lazy_gdcm
 from router.dicom import tags
 from router.errors import TranscodeError
 
@@ -214,14 +215,29 @@ _gdcm_log = logging.getLogger("gdcm")
 
 
 def is_available(uid: str) -> bool:
-    """pydicom's plugin protocol: whether GDCM can decode this transfer syntax here."""
-    return bool(pydicom_gdcm.is_available(uid))
+    """pydicom's plugin protocol: whether GDCM can decode this transfer syntax here.
+
+    Answered without loading GDCM (`router.lazy_gdcm`): it is loaded at its first frame.
+    """
+    return uid in DECODER_DEPENDENCIES and lazy_gdcm.installed()
+
+
+def _gdcm_loaded() -> None:
+    """Load GDCM, and give pydicom's GDCM plugin the module it could not import."""
+    if not pydicom_gdcm.HAVE_GDCM:
+        gdcm = lazy_gdcm.load()
+        pydicom_gdcm.gdcm = gdcm  # type: ignore[attr-defined]
+        pydicom_gdcm.GDCM_VERSION = tuple(
+            int(x) for x in gdcm.Version.GetVersion().split(".")
+        )
+        pydicom_gdcm.HAVE_GDCM = True
 
 
 def _gdcm_frame(src: bytes, runner: DecodeRunner) -> bytes:
     """One frame decoded by GDCM: pydicom's plugin, or ours for 12-bit JPEG Extended."""
     printed: list[str] = []
     with _GDCM_LOCK:
+        _gdcm_loaded()
         try:
             with _stderr_captured(printed):
                 if runner.transfer_syntax == JPEGExtended12Bit and runner.bits_stored > 8:

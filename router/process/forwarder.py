@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 
-from router.destinations.registry import Forwarder
 from router.net.setup import configure_pynetdicom
 from router.process.children import ChildProcess, Launch, Settings, enter
 from router.rules.ruleset import load_shipped
@@ -38,6 +37,10 @@ def forwarder_main(launch: Launch[None]) -> None:
     # Enqueues must survive a power cut (the daemon commits them with FULL sync); a lost
     # "delivered" mark only means one more send (at-least-once), so no fsync per delivery.
     spool = Spool(launch.settings.spool, synchronous="NORMAL")
+    # Imported in the forwarder only: the sending libraries (httpx for STOW-RS...) would
+    # otherwise sit in the main process, the fork server and every receiving worker.
+    from router.destinations.registry import Forwarder
+
     forwarder = Forwarder(spool)
     forwarder.apply(load_shipped(launch.config))
     last_prune = 0.0
