@@ -113,7 +113,16 @@ class Prometheus:
             name="prometheus",
         )
         wait_port(self.port, timeout, proc=self.proc)
-        return self
+        # The port opens before the storage is loaded; until then the API answers 503.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{LOOPBACK}:{self.port}/-/ready", timeout=5):
+                    return self
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def stop(self) -> None:
         """Stop it by PID."""
