@@ -436,7 +436,7 @@ def test_kill9_during_a_stream_loses_no_acknowledged_instance(
     progress = threading.Condition()  # notified at each acknowledgement and at the end
     todo = [p for p, _ in small_instances]
     done = threading.Event()
-    deadline = time.monotonic() + 45
+    deadline = time.monotonic() + 150  # a bound, not a measure: one loaded core takes ~50 s
 
     def on_response(outcome: FileOutcome) -> None:
         if outcome.status == 0:
@@ -474,7 +474,7 @@ def test_kill9_during_a_stream_loses_no_acknowledged_instance(
         kills.append((len(acked), _pending(d)))
         d.kill9()
         d.start()
-    thread.join(60)
+    thread.join(180)
     assert not thread.is_alive()
     assert len(kills) == 3, f"the stream ended before the 3rd kill: {kills}"
     assert kills[-1][0] < 1000, kills
