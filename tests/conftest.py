@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.daemon import RouterDaemon
-from tests.peers import DicomWebOrthanc, Orthanc, StoreSCP
+from tests.peers import DicomWebOrthanc, Orthanc, ScriptedSCP, StoreSCP
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -43,6 +43,21 @@ def web_orthanc(tmp_path: Path) -> Iterator[DicomWebOrthanc]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., ScriptedSCP]]:
+    """Start ScriptedSCPs (destinations answering what they are told); stopped after."""
+    started: list[ScriptedSCP] = []
+
+    def start(**kw: Any) -> ScriptedSCP:
+        scp = ScriptedSCP(**kw).start()
+        started.append(scp)
+        return scp
+
+    yield start
+    for scp in started:
+        scp.stop()
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +31,11 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 from pydicom.filereader import read_file_meta_info
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
-from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext, StoragePresentationContexts, build_context
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from tests.dicomgen import iter_files
 
@@ -45,6 +48,7 @@ __all__ = [
     "FileOutcome",
     "Orthanc",
     "Proc",
+    "ScriptedSCP",
     "StoreResult",
     "StoreSCP",
     "StorescuParser",
@@ -1159,3 +1163,73 @@ def _bound_send_queue(assoc: Any, limit: int) -> None:
         original(primitive)
 
     dul.send_pdu = send_pdu
+
+
+class ScriptedSCP:
+    """A pynetdicom Storage SCP on 127.0.0.1 that answers what the test tells it to.
+
+    Answers come from `script` (first in, first out) and then `status`. Every C-STORE is
+    recorded with the status answered, the transfer syntax and the encoded dataset.
+    Verification is always supported, as on a real PACS.
+    """
+
+    def __init__(
+        self,
+        *,
+        ae_title: str = "TESTSCP",
+        sop_classes: Iterable[str] | None = None,
+        transfer_syntaxes: Sequence[str] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian),
+        script: Iterable[int] = (),
+        status: int = 0x0000,
+    ) -> None:
+        self.ae_title = ae_title
+        self.port = free_port()
+        self.script: deque[int] = deque(script)
+        self.status = status
+        self.calls: list[tuple[str, int]] = []  # (SOP Instance UID, status answered)
+        self.received: dict[str, tuple[str, bytes]] = {}  # uid -> (transfer syntax, bytes)
+        self._lock = threading.Lock()
+        self.ae = AE(ae_title=ae_title)
+        classes = (
+            [str(c.abstract_syntax) for c in StoragePresentationContexts]
+            if sop_classes is None
+            else list(sop_classes)
+        )
+        for sop_class in classes:
+            self.ae.add_supported_context(sop_class, list(transfer_syntaxes))
+        self.ae.add_supported_context(Verification)
+        self.server: Any = None
+
+    def start(self) -> ScriptedSCP:
+        """Listen (in background threads)."""
+        self.server = self.ae.start_server(
+            (LOOPBACK, self.port),
+            block=False,
+            evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
+        )
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and drop running associations."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+        self.ae.shutdown()
+
+    def _on_store(self, event: Event) -> int:
+        uid = str(event.request.AffectedSOPInstanceUID)  # type: ignore[union-attr]
+        raw = event.request.DataSet.getvalue()  # type: ignore[union-attr]
+        with self._lock:
+            answer = self.script.popleft() if self.script else self.status
+            self.calls.append((uid, answer))
+            self.received[uid] = (str(event.context.transfer_syntax), raw)
+        return answer
+
+    def answered(self, uid: str | None = None) -> list[int]:
+        """Statuses answered, in order (for one SOP Instance UID if given)."""
+        with self._lock:
+            return [s for u, s in self.calls if uid is None or u == uid]
+
+    def accepted(self, uid: str) -> int:
+        """How many times `uid` was answered 0x0000."""
+        return self.answered(uid).count(0x0000)

@@ -4,16 +4,15 @@ and a sync forward's failure ends the run."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydicom.uid import ImplicitVRLittleEndian
 
+from tests.peers import ScriptedSCP
 from tests.test_forward import (
     Router,
-    ScriptedSCP,
     _decode,
     deliveries,
     dest,
@@ -24,21 +23,6 @@ from tests.test_forward import (
 )
 
 pytestmark = pytest.mark.interop
-
-
-@pytest.fixture
-def scripted() -> Iterator[Callable[..., ScriptedSCP]]:
-    """Start ScriptedSCPs (destinations answering what they are told); stopped after."""
-    started: list[ScriptedSCP] = []
-
-    def start(**kw: Any) -> ScriptedSCP:
-        scp = ScriptedSCP(**kw).start()
-        started.append(scp)
-        return scp
-
-    yield start
-    for scp in started:
-        scp.stop()
 
 
 def institution(pacs: ScriptedSCP, uid: str) -> str:

@@ -16,8 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -34,10 +33,6 @@ from pydicom.uid import (
     MRImageStorage,
     generate_uid,
 )
-from pynetdicom import AE, evt
-from pynetdicom.events import Event
-from pynetdicom.presentation import StoragePresentationContexts
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from tests.daemon import RouterDaemon
 from tests.dicomgen import make_instance, make_multiframe, make_series
@@ -45,6 +40,7 @@ from tests.peers import (
     LOOPBACK,
     FileOutcome,
     Orthanc,
+    ScriptedSCP,
     StoreSCP,
     _descendants,
     free_port,
@@ -196,79 +192,6 @@ def spooled_files(d: RouterDaemon) -> list[Path]:
     return sorted((d.workdir / "spool" / "objects").iterdir())
 
 
-# --------------------------------------------------------------------------- a scripted SCP
-
-
-class ScriptedSCP:
-    """A pynetdicom Storage SCP on 127.0.0.1 that answers what the test tells it to.
-
-    Answers come from `script` (first in, first out) and then `status`. Every C-STORE is
-    recorded with the status answered, the transfer syntax and the encoded dataset.
-    Verification is always supported, as on a real PACS.
-    """
-
-    def __init__(
-        self,
-        *,
-        ae_title: str = "TESTSCP",
-        sop_classes: Iterable[str] | None = None,
-        transfer_syntaxes: Sequence[str] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian),
-        script: Iterable[int] = (),
-        status: int = 0x0000,
-    ) -> None:
-        self.ae_title = ae_title
-        self.port = free_port()
-        self.script: deque[int] = deque(script)
-        self.status = status
-        self.calls: list[tuple[str, int]] = []  # (SOP Instance UID, status answered)
-        self.received: dict[str, tuple[str, bytes]] = {}  # uid -> (transfer syntax, bytes)
-        self._lock = threading.Lock()
-        self.ae = AE(ae_title=ae_title)
-        classes = (
-            [str(c.abstract_syntax) for c in StoragePresentationContexts]
-            if sop_classes is None
-            else list(sop_classes)
-        )
-        for sop_class in classes:
-            self.ae.add_supported_context(sop_class, list(transfer_syntaxes))
-        self.ae.add_supported_context(Verification)
-        self.server: Any = None
-
-    def start(self) -> ScriptedSCP:
-        """Listen (in background threads)."""
-        self.server = self.ae.start_server(
-            (LOOPBACK, self.port),
-            block=False,
-            evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
-        )
-        return self
-
-    def stop(self) -> None:
-        """Stop listening and drop running associations."""
-        if self.server is not None:
-            self.server.shutdown()
-            self.server = None
-        self.ae.shutdown()
-
-    def _on_store(self, event: Event) -> int:
-        uid = str(event.request.AffectedSOPInstanceUID)  # type: ignore[union-attr]
-        raw = event.request.DataSet.getvalue()  # type: ignore[union-attr]
-        with self._lock:
-            answer = self.script.popleft() if self.script else self.status
-            self.calls.append((uid, answer))
-            self.received[uid] = (str(event.context.transfer_syntax), raw)
-        return answer
-
-    def answered(self, uid: str | None = None) -> list[int]:
-        """Statuses answered, in order (for one SOP Instance UID if given)."""
-        with self._lock:
-            return [s for u, s in self.calls if uid is None or u == uid]
-
-    def accepted(self, uid: str) -> int:
-        """How many times `uid` was answered 0x0000."""
-        return self.answered(uid).count(0x0000)
-
-
 @pytest.fixture(autouse=True)
 def _dcmtk_nodelay(monkeypatch: pytest.MonkeyPatch) -> None:
     """TCP_NODELAY=1 in the environment of the peers started by this module's fixtures.
@@ -278,21 +201,6 @@ def _dcmtk_nodelay(monkeypatch: pytest.MonkeyPatch) -> None:
     ACK (~20 instances/s instead of ~350/s). Autouse fixtures run before `orthanc`.
     """
     monkeypatch.setenv("TCP_NODELAY", "1")
-
-
-@pytest.fixture
-def scripted() -> Iterator[Callable[..., ScriptedSCP]]:
-    """Start ScriptedSCPs; all are stopped after the test."""
-    started: list[ScriptedSCP] = []
-
-    def start(**kw: Any) -> ScriptedSCP:
-        scp = ScriptedSCP(**kw).start()
-        started.append(scp)
-        return scp
-
-    yield start
-    for scp in started:
-        scp.stop()
 
 
 # --------------------------------------------------------------------------- instances

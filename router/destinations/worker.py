@@ -210,9 +210,7 @@ class QueueWorkers(ABC, Generic[D, C]):
 
     def hold(self, seconds: float, why: str) -> float:
         """Send nothing to this destination for `seconds` (its Retry-After); until when."""
-        with self._lock:
-            self._blocked_until = max(self._blocked_until, time.time() + seconds)
-            until = self._blocked_until
+        until = self._block_for(seconds)
         log.warning(
             "destination %s asks for a pause (%s): next try in %.1f s",
             self.name,
@@ -245,9 +243,7 @@ class QueueWorkers(ABC, Generic[D, C]):
         self._failures += 1
         metrics.destination_unreachable(self.name)
         delay = backoff(self._failures, self.dest.retry)
-        with self._lock:
-            self._blocked_until = max(self._blocked_until, time.time() + delay)
-            until = self._blocked_until
+        until = self._block_for(delay)
         log.warning(
             "destination %s unreachable (%s): next try in %s",
             self.name,
@@ -256,6 +252,12 @@ class QueueWorkers(ABC, Generic[D, C]):
             extra={"event": "unreachable", "destination": self.name, "delay": delay},
         )
         return until
+
+    def _block_for(self, seconds: float) -> float:
+        """Send nothing for `seconds` more (a longer block already set stays); until when."""
+        with self._lock:
+            self._blocked_until = max(self._blocked_until, time.time() + seconds)
+            return self._blocked_until
 
     def _log(self, d: Delivery, state: str, status: int | None, error: str | None) -> None:
         log.info(

@@ -26,7 +26,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from router.errors import StartupError
 from router.observe.instruments import PREFIX, queued_destinations
 from router.rules.ruleset import LoadedConfig
-from router.spool import database as spool_db
+from router.spool.stats import QueueStats, queue_stats
 
 log = logging.getLogger("router.exporter")
 
@@ -134,7 +134,7 @@ def _spool_metrics(loaded: LoadedConfig) -> Iterable[Any]:
     )
     names = queued_destinations(loaded.config)
     try:
-        stats = spool_db.queue_stats(root, names)
+        stats = queue_stats(root, names)
     except Exception as exc:  # a scrape reports what it can; the queue is not ours to fix
         log.warning("cannot read the queue for /metrics: %s", exc)
         stats = {}
@@ -155,7 +155,7 @@ def _spool_metrics(loaded: LoadedConfig) -> Iterable[Any]:
     }
     now = time.time()
     for name in names:  # a removed destination's leftovers: `dicom-router queue`
-        q = stats.get(name, spool_db.QueueStats())
+        q = stats.get(name, QueueStats())
         families["pending"].add_metric([name], q.pending)
         families["dead"].add_metric([name], q.dead_letters)
         age = max(0.0, now - q.oldest_pending) if q.oldest_pending is not None else 0.0

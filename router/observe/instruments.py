@@ -35,10 +35,8 @@ SEND_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120)
 OTHER = "other"
 REJECT_REASONS = ("callers", "limit", "called_ae", "protocol", OTHER)
 DELIVERY_RESULTS = ("delivered", "dead_letter")
-# Statuses the router itself answers whatever the rule file says (router.actions.pipeline).
-BUILTIN_STATUSES = status.BUILTIN_STATUSES
 _KNOWN_CODES = frozenset(
-    {*BUILTIN_STATUSES, *status.GENERAL_FAILURES, *status.WARNINGS, *status.GENERAL_WARNINGS}
+    {*status.BUILTIN_STATUSES, *status.GENERAL_FAILURES, *status.WARNINGS, *status.GENERAL_WARNINGS}
 )
 _MAX_CALLERS_CACHED = 1024
 
@@ -243,7 +241,7 @@ def config_applied(config: Config) -> None:
         m.accepted.labels(caller)
     for rule in (*(r.name for r in config.rules), "default"):
         m.rule_matches.labels(rule)
-    for code in {*BUILTIN_STATUSES, *_configured_statuses(config)}:
+    for code in {*status.BUILTIN_STATUSES, *_configured_statuses(config)}:
         m.responses.labels(*status_labels(code))
     for reason in REJECT_REASONS:
         m.rejected.labels(reason)

@@ -12,21 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from router.errors import OutOfResources
-from router.spool.db import IDLE_CONNECTIONS, Databases
+from router.spool.db import Databases
 from router.spool.decisions import DecisionLog, DecisionRecord, trace
 from router.spool.layout import OBJECTS
 from router.spool.queue import DEAD_LETTER, PENDING, Delivery, Instance, Queue
-from router.spool.stats import QueueStats, queue_stats
 
-__all__ = [
-    "IDLE_CONNECTIONS",
-    "DecisionRecord",
-    "Delivery",
-    "Instance",
-    "QueueStats",
-    "Spool",
-    "queue_stats",
-]
+__all__ = ["Spool"]
 
 
 class Spool:
