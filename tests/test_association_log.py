@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,3 +49,32 @@ def test_an_association_closed_without_release_is_still_logged_dropped(
         peer.associate()
     daemon.wait_log(f"association from HOSTILE@127.0.0.1 {DROPPED}")
     assert daemon.log().count(DROPPED) == 1
+
+
+def test_debug_logs_the_negotiation_and_each_dimse_message(
+    router: Callable[..., RouterDaemon], ct: Path
+) -> None:
+    """With --debug one C-STORE shows the contexts offered and accepted and the C-STORE-RQ."""
+    daemon = router(with_workers(2), options=("--debug",))
+    assert storescu(daemon.port, [ct]).ok
+    daemon.wait_log("C-STORE from STORESCU")
+    log = daemon.log()
+    for line in (
+        "INCOMING A-ASSOCIATE-RQ PDU",
+        "Context ID:        1 (Proposed)",
+        "OUTGOING A-ASSOCIATE-AC PDU",
+        "Context ID:        1 (Accepted)",
+        "Accepted Transfer Syntax: =Explicit VR Little Endian",
+        "Message Type                  : C-STORE RQ",
+    ):
+        assert re.search(rf"DEBUG pynetdicom\._handlers: [= ]*{re.escape(line)}", log), line
+
+
+def test_without_debug_no_pynetdicom_line_is_logged(
+    router: Callable[..., RouterDaemon], ct: Path
+) -> None:
+    """Without --debug a C-STORE logs the router's lines only."""
+    daemon = router(with_workers(2))
+    assert storescu(daemon.port, [ct]).ok
+    daemon.wait_log("C-STORE from STORESCU")
+    assert "pynetdicom" not in daemon.log()
