@@ -29,7 +29,7 @@ from router.config.model import Config
 from router.dicom.header import tag_values
 from router.dicom.sopclass import sop_class_name
 from router.dicom.status import hex_code
-from router.errors import ActionError, ConfigError, RouterError, UsageError
+from router.errors import ActionError, ConfigError, RouterError, UsageError, did_you_mean
 from router.observe import logs
 from router.rules.engine import also_matching, wanted_tags
 from router.rules.fixtures import describe
@@ -266,8 +266,17 @@ def _age(seconds: float) -> str:
 
 def _queue(args: argparse.Namespace) -> int:
     spool = _spool(args.file)
+    if args.all and args.action != "purge":
+        raise UsageError(f"queue {args.action}: --all applies to purge only")
+    if args.destination is not None:
+        _known_destination(args.destination, args.file, spool)
     if args.action == "retry":
-        print(f"{spool.requeue_dead_letters(args.destination)} dead letters queued again")
+        # Dead letters go back to the queue; what waits for a later attempt (a backoff, a
+        # paused destination) is due now, and the forwarder is told to end the pause.
+        requeued = spool.requeue_dead_letters(args.destination)
+        due = spool.due_now(args.destination)
+        spool.kick(args.destination)
+        print(f"{requeued} dead letters queued again, {due} waiting deliveries due now")
         return EXIT_OK
     if args.action == "purge":
         states = ("dead", "pending") if args.all else ("dead",)
@@ -289,6 +298,13 @@ def _queue(args: argparse.Namespace) -> int:
         if args.destination in (None, name):
             print(f"{name}: {pending} pending, {dead} dead letters")
     return EXIT_OK
+
+
+def _known_destination(name: str, file: Path, spool: Spool) -> None:
+    """A destination of the rule file, or one the spool still has deliveries for."""
+    known = set(load(file).config.destinations or {}) | set(spool.depth())
+    if name not in known:
+        raise UsageError(f"unknown destination {name!r}{did_you_mean(name, known)}")
 
 
 def _trace(args: argparse.Namespace) -> int:

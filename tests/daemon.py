@@ -23,13 +23,15 @@ class RouterDaemon:
     """One `dicom-router run` process with its rule file in `workdir`."""
 
     def __init__(self, workdir: Path, config: str, *, port: int | None = None,
-                 args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+                 args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 options: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.config_path = workdir / "router.yaml"
         self.write_config(config)
         self.args = args
+        self.options = options  # before `run`: --debug, --log-format
         self.env = env or {}
         self.proc: Proc | None = None
         self._runs = 0
@@ -45,7 +47,7 @@ class RouterDaemon:
         """Start the daemon and wait until it listens."""
         self._runs += 1
         self.proc = Proc(
-            [DICOM_ROUTER, "run", "-c", self.config_path, *self.args],
+            [DICOM_ROUTER, *self.options, "run", "-c", self.config_path, *self.args],
             self.workdir / f"daemon-{self._runs}.log",
             env=self.env, cwd=self.workdir, name="dicom-router",
         )

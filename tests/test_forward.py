@@ -418,7 +418,8 @@ def test_permanent_rejection_is_a_dead_letter_until_queue_retry(
     assert [p.name for p in spooled_files(d)], "a dead letter keeps its file"
 
     pacs.status = 0x0000
-    assert cli(d, "queue", str(d.config_path), "retry").strip() == "1 dead letters queued again"
+    out = cli(d, "queue", str(d.config_path), "retry")
+    assert out.strip() == "1 dead letters queued again, 0 waiting deliveries due now"
     wait_until("delivery after retry", lambda: states(d, "pacs") == ["delivered"])
     time.sleep(0.5)  # nothing else may follow
     assert pacs.answered(uid) == [0x0124, 0x0000]

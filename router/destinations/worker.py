@@ -80,6 +80,7 @@ class QueueWorkers(ABC, Generic[D, C]):
         self._inflight: set[int] = set()
         self._blocked_until = 0.0
         self._failures = 0  # consecutive unreachable cycles: the backoff's attempt number
+        self._paused_at = 0.0  # when the pause was last set or extended: see _kicked
         metrics.destination_started(name)
         self._threads = [
             threading.Thread(target=self._work, name=f"forward-{name}-{i}", daemon=True)
@@ -138,7 +139,7 @@ class QueueWorkers(ABC, Generic[D, C]):
         try:
             while not self._stop.is_set():
                 wait = self._blocked_until - time.time()
-                if wait > 0:
+                if wait > 0 and not self._kicked():
                     self._stop.wait(min(wait, 1.0))
                     continue
                 batch = self._claim()
@@ -183,8 +184,21 @@ class QueueWorkers(ABC, Generic[D, C]):
     # --- outcomes ------------------------------------------------------------------------
 
     def reached(self) -> None:
-        """The destination answered (whatever it said): it is not unreachable."""
-        self._failures = 0
+        """The destination answered (whatever it said): it is not unreachable.
+
+        The first answer after an outage ends the pause for the rest of its queue: what
+        was postponed or backed off meanwhile is due now, not at the end of its wait.
+        """
+        if self._failures:
+            self._failures = 0
+            self._end_pause()
+            moved = self.spool.due_now(self.name)
+            log.info(
+                "destination %s reachable again: %d waiting deliveries due now",
+                self.name,
+                moved,
+                extra={"event": "reachable", "destination": self.name},
+            )
 
     def settle(self, d: Delivery, result: Sent | ForwardError) -> None:
         """Apply one instance's result: the policy's verdict on an answer, or the failure's."""
@@ -253,10 +267,33 @@ class QueueWorkers(ABC, Generic[D, C]):
         )
         return until
 
+    def _kicked(self) -> bool:
+        """True (and the pause ended) when `queue retry` asked for it since last seen.
+
+        Read once a second by each worker while the destination is paused, never otherwise.
+        """
+        at = self.spool.kicked_at(self.name)
+        with self._lock:
+            if at <= self._paused_at:
+                return False  # no request, or one older than this pause
+            self._paused_at = at
+            self._blocked_until = 0.0
+        log.info(
+            "destination %s: pause ended by `queue retry`",
+            self.name,
+            extra={"event": "kicked", "destination": self.name},
+        )
+        return True
+
+    def _end_pause(self) -> None:
+        with self._lock:
+            self._blocked_until = 0.0
+
     def _block_for(self, seconds: float) -> float:
         """Send nothing for `seconds` more (a longer block already set stays); until when."""
         with self._lock:
-            self._blocked_until = max(self._blocked_until, time.time() + seconds)
+            self._paused_at = time.time()
+            self._blocked_until = max(self._blocked_until, self._paused_at + seconds)
             return self._blocked_until
 
     def _log(self, d: Delivery, state: str, status: int | None, error: str | None) -> None:

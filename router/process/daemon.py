@@ -25,6 +25,7 @@ from router.observe.exporter import Exporter, ReloadStats
 from router.process.children import ChildProcess, Settings
 from router.process.forkserver import default_workers
 from router.process.forwarder import forwarder_process
+from router.process.portclaim import claim_port
 from router.process.reload import RuleFileWatcher
 from router.process.systemd import Notifier
 from router.process.workers import WorkerPool, reserve_port
@@ -69,6 +70,7 @@ class Daemon:
         self.stack: ReceiveStack | None = None  # with one receiving process: this one
         self.pool: WorkerPool | None = None
         self._reserved: socket.socket | None = None
+        self._claim: socket.socket | None = None  # the port is ours: see portclaim
         self._watcher: RuleFileWatcher | None = None
         self.exporter: Exporter | None = None
         self.accepting = False  # read by /readyz
@@ -92,6 +94,8 @@ class Daemon:
         else:
             metrics.disable_children()
         listen = loaded.config.listen
+        # Before any bind: the workers' SO_REUSEPORT would let a second daemon share it.
+        self._claim = claim_port(listen.host, listen.port)
         settings = Settings(spool, self._log_format, self._debug, metrics.shared_folder())
         self.forwarder = forwarder_process(settings)
         shipped = loaded.shipped()
@@ -248,6 +252,8 @@ class Daemon:
             self.forwarder.stop(timeout=FORWARDER_STOP_SECONDS)
         if self.exporter is not None:
             self.exporter.stop()
+        if self._claim is not None:
+            self._claim.close()
 
 
 def _restart_only(old: LoadedConfig, new: LoadedConfig) -> list[str]:

@@ -7,7 +7,8 @@ workers that each bind the listening port with SO_REUSEPORT (the kernel spreads
 connections over them) and run a receive stack of their own (`router.receive.stack`):
 
 - the main process binds the port first, without listening, so that a port in use is a
-  start-up error and port 0 resolves to one port for all;
+  start-up error and port 0 resolves to one port for all; before that it claims the port
+  (`router.process.portclaim`), as SO_REUSEPORT would let another daemon share it;
 - a worker says `Listening` on its pipe (`router.process.children`); READY=1 comes when
   every worker has said it;
 - a reloaded config goes to every worker; SIGTERM (systemd sends it to every process)

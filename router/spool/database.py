@@ -74,6 +74,18 @@ class Spool:
         """Dead letters back to pending with a fresh attempt count; returns how many."""
         return self.queue.requeue_dead_letters(destination)
 
+    def due_now(self, destination: str | None = None) -> int:
+        """Pending deliveries waiting for a later attempt made due now (attempts kept)."""
+        return self.queue.due_now(destination)
+
+    def kick(self, destination: str | None = None) -> None:
+        """Ask the forwarder to end `destination`'s pause (every one's with None) now."""
+        self.queue.kick(destination)
+
+    def kicked_at(self, destination: str) -> float:
+        """When `queue retry` last asked to end this destination's pause (0: never)."""
+        return self.queue.kicked_at(destination)
+
     def purge(self, destination: str | None = None, states: Sequence[str] = (DEAD_LETTER,)) -> int:
         """Delete deliveries (dead letters by default) and files nobody needs any more."""
         return self.queue.purge(destination, states)

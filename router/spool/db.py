@@ -40,6 +40,12 @@ CREATE TABLE IF NOT EXISTS deliveries (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (destination, state, next_attempt_at);
+-- `queue retry` (another process) asks the forwarder to end a destination's pause now;
+-- '*' for every destination. The forwarder reads it only while a destination is paused.
+CREATE TABLE IF NOT EXISTS kicks (
+    destination TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
 CREATE INDEX IF NOT EXISTS deliveries_object ON deliveries (object_id);
 CREATE INDEX IF NOT EXISTS objects_uid ON objects (sop_instance_uid);
 """

@@ -201,14 +201,49 @@ class Queue:
 
     def requeue_dead_letters(self, destination: str | None = None) -> int:
         """Dead letters back to pending with a fresh attempt count; returns how many."""
-        where, args = _where((DEAD_LETTER,), destination)
+        return self._make_due((DEAD_LETTER,), destination, "state=?, attempts=0,", [PENDING])
+
+    def due_now(self, destination: str | None = None) -> int:
+        """Pending deliveries waiting for a later attempt made due now (attempts kept)."""
+        return self._make_due((PENDING,), destination, later_only=True)
+
+    def _make_due(
+        self,
+        states: Sequence[str],
+        destination: str | None,
+        also: str = "",
+        args: Sequence[object] = (),
+        *,
+        later_only: bool = False,
+    ) -> int:
+        """Deliveries in `states` due now (with `later_only`, those not due yet), `also` set."""
+        where, where_args = _where(states, destination)
         now = time.time()
+        if later_only:
+            where += " AND next_attempt_at>?"
+            where_args.append(now)
         with self._db.queue() as db:
             return db.execute(
-                f"UPDATE deliveries SET state=?, attempts=0, next_attempt_at=?, updated_at=?"
-                f" WHERE {where}",
-                [PENDING, now, now, *args],
+                f"UPDATE deliveries SET {also} next_attempt_at=?, updated_at=? WHERE {where}",
+                [*args, now, now, *where_args],
             ).rowcount
+
+    def kick(self, destination: str | None = None) -> None:
+        """Ask the forwarder to end `destination`'s pause (every one's with None) now."""
+        with self._db.queue() as db:
+            db.execute(
+                "INSERT INTO kicks (destination, at) VALUES (?, ?)"
+                " ON CONFLICT(destination) DO UPDATE SET at=excluded.at",
+                (destination or "*", time.time()),
+            )
+
+    def kicked_at(self, destination: str) -> float:
+        """When `queue retry` last asked to end this destination's pause (0: never)."""
+        with self._db.queue() as db:
+            row = db.execute(
+                "SELECT MAX(at) FROM kicks WHERE destination IN (?, '*')", (destination,)
+            ).fetchone()
+        return float(row[0] or 0.0)
 
     def purge(self, destination: str | None = None, states: Sequence[str] = (DEAD_LETTER,)) -> int:
         """Delete deliveries (dead letters by default) and files nobody needs any more."""

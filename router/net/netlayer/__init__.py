@@ -50,8 +50,11 @@ Each change, why, and what it replaces:
    the reactor marks itself running, which closes the race in which a `send_c_store` saw a
    stale `_is_paused` and the reactor stole its C-STORE-RSP. `run_reactor` is wrapped so
    that an exception during negotiation (e.g. a presentation context without a transfer
-   syntax) aborts instead of leaving the peer waiting. Setting `network_timeout`
-   (`association.py:591-596`) also wakes the reactor, so a shorter timeout applies at once.
+   syntax) aborts instead of leaving the peer waiting. A released association is marked
+   `is_released` before its A-RELEASE-RP is queued, not after: EVT_CONN_CLOSE (the DUL's
+   thread, once the peer closes) must never see a cleanly released association unmarked.
+   Setting `network_timeout` (`association.py:591-596`) also wakes the reactor, so a
+   shorter timeout applies at once.
 7. `RouterAE.active_associations` (used by `acse.py:379-381` for `maximum_associations`)
    counts only associations whose A-ASSOCIATE-RQ arrived: connections that never
    associate cannot lock senders out. `RouterServer` (replaces `transport.py:930-1089` in

