@@ -1,4 +1,4 @@
-"""`queue FILE retry`: waiting deliveries go now; the forwarder ends a destination's pause."""
+"""A destination that is back gets its queue now: `queue FILE retry`, or a C-ECHO probe."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from router.destinations.worker import PROBE_SECONDS
 from tests.daemon import DICOM_ROUTER, RouterDaemon
 from tests.peers import StoreSCP, free_port
 from tests.test_forward import Router, cli, dest, one_instance, rule_file, send, states, wait_until
@@ -39,6 +40,27 @@ def test_queue_retry_sends_what_waits_for_a_destination_that_is_back(
     finally:
         pacs.stop()
     d.wait_log("destination pacs: pause ended by `queue retry`")
+
+
+def test_a_paused_destination_that_answers_a_c_echo_gets_its_queue_at_once(
+    router: Router, tmp_path: Path
+) -> None:
+    """PACS down, then up: the forwarder's C-ECHO probe ends the 120 s pause by itself."""
+    pacs = StoreSCP(tmp_path / "pacs", port=free_port())  # not started: down
+    files = [one_instance(tmp_path, f"ct{i}.dcm")[0] for i in range(3)]
+    d = router(rule_file({"pacs": dest(pacs.ae_title, pacs.port, retry=LONG_RETRY)},
+                         ["forward: pacs"]))  # fmt: skip
+    assert send(d, files) == [0] * 3
+    d.wait_log("destination pacs unreachable")
+    pacs.start()
+    try:
+        start = time.monotonic()
+        pacs.wait_count(3, timeout=PROBE_SECONDS + 20)
+        assert time.monotonic() - start < PROBE_SECONDS + 20  # not the 60-120 s pause
+        wait_until("delivered", lambda: states(d, "pacs") == ["delivered"] * 3)
+    finally:
+        pacs.stop()
+    d.wait_log("destination pacs reachable again: 3 waiting deliveries due now")
 
 
 def test_queue_retry_of_an_unknown_destination_exits_1_with_did_you_mean(

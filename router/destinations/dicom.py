@@ -197,6 +197,27 @@ class Sender:
             assoc.release()
         return accepted
 
+    def echo(self) -> bool:
+        """True when the destination accepts a Verification association and C-ECHO succeeds."""
+        try:
+            tls_args = self._tls_args()
+        except Unreachable:
+            return False
+        assoc = self.ae.associate(
+            self.dest.host,
+            self.dest.port,
+            contexts=[build_context(Verification)],
+            ae_title=self.dest.ae_title,
+            tls_args=tls_args,
+        )
+        if not assoc.is_established:
+            return False
+        try:
+            status = assoc.send_c_echo()
+            return bool(status) and status.get("Status") == 0
+        finally:
+            assoc.release()
+
     def send(self, path: Path, sop_class: str, ts: str) -> Sent:
         """Send one spooled file; raise a ForwardError unless the destination answered."""
         assoc = self.ensure({(sop_class, ts)})

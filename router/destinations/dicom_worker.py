@@ -57,6 +57,10 @@ class DicomWorkers(QueueWorkers[DicomDestination, Sender]):
             self.reached()
             self.settle(d, sent)
 
+    def probe(self, channel: Sender) -> bool:
+        """A C-ECHO: answered with success, the destination is back."""
+        return channel.echo()
+
     def close_if_idle(self, channel: Sender) -> None:
         """Release the association after idle_timeout without work."""
         if channel.assoc and time.monotonic() - channel.last_used > self.dest.idle_timeout:

@@ -34,6 +34,7 @@ log = logging.getLogger("router.forward")
 
 IDLE_POLL = 0.05  # seconds between queue polls when there is nothing due
 BUG_PAUSE = 1.0  # seconds a worker pauses after an unexpected exception
+PROBE_SECONDS = 10.0  # while unreachable, how often one thread asks whether it is back
 
 
 class Queued(Protocol):
@@ -81,6 +82,7 @@ class QueueWorkers(ABC, Generic[D, C]):
         self._blocked_until = 0.0
         self._failures = 0  # consecutive unreachable cycles: the backoff's attempt number
         self._paused_at = 0.0  # when the pause was last set or extended: see _kicked
+        self._next_probe = 0.0  # monotonic: see _probed
         metrics.destination_started(name)
         self._threads = [
             threading.Thread(target=self._work, name=f"forward-{name}-{i}", daemon=True)
@@ -104,6 +106,10 @@ class QueueWorkers(ABC, Generic[D, C]):
     @abstractmethod
     def close_if_idle(self, channel: C) -> None:
         """Close the channel when it has had no work for idle_timeout."""
+
+    def probe(self, channel: C) -> bool:
+        """True when the unreachable destination answers again (kinds without a probe: False)."""
+        return False
 
     def fit(self, due: list[Delivery]) -> list[Delivery]:
         """The part of `due` one batch takes (all of it, unless the kind limits bytes)."""
@@ -139,7 +145,7 @@ class QueueWorkers(ABC, Generic[D, C]):
         try:
             while not self._stop.is_set():
                 wait = self._blocked_until - time.time()
-                if wait > 0 and not self._kicked():
+                if wait > 0 and not self._kicked() and not self._probed(channel):
                     self._stop.wait(min(wait, 1.0))
                     continue
                 batch = self._claim()
@@ -285,6 +291,22 @@ class QueueWorkers(ABC, Generic[D, C]):
         )
         return True
 
+    def _probed(self, channel: C) -> bool:
+        """While unreachable, one thread asks every PROBE_SECONDS whether it is back.
+
+        A pause grows to `max_delay` (minutes): without a probe, a PACS that is back would
+        wait that long. A pause the destination asked for (Retry-After) is not probed.
+        """
+        now = time.monotonic()
+        with self._lock:
+            if not self._failures or now < self._next_probe:
+                return False
+            self._next_probe = now + PROBE_SECONDS
+        if not self.probe(channel):
+            return False
+        self.reached()
+        return True
+
     def _end_pause(self) -> None:
         with self._lock:
             self._blocked_until = 0.0
@@ -293,6 +315,7 @@ class QueueWorkers(ABC, Generic[D, C]):
         """Send nothing for `seconds` more (a longer block already set stays); until when."""
         with self._lock:
             self._paused_at = time.time()
+            self._next_probe = time.monotonic() + PROBE_SECONDS
             self._blocked_until = max(self._blocked_until, self._paused_at + seconds)
             return self._blocked_until
 
