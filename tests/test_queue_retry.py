@@ -23,13 +23,7 @@ def test_queue_retry_sends_what_waits_for_a_destination_that_is_back(
     router: Router, tmp_path: Path
 ) -> None:
     """PACS down, then up: `queue retry --destination pacs` delivers at once, not in 60+ s."""
-    pacs = StoreSCP(tmp_path / "pacs", port=free_port())  # not started: down
-    files = [one_instance(tmp_path, f"ct{i}.dcm")[0] for i in range(3)]
-    d = router(rule_file({"pacs": dest(pacs.ae_title, pacs.port, retry=LONG_RETRY)},
-                         ["forward: pacs"]))  # fmt: skip
-    assert send(d, files) == [0] * 3
-    d.wait_log("destination pacs unreachable")
-    pacs.start()
+    d, pacs = pacs_back_after_three_queued(router, tmp_path)
     try:
         out = cli(d, "queue", str(d.config_path), "retry", "--destination", "pacs")
         assert out.strip() == "0 dead letters queued again, 3 waiting deliveries due now"
@@ -46,13 +40,7 @@ def test_a_paused_destination_that_answers_a_c_echo_gets_its_queue_at_once(
     router: Router, tmp_path: Path
 ) -> None:
     """PACS down, then up: the forwarder's C-ECHO probe ends the 120 s pause by itself."""
-    pacs = StoreSCP(tmp_path / "pacs", port=free_port())  # not started: down
-    files = [one_instance(tmp_path, f"ct{i}.dcm")[0] for i in range(3)]
-    d = router(rule_file({"pacs": dest(pacs.ae_title, pacs.port, retry=LONG_RETRY)},
-                         ["forward: pacs"]))  # fmt: skip
-    assert send(d, files) == [0] * 3
-    d.wait_log("destination pacs unreachable")
-    pacs.start()
+    d, pacs = pacs_back_after_three_queued(router, tmp_path)
     try:
         start = time.monotonic()
         pacs.wait_count(3, timeout=PROBE_SECONDS + 20)
@@ -82,6 +70,18 @@ def test_queue_list_with_all_exits_1(router: Router) -> None:
     done = run(d, "list", "--all")
     assert done.returncode == 1, done
     assert "--all applies to purge only" in done.stderr
+
+
+def pacs_back_after_three_queued(router: Router, tmp_path: Path) -> tuple[RouterDaemon, StoreSCP]:
+    """Three instances queued for a PACS that was down (a long pause); the PACS now up."""
+    pacs = StoreSCP(tmp_path / "pacs", port=free_port())  # not started: down
+    files = [one_instance(tmp_path, f"ct{i}.dcm")[0] for i in range(3)]
+    d = router(rule_file({"pacs": dest(pacs.ae_title, pacs.port, retry=LONG_RETRY)},
+                         ["forward: pacs"]))  # fmt: skip
+    assert send(d, files) == [0] * 3
+    d.wait_log("destination pacs unreachable")
+    pacs.start()
+    return d, pacs
 
 
 def run(d: RouterDaemon, *args: str) -> subprocess.CompletedProcess[str]:
