@@ -39,8 +39,10 @@ log = logging.getLogger("router.daemon")
 # down); then the forwarder finishes the instance in hand, in at most this long. At most
 # 35 s in all: the unit's TimeoutStopSec is 45 s.
 FORWARDER_STOP_SECONDS = 20.0
-# What signal handlers and the rule-file watcher write to the main loop's wake-up pipe.
-_WORDS = {"stop": b"s", "reload": b"r"}
+# What signal handlers and the rule-file watcher write to the main loop's wake-up pipe:
+# SIGHUP's "reload" always reloads; the watcher's "changed" only when the file differs
+# from the one last read (the watcher and the stat check see the same edit).
+_WORDS = {"stop": b"s", "reload": b"r", "changed": b"c"}
 
 
 class Daemon:
@@ -66,6 +68,7 @@ class Daemon:
         # Only this process may notify systemd: the forwarder must not inherit the socket.
         Notifier.unset_environment(os.environ)
         self.failed_reloads = 0
+        self._refused = False  # the last reload attempt was refused
         self.stack: ReceiveStack | None = None  # with one receiving process: this one
         self.pool: WorkerPool | None = None
         self._reserved: socket.socket | None = None
@@ -111,7 +114,7 @@ class Daemon:
         if self.exporter is not None:
             self.exporter.start()
         if self._watch:
-            self._watcher = RuleFileWatcher(loaded.path, lambda: self.request("reload"))
+            self._watcher = RuleFileWatcher(loaded.path, lambda: self.request("changed"))
             self._watcher.start()
         log.info(
             "listening on %s:%d as %s, %d worker%s, config %s version %s",
@@ -147,7 +150,7 @@ class Daemon:
             signal.signal(sig, handler)
 
     def request(self, word: str) -> None:
-        """Ask the main loop to 'reload' or 'stop'; safe from signal handlers and threads."""
+        """Ask the main loop to 'reload', 'stop' or look at the 'changed' file; signal-safe."""
         with contextlib.suppress(BlockingIOError):  # a full pipe already holds a wake-up
             os.write(self._wake_w, _WORDS[word])
 
@@ -162,7 +165,7 @@ class Daemon:
             # The stat check backs up the watcher: it covers an edit saved before the
             # watcher was armed, and filesystems without inotify.
             if _WORDS["reload"] in words or self._file_changed():
-                self.reload()
+                self.reload()  # one attempt per SIGHUP or edit: the watcher only wakes us
             if self.forwarder is not None:
                 self.forwarder.check()
             if self.pool is not None:
@@ -171,10 +174,8 @@ class Daemon:
             self.last_tick = time.monotonic()
 
     def _file_changed(self) -> bool:
-        signature = _signature(self._loaded.path)
-        changed = signature != self._seen
-        self._seen = signature
-        return changed and self._watch
+        """The file differs from the one the last reload attempt read (when watching)."""
+        return self._watch and _signature(self._loaded.path) != self._seen
 
     def reload(self) -> bool:
         """Load, validate and test the rule file; swap it in only if all is well."""
@@ -190,7 +191,9 @@ class Daemon:
                 return self._refuse(new.fixture_failures, len(new.fixture_failures))
             self.reloads.record(ok=True)
             if new.version == old.version:
+                self._log_unchanged(new)
                 return True
+            self._refused = False
             for key in _restart_only(old, new):
                 log.warning("%s changed: it takes effect on restart", key)
             _log_warnings(new)
@@ -214,8 +217,21 @@ class Daemon:
                 f"config {self._loaded.version}, {self.failed_reloads} failed reloads"
             )
 
+    def _log_unchanged(self, loaded: LoadedConfig) -> None:
+        """The outcome of a reload that read the version in force: unchanged, or back to it."""
+        outcome = "is back to" if self._refused else "unchanged,"
+        log.info(
+            "reload: %s %s config version %s",
+            loaded.path,
+            outcome,
+            loaded.version,
+            extra={"event": "reload-unchanged", "config_version": loaded.version},
+        )
+        self._refused = False
+
     def _refuse(self, problems: Sequence[object], failed_fixtures: int = 0) -> bool:
         self.failed_reloads += 1
+        self._refused = True
         self.reloads.record(ok=False, failed_fixtures=failed_fixtures)
         for problem in problems:
             log.error("%s", problem, extra={"event": "reload-failed"})

@@ -18,6 +18,7 @@ from typing import Any
 from router.config.actions import Action, ForwardAction, StoreAction
 from router.config.match import Match, TagCondition, TagTest
 from router.config.model import Config
+from router.config.source import key_path
 
 Loc = tuple[str | int, ...]
 _GLOB_CHARS = frozenset("*?[")
@@ -64,7 +65,8 @@ def shadowed_rules(config: Config, line_of: Callable[[Loc], int] | None = None) 
         out.append(
             Finding(
                 ("rules", j),
-                f"rules.{j} ({rule.name}) can never match: rules.{i} ({earlier.name}{where})"
+                f"{key_path(('rules', j))} ({rule.name}) can never match: "
+                f"{key_path(('rules', i))} ({earlier.name}{where})"
                 " matches everything it matches",
             )
         )
