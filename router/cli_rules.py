@@ -60,6 +60,11 @@ def _print_summary(cfg: Config, loaded: LoadedConfig) -> None:
         f"  listen    {listen.ae_title} on {listen.host}:{listen.port}"
         f"{' (TLS)' if listen.tls else ''}, spool {loaded.spool}"
     )
+    if cfg.callers is None:
+        print("  callers   any calling AE title, from any address")
+    for caller in cfg.callers or ():
+        hosts = ", ".join(str(h) for h in caller.hosts) if caller.hosts else "any address"
+        print(f"  callers   {caller.ae_title} from {hosts}")
     if cfg.metrics:
         host = f"[{cfg.metrics.host}]" if ":" in cfg.metrics.host else cfg.metrics.host
         where = f"http://{host}:{cfg.metrics.port}"

@@ -87,10 +87,10 @@ default:                      # required: what happens when no rule matches
 
 tests:                        # optional fixtures: `check` runs them, and a reload whose
   - name: sr-from-ct-refused  # fixtures fail is refused like an invalid file
-    instance: {sop_class: BasicTextSRStorage, calling_ae: CT_SCANNER_1}
+    instance: {sop_class: BasicTextSRStorage, calling_ae: CT_SCANNER_1, peer: 10.1.2.3}
     expect: {rule: no-sr-from-ct, status: 0x0124}
   - name: dose-report-warns
-    instance: {sop_class: XRayRadiationDoseSRStorage, tags: {Manufacturer: ACME Medical}}
+    instance: {sop_class: XRayRadiationDoseSRStorage, calling_ae: MR_1, tags: {Manufacturer: ACME Medical}}
     expect: {rule: dose-reports, status: 0xB007, forward: [pacs]}
 """  # noqa: E501 (verbatim from the design)
 
