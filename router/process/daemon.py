@@ -36,8 +36,10 @@ from router.spool.database import Spool
 log = logging.getLogger("router.daemon")
 
 # SIGTERM: associations get DRAIN_SECONDS, then are aborted (ABORT_SECONDS to wind
-# down); then the forwarder finishes the instance in hand, in at most this long. At most
-# 35 s in all: the unit's TimeoutStopSec is 45 s.
+# down), the receiving workers WORKER_EXIT_SECONDS more to exit; then the forwarder
+# finishes the instance in hand, in at most FORWARDER_STOP_SECONDS. At most 38 s in all
+# (docs/operations.md#stopping says so): the unit's TimeoutStopSec is 45 s.
+WORKER_EXIT_SECONDS = 3.0
 FORWARDER_STOP_SECONDS = 20.0
 # What signal handlers and the rule-file watcher write to the main loop's wake-up pipe:
 # SIGHUP's "reload" always reloads; the watcher's "changed" only when the file differs
@@ -254,9 +256,9 @@ class Daemon:
             self.stack.drain()
             log.info("stopped after %.1f s drain", time.monotonic() - start)
         if self.pool is not None:
-            # Each worker drains its stack on its own (systemd also sends it SIGTERM); 3 s
-            # more for the A-ABORTs to go out and the worker to exit.
-            self.pool.stop(timeout=DRAIN_SECONDS + ABORT_SECONDS + 3.0)
+            # Each worker drains its stack on its own (systemd also sends it SIGTERM); then
+            # time for the A-ABORTs to go out and the worker to exit.
+            self.pool.stop(timeout=DRAIN_SECONDS + ABORT_SECONDS + WORKER_EXIT_SECONDS)
             log.info("stopped after %.1f s drain", time.monotonic() - start)
         if self._reserved is not None:
             self._reserved.close()
