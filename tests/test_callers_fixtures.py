@@ -94,7 +94,8 @@ def test_callers_refusal_log_line_has_an_event(router: object, tmp_path: Path) -
         pyn_store(d.port, [source], calling="TEST_CT")
     d.wait_log("calling AE not in callers")
     lines = [json.loads(line) for line in d.log().splitlines() if "not in callers" in line]
-    assert [line.get("event") for line in lines] == ["caller-rejected"]
+    assert lines  # one per attempt: the peer may try again after losing a race with the RJ
+    assert {line.get("event") for line in lines} == {"caller-rejected"}
 
 
 def test_check_lists_who_may_associate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
