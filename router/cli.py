@@ -9,82 +9,164 @@ line each on stderr; `--debug` adds tracebacks.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-
-from pydicom import dcmread
+from typing import Any, NoReturn
 
 from router import __version__
-from router.actions.pipeline import Pipeline, Received
-from router.actions.plan import action_names
-from router.config.destinations import FilesystemDestination
-from router.config.model import Config
-from router.dicom.header import tag_values
+from router.cli_rules import check, explain, schema
 from router.dicom.sopclass import sop_class_name
 from router.dicom.status import hex_code
-from router.errors import ActionError, ConfigError, RouterError, UsageError, did_you_mean
+from router.errors import ConfigError, RouterError, UsageError, did_you_mean
 from router.observe import logs
-from router.rules.engine import also_matching, wanted_tags
-from router.rules.fixtures import describe
 from router.rules.ruleset import LoadedConfig, load
 from router.spool.database import Spool
 
 EXIT_OK, EXIT_INVALID, EXIT_RUNTIME = 0, 1, 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with exit 1 for a bad argument (argparse's own is 2, our runtime failure)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Usage and one line on stderr, exit 1: `RestartPreventExitStatus=1` stops a bad unit."""
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_INVALID, f"{self.prog}: error: {message}\n")
+
+
+_ABOUT = "Route DICOM C-STORE requests by the rules of a YAML rule file."
+_EXITS = (
+    "exit status: 0 success, 1 invalid rule file or arguments (or a failing fixture), "
+    "2 runtime failure. `dicom-router COMMAND --help` describes a command."
+)
+_RULE_FILE = "the YAML rule file"
+_RAN_WITH = (
+    "the rule file the daemon ran with (default: as for `run`: $DICOM_ROUTER_CONFIG, else "
+    "the embedded config, whose spool is in the current folder)"
+)
+
+
+# Each command: its line in `dicom-router --help`, and the description atop its own --help.
+_ABOUT_COMMANDS = {
+    "run": (
+        "run the daemon",
+        "Listen for associations and route every C-STORE by the rule file; "
+        "SIGHUP or saving the file reloads it, SIGTERM or Ctrl-C stops after a drain.",
+    ),
+    "check": (
+        "validate a rule file and run its fixtures",
+        "Validate a rule file, print what it does, and run its `tests:` fixtures. "
+        "Problems are printed as FILE:LINE:COL: key.path: message.",
+    ),
+    "explain": (
+        "dry run: which rule, why, what status",
+        "Run DICOM files through the rules as if received, without storing or "
+        "sending anything: the rule that matches, why, its actions and the status.",
+    ),
+    "schema": (
+        "print the rule file's JSON Schema",
+        "Print the rule file's JSON Schema (for editors and CI).",
+    ),
+    "queue": (
+        "forwarding queues and dead letters",
+        "List, retry or purge the deliveries waiting in the daemon's spool.",
+    ),
+    "trace": (
+        "where did a study, series or instance go?",
+        "Print the decision log's lines and the deliveries for a UID.",
+    ),
+}
+
+
+def _command(sub: Any, name: str) -> argparse.ArgumentParser:
+    """Add one command to the subparsers `sub`, with its help and description."""
+    brief, description = _ABOUT_COMMANDS[name]
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=brief, description=description)
+    return parser
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dicom-router", description=__doc__.splitlines()[0])
-    p.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
+    p = _Parser(prog="dicom-router", description=_ABOUT, epilog=_EXITS)
+    p.add_argument("--debug", action="store_true", help="verbose logs, and tracebacks on errors")
     p.add_argument("--version", action="version", version=f"dicom-router {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the daemon")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = _command(sub, "run")
     run.add_argument(
         "-c",
         "--config",
         type=Path,
-        help="rule file (default: $DICOM_ROUTER_CONFIG or the embedded config/router.yaml)",
+        metavar="FILE",
+        help="rule file (default: $DICOM_ROUTER_CONFIG, else the embedded config/router.yaml, "
+        "whose relative paths start in the current folder)",
     )
-    run.add_argument("--log-format", choices=("text", "json"), default="text")
-    run.add_argument("--no-watch", action="store_true", help="reload on SIGHUP only")
-    check = sub.add_parser("check", help="validate a rule file and run its fixtures")
-    check.add_argument("file", type=Path)
+    run.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text: one readable line per event (default); json: one JSON object per line",
+    )
+    run.add_argument(
+        "--no-watch", action="store_true", help="do not watch the file: reload on SIGHUP only"
+    )
+    check = _command(sub, "check")
+    check.add_argument("file", type=Path, metavar="FILE", help=_RULE_FILE)
     check.add_argument(
         "--strict", action="store_true", help="exit 1 on any warning too (for CI gates)"
     )
-    explain = sub.add_parser("explain", help="dry run: which rule, why, what status")
-    explain.add_argument("file", type=Path)
-    explain.add_argument("dicom_files", type=Path, nargs="+")
-    explain.add_argument("--calling-ae", default="EXPLAIN")
-    explain.add_argument("--called-ae", default=None)
-    explain.add_argument("--peer", default="127.0.0.1")
-    sub.add_parser("schema", help="print the rule file's JSON Schema")
-    q = sub.add_parser("queue", help="forwarding queues and dead letters")
-    q.add_argument("file", type=Path)
-    q.add_argument("action", choices=("list", "retry", "purge"), nargs="?", default="list")
-    q.add_argument("--destination", default=None)
+    explain = _command(sub, "explain")
+    explain.add_argument("file", type=Path, metavar="FILE", help=_RULE_FILE)
+    explain.add_argument(
+        "dicom_files", type=Path, nargs="+", metavar="DICOM_FILE", help="DICOM files (Part 10)"
+    )
+    explain.add_argument(
+        "--calling-ae", default="EXPLAIN", metavar="AE", help="the sender's AE title"
+    )
+    explain.add_argument(
+        "--called-ae", default=None, metavar="AE", help="default: the file's listen.ae_title"
+    )
+    explain.add_argument(
+        "--peer", default="127.0.0.1", metavar="ADDRESS", help="the sender's IP address"
+    )
+    _command(sub, "schema")
+    q = _command(sub, "queue")
+    q.add_argument("file", type=Path, nargs="?", metavar="FILE", help=_RAN_WITH)
+    q.add_argument(
+        "action",
+        choices=("list", "retry", "purge"),
+        nargs="?",
+        default="list",
+        help="list (default): deliveries waiting or dead; retry: queue dead letters again; "
+        "purge: drop dead letters",
+    )
+    q.add_argument("--destination", default=None, metavar="NAME", help="only this destination")
     q.add_argument(
         "--all",
         action="store_true",
         help="purge: pending deliveries too (e.g. of a removed destination)",
     )
-    trace = sub.add_parser("trace", help="where did a study, series or instance go?")
-    trace.add_argument("file", type=Path)
-    trace.add_argument("uid")
+    trace = _command(sub, "trace")
+    trace.add_argument("file", type=Path, nargs="?", metavar="FILE", help=_RAN_WITH)
+    trace.add_argument("uid", metavar="UID", help="a Study, Series or SOP Instance UID")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command line and return its exit code (called by `router.__main__`)."""
     args = _parser().parse_args(argv)
+    if args.command == "queue":
+        _queue_positionals(args)
     try:
         return int(_COMMANDS[args.command](args))
+    except BrokenPipeError:
+        # The reader went away (`dicom-router schema | head`): not an error of ours. Point
+        # stdout at /dev/null so that the interpreter's last flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -126,6 +208,13 @@ def load_for_run(path: Path | None) -> LoadedConfig:
     )
 
 
+def _queue_positionals(args: argparse.Namespace) -> None:
+    """`queue retry` with no FILE: argparse took the action word for the file."""
+    word = str(args.file)
+    if args.action == "list" and word in ("list", "retry", "purge") and not Path(word).exists():
+        args.action, args.file = word, None
+
+
 def _run(args: argparse.Namespace) -> int:
     from router.process.forkserver import default_workers, start_fork_server
 
@@ -148,112 +237,15 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check(args: argparse.Namespace) -> int:
-    if not args.file.exists():
-        raise UsageError(f"{args.file}: no such rule file")
-    loaded = load(args.file)
-    cfg = loaded.config
-    print(f"{args.file}: syntax ok, config version {loaded.version}")
-    _print_summary(cfg, loaded)
-    for warning in loaded.warnings:
-        print(f"warning: {warning}")
-    for result in loaded.fixtures:
-        mark = "ok  " if result.passed else "FAIL"
-        shown = ", ".join(
-            f"{k}={describe(v, k)}"
-            + ("" if result.got.get(k) == v else f" (got {describe(result.got.get(k), k)})")
-            for k, v in result.expected.items()
-        )
-        print(f"  fixture {mark} {result.name}: {shown}")
-    for failure in loaded.fixture_failures:
-        print(failure, file=sys.stderr)
-    if loaded.fixture_failures or (args.strict and loaded.warnings):
-        return EXIT_INVALID
-    return EXIT_OK
-
-
-def _print_summary(cfg: Config, loaded: LoadedConfig) -> None:
-    listen = cfg.listen
-    print(
-        f"  listen    {listen.ae_title} on {listen.host}:{listen.port}"
-        f"{' (TLS)' if listen.tls else ''}, spool {loaded.spool}"
-    )
-    if cfg.metrics:
-        host = f"[{cfg.metrics.host}]" if ":" in cfg.metrics.host else cfg.metrics.host
-        where = f"http://{host}:{cfg.metrics.port}"
-        print(f"  metrics   {where}/metrics (and /healthz, /readyz)")
-    # Here, not at the top: the registry brings every sending library (httpx...), which the
-    # daemon's main process, importing this module, does not need.
-    from router.destinations import registry
-
-    for name, dest in cfg.destinations.items():
-        kind = registry.kind_of(dest)
-        if kind is not None:
-            print(f"  dest      {name}: {kind.describe(dest)}")
-        elif isinstance(dest, FilesystemDestination):
-            print(f"  dest      {name}: folder {loaded.resolve(dest.path)}")
-    for i, rule in enumerate(cfg.rules, 1):
-        print(
-            f"  rule {i:<4} {rule.name}: "
-            f"{', '.join(rule.match.model_dump(exclude_none=True, by_alias=True)) or 'always'}"
-            f" -> {', '.join(action_names(rule.actions))}"
-        )
-    print(f"  default   -> {', '.join(action_names(cfg.default))}")
-
-
-def _explain(args: argparse.Namespace) -> int:
-    if not args.file.exists():
-        raise UsageError(f"{args.file}: no such rule file")
-    loaded = load(args.file)
-    pipeline = Pipeline(lambda: loaded, None, loaded.spool / "work")
-    worst = EXIT_OK
-    for path in args.dicom_files:
-        try:
-            meta = dcmread(path, stop_before_pixels=True)
-        except Exception as exc:
-            print(f"{path}: not a DICOM file: {exc}", file=sys.stderr)
-            worst = EXIT_INVALID
-            continue
-        received = Received(
-            path=path,
-            sop_class_uid=str(
-                meta.file_meta.get("MediaStorageSOPClassUID", meta.get("SOPClassUID", ""))
-            ),
-            sop_instance_uid=str(meta.get("SOPInstanceUID", "")),
-            calling_ae=args.calling_ae,
-            called_ae=args.called_ae or loaded.config.listen.ae_title,
-            peer=args.peer,
-            transfer_syntax=str(meta.file_meta.get("TransferSyntaxUID", "")),
-        )
-        print(f"{path}: {sop_class_name(received.sop_class_uid)} {received.sop_instance_uid}")
-        try:
-            decision, header = pipeline.evaluate(loaded, received)
-        except ActionError as exc:
-            print(f"  status  {hex_code(exc.status)} ({exc})")
-            continue
-        print(f"  rule    {decision.rule}")
-        for reason in decision.reasons:
-            print(f"  why     {reason}")
-        tags = tag_values(header, wanted_tags(loaded.config))
-        shadowed = also_matching(loaded.config, decision.rule, replace(received.facts(), tags=tags))
-        if shadowed:
-            print(f"  shadows {', '.join(shadowed)} (would also match; the first match wins)")
-        print(f"  actions {', '.join(action_names(decision.actions))}")
-        print(f"  status  {hex_code(decision.status)}")
-    return worst
-
-
-def _schema(_args: argparse.Namespace) -> int:
-    print(json.dumps(Config.model_json_schema(by_alias=True), indent=2))
-    return EXIT_OK
-
-
-def _spool(path: Path) -> Spool:
-    if not path.exists():
-        raise UsageError(f"{path}: no such rule file")
-    folder = load(path).spool
+def _spool(path: Path | None) -> Spool:
+    """The spool of the rule file the daemon ran with (no FILE: as `run` picks it)."""
+    loaded = load_for_run(path)
+    folder = loaded.spool
     if not (folder / "queue.db").exists():
-        raise UsageError(f"{folder}: no spool here yet (has the daemon run with this file?)")
+        raise UsageError(
+            f"{folder}: no spool here yet (has the daemon run with "
+            f"{'this file' if path else loaded.path}?)"
+        )
     return Spool(folder)
 
 
@@ -300,9 +292,9 @@ def _queue(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _known_destination(name: str, file: Path, spool: Spool) -> None:
+def _known_destination(name: str, file: Path | None, spool: Spool) -> None:
     """A destination of the rule file, or one the spool still has deliveries for."""
-    known = set(load(file).config.destinations or {}) | set(spool.depth())
+    known = set(load_for_run(file).config.destinations or {}) | set(spool.depth())
     if name not in known:
         raise UsageError(f"unknown destination {name!r}{did_you_mean(name, known)}")
 
@@ -332,9 +324,9 @@ def _trace(args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "run": _run,
-    "check": _check,
-    "explain": _explain,
-    "schema": _schema,
+    "check": check,
+    "explain": explain,
+    "schema": schema,
     "queue": _queue,
     "trace": _trace,
 }

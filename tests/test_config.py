@@ -87,10 +87,10 @@ default:                      # required: what happens when no rule matches
 
 tests:                        # optional fixtures: `check` runs them, and a reload whose
   - name: sr-from-ct-refused  # fixtures fail is refused like an invalid file
-    instance: {sop_class: BasicTextSRStorage, calling_ae: CT_SCANNER_1}
+    instance: {sop_class: BasicTextSRStorage, calling_ae: CT_SCANNER_1, peer: 10.1.2.3}
     expect: {rule: no-sr-from-ct, status: 0x0124}
   - name: dose-report-warns
-    instance: {sop_class: XRayRadiationDoseSRStorage, tags: {Manufacturer: ACME Medical}}
+    instance: {sop_class: XRayRadiationDoseSRStorage, calling_ae: MR_1, tags: {Manufacturer: ACME Medical}}
     expect: {rule: dose-reports, status: 0xB007, forward: [pacs]}
 """  # noqa: E501 (verbatim from the design)
 
@@ -137,21 +137,21 @@ ERRORS = [
     pytest.param(
         HEAD + "default:\n  - reject: 0xB007\n",
         "7:13",
-        "default.0.reject",
+        "default.1.reject",
         "0xB007 is not a C-STORE failure status",
         id="reject-warning-code",
     ),
     pytest.param(
         HEAD + "default:\n  - store: archive\n  - warn: 0x0124\n",
         "8:11",
-        "default.1.warn",
+        "default.2.warn",
         "0x0124 is not a C-STORE warning status",
         id="warn-failure-code",
     ),
     pytest.param(
         HEAD + "default:\n  - warn: B007\n",
         "7:11",
-        "default.0.warn",
+        "default.1.warn",
         "write it in hex",
         id="status-not-hex",
     ),
@@ -159,7 +159,7 @@ ERRORS = [
         HEAD + "rules:\n  - name: r\n    match:\n      sop_class: CTImageStorag\n"
         "    actions: [discard]\ndefault: [discard]\n",
         "9:18",
-        "rules.0.match.sop_class",
+        "rules.1.match.sop_class",
         "unknown SOP class or group 'CTImageStorag'; did you mean 'CTImageStorage'",
         id="unknown-sop-class",
     ),
@@ -168,7 +168,7 @@ ERRORS = [
         "rules:\n  - name: r\n    match:\n      sop_class: cross_sectionl\n"
         "    actions: [discard]\ndefault: [discard]\n",
         "11:18",
-        "rules.0.match.sop_class",
+        "rules.1.match.sop_class",
         "'cross_sectionl'; did you mean 'cross_sectional'?",
         id="unknown-group",
     ),
@@ -176,35 +176,35 @@ ERRORS = [
         HEAD + "sop_class_groups:\n  cross_sectional: [CTImageStorage, MRImageStorag]\n"
         "default: [discard]\n",
         "7:37",
-        "sop_class_groups.cross_sectional.1",
+        "sop_class_groups.cross_sectional.2",
         "unknown SOP class 'MRImageStorag'; did you mean 'MRImageStorage'",
         id="unknown-group-member",
     ),
     pytest.param(
         HEAD + "default:\n  - store: archiv\n",
         "7:12",
-        "default.0.store",
+        "default.1.store",
         "no filesystem destination named 'archiv'; did you mean 'archive'?",
         id="unknown-store-destination",
     ),
     pytest.param(
         HEAD + "default:\n  - forward: pac\n",
         "7:14",
-        "default.0.forward",
+        "default.1.forward",
         "no DICOM destination named 'pac'; did you mean 'pacs'?",
         id="unknown-forward-destination",
     ),
     pytest.param(
         HEAD + "default:\n  - store: pacs\n",
         "7:12",
-        "default.0.store",
+        "default.1.store",
         "no filesystem destination named 'pacs'",
         id="store-to-dicom-destination",
     ),
     pytest.param(
         HEAD + "default:\n  - forward: archive\n",
         "7:14",
-        "default.0.forward",
+        "default.1.forward",
         "no DICOM destination named 'archive'",
         id="forward-to-filesystem-destination",
     ),
@@ -212,7 +212,7 @@ ERRORS = [
         HEAD + "rules:\n  - name: r\n    match:\n      tags:\n        Manufactrer: ACME\n"
         "    actions: [discard]\ndefault: [discard]\n",
         "10:9",
-        "rules.0.match.tags.Manufactrer",
+        "rules.1.match.tags.Manufactrer",
         "unknown DICOM keyword 'Manufactrer'; did you mean 'Manufacturer'",
         id="unknown-tag-keyword-at-key",
     ),
@@ -308,14 +308,14 @@ ERRORS = [
         HEAD + "rules:\n  - name: r\n    actions:\n      - reject: 0x0124\n      - warn: 0xB007\n"
         "default: [discard]\n",
         "9:7",
-        "rules.0.actions",
+        "rules.1.actions",
         "reject keeps nothing",
         id="reject-with-other-action-in-rule",
     ),
     pytest.param(
         HEAD + "default:\n  - stor: archive\n",
         "7:5",
-        "default.0",
+        "default.1",
         "unknown action 'stor'; did you mean 'store'?",
         id="unknown-action",
     ),
@@ -341,7 +341,7 @@ def test_octal_reject_code_is_caught_with_hex_and_octal_hint(tmp_path: Path) -> 
     """`reject: 0124` (YAML octal 84) is refused, shown in hex, with the octal reading explained."""
     text = HEAD + "default:\n  - reject: 0124\n"
     fragment = "0x0054 is not a C-STORE failure"
-    assert_one_problem(tmp_path, text, "7:13", "default.0.reject", fragment)
+    assert_one_problem(tmp_path, text, "7:13", "default.1.reject", fragment)
     (problem,) = problems_of(tmp_path, text)
     assert "octal number 84" in problem.message
     assert "write 0x0124" in problem.message
@@ -360,7 +360,7 @@ def test_invalid_uid_in_sop_class_is_located(tmp_path: Path) -> None:
         "rules:\n  - name: r\n    match:\n      sop_class: '1.2.03'\n"
         "    actions: [discard]\ndefault: [discard]\n"
     )
-    assert_one_problem(tmp_path, text, "9:18", "rules.0.match.sop_class", "not a valid UID")
+    assert_one_problem(tmp_path, text, "9:18", "rules.1.match.sop_class", "not a valid UID")
 
 
 ON_STATUS_HEAD = (
@@ -430,8 +430,8 @@ def test_every_error_in_a_file_is_reported(tmp_path: Path) -> None:
     problems = problems_of(tmp_path, text)
     assert [(p.line, p.message.split(":")[0]) for p in problems] == [
         (4, "listen.prot"),
-        (9, "rules.0.match.sop_class"),
-        (12, "default.0.store"),
+        (9, "rules.1.match.sop_class"),
+        (12, "default.1.store"),
     ]
 
 
@@ -705,7 +705,7 @@ def test_reject_outside_the_failures_lists_them(tmp_path: Path) -> None:
         tmp_path,
         HEAD + "default:\n  - reject: 0x0001\n",
         "7:13",
-        "default.0.reject",
+        "default.1.reject",
         "0x0001 is not a C-STORE failure status (use 0x0112, 0x0117, 0x0122, 0x0124, "
         "0x0210-0x0212, 0xA700-0xA7FF, 0xA900-0xA9FF or 0xC000-0xCFFF)",
     )
@@ -717,7 +717,7 @@ def test_warn_outside_the_warnings_lists_them(tmp_path: Path) -> None:
         tmp_path,
         HEAD + "default:\n  - warn: 0xB001\n",
         "7:11",
-        "default.0.warn",
+        "default.1.warn",
         "0xB001 is not a C-STORE warning status (use 0xB000, 0xB006 or 0xB007)",
     )
 

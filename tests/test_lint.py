@@ -52,7 +52,7 @@ def two_rules(tmp_path: Path, earlier: str, later: str) -> list[str]:
     return [w.message for w in load_text(tmp_path, text).warnings]
 
 
-SHADOWED = "rules.1 (second) can never match: rules.0 (first, line 8)"
+SHADOWED = "rules.2 (second) can never match: rules.1 (first, line 8)"
 
 CASES = [
     # (earlier, later, reported)
@@ -241,9 +241,9 @@ def test_the_warning_names_both_rules_and_their_lines(tmp_path: Path) -> None:
     shown = [str(w) for w in loaded.warnings if "can never match" in w.message]
     path = tmp_path / "rules.yaml"
     assert shown == [
-        f"{path}:9:5: rules.1 (ct-only) can never match: rules.0 (everything-to-pacs, line 7)"
+        f"{path}:9:5: rules.2 (ct-only) can never match: rules.1 (everything-to-pacs, line 7)"
         " matches everything it matches",
-        f"{path}:12:5: rules.2 (ct-to-research) can never match: rules.0 (everything-to-pacs,"
+        f"{path}:12:5: rules.3 (ct-to-research) can never match: rules.1 (everything-to-pacs,"
         " line 7) matches everything it matches",
     ]
 
@@ -373,7 +373,7 @@ def test_check_prints_the_warnings_and_exits_0(
     path = write_rules(tmp_path, RESEARCH)
     assert main(["check", str(path)]) == 0
     out = capsys.readouterr().out
-    assert f"warning: {path}:12:5: rules.2 (ct-to-research) can never match" in out
+    assert f"warning: {path}:12:5: rules.3 (ct-to-research) can never match" in out
 
 
 def test_check_strict_exits_1_on_any_warning(
@@ -473,8 +473,8 @@ def test_a_reload_logs_the_warnings_and_applies(router: Router, tmp_path: Path) 
     d.wait_log("reloaded")
     log = d.log()
     assert re.search(
-        r"WARNING router.daemon: \S+router.yaml:\d+:\d+: rules.1 \(ct\) can never match: "
-        r"rules.0 \(all, line \d+\) matches everything it matches",
+        r"WARNING router.daemon: \S+router.yaml:\d+:\d+: rules.2 \(ct\) can never match: "
+        r"rules.1 \(all, line \d+\) matches everything it matches",
         log,
     ), log
     assert "destinations.unused: no rule, default or fixture uses this destination" in log

@@ -70,6 +70,11 @@ class FixtureInstance(Strict):
 class Expect(Strict):
     """What must happen to a fixture instance; keys left out are not checked."""
 
+    associate: Literal["accepted", "rejected"] | None = Field(
+        None,
+        description="accepted, or rejected: `callers` refuses the association (A-ASSOCIATE-RJ), "
+        "so no rule decides",
+    )
     rule: str | None = Field(None, description="the rule that decides, or 'default'")
     status: Status | None = Field(None, description="the status answered, in hex")
     forward: list[str] | None = Field(

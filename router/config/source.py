@@ -8,6 +8,7 @@ line and column that caused it. `scan` finds what PyYAML would silently get wron
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,14 +42,19 @@ class Source:
             loc = list(err["loc"])
             if err["type"] == "unknown_key":
                 loc.append(err["ctx"]["key"])
-            node, key_path = _walk(self.root, loc, point_at_key=err["type"] == "unknown_key")
-            path = ".".join(str(p) for p in key_path) or "(top)"
-            problems.append(_mark(self.name, node, f"{path}: {_message(err)}"))
+            node, path = _walk(self.root, loc, point_at_key=err["type"] == "unknown_key")
+            problems.append(_mark(self.name, node, f"{key_path(path)}: {_message(err)}"))
         return sorted(set(problems), key=lambda p: (p.line, p.column))
 
     def scan(self) -> list[Located]:
         """Duplicate keys, octal numbers, decimal status codes: valid YAML, wrong meaning."""
         return _scan(self.name, self.root, [])
+
+
+def key_path(parts: Sequence[Any]) -> str:
+    """A key path as messages show it; list items count from 1, as `check` numbers rules."""
+    shown = (str(p + 1) if type(p) is int else str(p) for p in parts)  # not a bool key
+    return ".".join(shown) or "(top)"
 
 
 def parse(name: str, text: str) -> Source:
@@ -89,7 +95,7 @@ def _scan(name: str, node: yaml.Node, path: list[str]) -> list[Located]:
             out += _scan(name, value, [*path, label])
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            out += _scan(name, item, [*path, str(i)])
+            out += _scan(name, item, [*path, str(i + 1)])  # counted from 1, as key_path does
     elif isinstance(node, yaml.ScalarNode) and node.tag == _INT_TAG:
         text = node.value.lstrip("+-")
         if re.fullmatch(r"0[0-7_]+", text):

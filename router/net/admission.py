@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
 from typing import Any
 
-from router.config.model import Config
-from router.rules.engine import in_networks
+# The pure matching is the rule engine's, so that fixtures apply `callers` too.
+from router.rules.engine import caller_allowed as caller_allowed
 
 # A-ASSOCIATE-RJ: rejected-permanent, service-user, calling / called AE title not
 # recognized (PS3.8 9.3.4).
@@ -14,17 +13,6 @@ REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 # rejected-transient, service-provider (presentation), local-limit-exceeded: as pynetdicom.
 REJECT_BUSY = (0x02, 0x03, 0x02)
-
-
-def caller_allowed(config: Config, calling_ae: str, peer: str) -> bool:
-    """True when `callers` is absent or one entry matches this AE title and address."""
-    if config.callers is None:
-        return True
-    return any(
-        fnmatchcase(calling_ae, caller.ae_title)
-        and (caller.hosts is None or in_networks(peer, caller.hosts))
-        for caller in config.callers
-    )
 
 
 class Budget:

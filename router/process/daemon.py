@@ -37,11 +37,15 @@ from router.spool.database import Spool
 log = logging.getLogger("router.daemon")
 
 # SIGTERM: associations get DRAIN_SECONDS, then are aborted (ABORT_SECONDS to wind
-# down); then the forwarder finishes the instance in hand, in at most this long. At most
-# 35 s in all: the unit's TimeoutStopSec is 45 s.
+# down), the receiving workers WORKER_EXIT_SECONDS more to exit; then the forwarder
+# finishes the instance in hand, in at most FORWARDER_STOP_SECONDS. At most 38 s in all
+# (docs/operations.md#stopping says so): the unit's TimeoutStopSec is 45 s.
+WORKER_EXIT_SECONDS = 3.0
 FORWARDER_STOP_SECONDS = 20.0
-# What signal handlers and the rule-file watcher write to the main loop's wake-up pipe.
-_WORDS = {"stop": b"s", "reload": b"r"}
+# What signal handlers and the rule-file watcher write to the main loop's wake-up pipe:
+# SIGHUP's "reload" always reloads; the watcher's "changed" only when the file differs
+# from the one last read (the watcher and the stat check see the same edit).
+_WORDS = {"stop": b"s", "reload": b"r", "changed": b"c"}
 
 
 class Daemon:
@@ -67,6 +71,7 @@ class Daemon:
         # Only this process may notify systemd: the forwarder must not inherit the socket.
         Notifier.unset_environment(os.environ)
         self.failed_reloads = 0
+        self._refused = False  # the last reload attempt was refused
         self.stack: ReceiveStack | None = None  # with one receiving process: this one
         self.pool: WorkerPool | None = None
         self._reserved: socket.socket | None = None
@@ -115,7 +120,7 @@ class Daemon:
         if self.exporter is not None:
             self.exporter.start()
         if self._watch:
-            self._watcher = RuleFileWatcher(loaded.path, lambda: self.request("reload"))
+            self._watcher = RuleFileWatcher(loaded.path, lambda: self.request("changed"))
             self._watcher.start()
         log.info(
             "listening on %s:%d as %s, %d worker%s, config %s version %s",
@@ -151,7 +156,7 @@ class Daemon:
             signal.signal(sig, handler)
 
     def request(self, word: str) -> None:
-        """Ask the main loop to 'reload' or 'stop'; safe from signal handlers and threads."""
+        """Ask the main loop to 'reload', 'stop' or look at the 'changed' file; signal-safe."""
         with contextlib.suppress(BlockingIOError):  # a full pipe already holds a wake-up
             os.write(self._wake_w, _WORDS[word])
 
@@ -166,7 +171,7 @@ class Daemon:
             # The stat check backs up the watcher: it covers an edit saved before the
             # watcher was armed, and filesystems without inotify.
             if _WORDS["reload"] in words or self._file_changed():
-                self.reload()
+                self.reload()  # one attempt per SIGHUP or edit: the watcher only wakes us
             if self.forwarder is not None:
                 self.forwarder.check()
             if self.pool is not None:
@@ -175,10 +180,8 @@ class Daemon:
             self.last_tick = time.monotonic()
 
     def _file_changed(self) -> bool:
-        signature = _signature(self._loaded.path)
-        changed = signature != self._seen
-        self._seen = signature
-        return changed and self._watch
+        """The file differs from the one the last reload attempt read (when watching)."""
+        return self._watch and _signature(self._loaded.path) != self._seen
 
     def reload(self) -> bool:
         """Load, validate and test the rule file; swap it in only if all is well."""
@@ -194,7 +197,9 @@ class Daemon:
                 return self._refuse(new.fixture_failures, len(new.fixture_failures))
             self.reloads.record(ok=True)
             if new.version == old.version:
+                self._log_unchanged(new)
                 return True
+            self._refused = False
             for key in _restart_only(old, new):
                 log.warning("%s changed: it takes effect on restart", key)
             _log_warnings(new)
@@ -218,8 +223,21 @@ class Daemon:
                 f"config {self._loaded.version}, {self.failed_reloads} failed reloads"
             )
 
+    def _log_unchanged(self, loaded: LoadedConfig) -> None:
+        """The outcome of a reload that read the version in force: unchanged, or back to it."""
+        outcome = "is back to" if self._refused else "unchanged,"
+        log.info(
+            "reload: %s %s config version %s",
+            loaded.path,
+            outcome,
+            loaded.version,
+            extra={"event": "reload-unchanged", "config_version": loaded.version},
+        )
+        self._refused = False
+
     def _refuse(self, problems: Sequence[object], failed_fixtures: int = 0) -> bool:
         self.failed_reloads += 1
+        self._refused = True
         self.reloads.record(ok=False, failed_fixtures=failed_fixtures)
         for problem in problems:
             log.error("%s", problem, extra={"event": "reload-failed"})
@@ -242,9 +260,9 @@ class Daemon:
             self.stack.drain()
             log.info("stopped after %.1f s drain", time.monotonic() - start)
         if self.pool is not None:
-            # Each worker drains its stack on its own (systemd also sends it SIGTERM); 3 s
-            # more for the A-ABORTs to go out and the worker to exit.
-            self.pool.stop(timeout=DRAIN_SECONDS + ABORT_SECONDS + 3.0)
+            # Each worker drains its stack on its own (systemd also sends it SIGTERM); then
+            # time for the A-ABORTs to go out and the worker to exit.
+            self.pool.stop(timeout=DRAIN_SECONDS + ABORT_SECONDS + WORKER_EXIT_SECONDS)
             log.info("stopped after %.1f s drain", time.monotonic() - start)
         if self._reserved is not None:
             self._reserved.close()

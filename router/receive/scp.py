@@ -205,7 +205,12 @@ class StorageSCP:
                 _reject(event.assoc, reason)
                 return
         if not caller_allowed(self._current(), calling, peer):
-            log.warning("association from %s@%s rejected: calling AE not in callers", calling, peer)
+            log.warning(
+                "association from %s@%s rejected: calling AE not in callers",
+                calling,
+                peer,
+                extra={"event": "caller-rejected"},
+            )
             metrics.association_rejected("callers")
             _reject(event.assoc, REJECT_CALLING_AE)
             return

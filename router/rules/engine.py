@@ -174,6 +174,17 @@ def _glob_any(value: str, patterns: Sequence[str]) -> bool:
     return any(fnmatchcase(value, p) for p in patterns)
 
 
+def caller_allowed(config: Config, calling_ae: str, peer: str) -> bool:
+    """True when `callers` is absent or one entry matches this AE title and address."""
+    if config.callers is None:
+        return True
+    return any(
+        fnmatchcase(calling_ae, caller.ae_title)
+        and (caller.hosts is None or in_networks(peer, caller.hosts))
+        for caller in config.callers
+    )
+
+
 def in_networks(peer: str, networks: Sequence[object]) -> bool:
     """True when `peer` (an IP, IPv4-mapped IPv6 too) lies in one of `networks`."""
     try:

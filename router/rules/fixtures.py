@@ -10,7 +10,16 @@ from dataclasses import dataclass
 
 from router.config.model import Config, Fixture
 from router.dicom.status import hex_code
-from router.rules.engine import Decision, Facts, NeedsTags, decide
+from router.rules.engine import Decision, Facts, NeedsTags, caller_allowed, decide
+
+# What a fixture from a sender `callers` refuses gets: no association, so nothing else.
+_REJECTED: dict[str, object] = {
+    "associate": "rejected",
+    "rule": None,
+    "status": None,
+    "forward": [],
+    "store": [],
+}
 
 
 @dataclass(frozen=True)
@@ -28,8 +37,11 @@ class FixtureResult:
 
 
 def run_fixture(config: Config, fixture: Fixture) -> FixtureResult:
-    """Decide one fixture instance and compare with its `expect`."""
+    """Admit (`callers`) and decide one fixture instance, and compare with its `expect`."""
     inst = fixture.instance
+    expected = fixture.expect.model_dump(exclude_none=True)
+    if not caller_allowed(config, inst.calling_ae, inst.peer):
+        return FixtureResult(fixture.name, expected, _REJECTED)
     facts = Facts(
         sop_class_uid=inst.sop_class,
         calling_ae=inst.calling_ae,
@@ -40,12 +52,12 @@ def run_fixture(config: Config, fixture: Fixture) -> FixtureResult:
     )
     decision = decide(config, facts)
     assert not isinstance(decision, NeedsTags)  # fixtures always carry their tags
-    expected = fixture.expect.model_dump(exclude_none=True)
     return FixtureResult(fixture.name, expected, _observed(decision))
 
 
 def _observed(decision: Decision) -> dict[str, object]:
     return {
+        "associate": "accepted",
         "rule": decision.rule,
         "status": decision.status,
         "forward": decision.forwards,

@@ -1,4 +1,5 @@
-"""Rule-file lint: rules that can never match, destinations and groups nothing uses.
+"""Rule-file lint: rules that can never match (shadowed, or only for senders `callers`
+refuses), destinations and groups nothing uses.
 
 Pure: a validated Config (and the raw data, for the group names that validation resolves
 away) in, findings out. Each finding names a key path; the loader turns it into
@@ -18,6 +19,7 @@ from typing import Any
 from router.config.actions import Action, ForwardAction, StoreAction
 from router.config.match import Match, TagCondition, TagTest
 from router.config.model import Config
+from router.config.source import key_path
 
 Loc = tuple[str | int, ...]
 _GLOB_CHARS = frozenset("*?[")
@@ -38,6 +40,7 @@ def lint(
     """Every lint finding for `config`; `raw` is the YAML data, `line_of` locates a rule."""
     return [
         *shadowed_rules(config, line_of),
+        *refused_by_callers(config),
         *unused_destinations(config),
         *unused_groups(config, raw),
     ]
@@ -64,11 +67,42 @@ def shadowed_rules(config: Config, line_of: Callable[[Loc], int] | None = None) 
         out.append(
             Finding(
                 ("rules", j),
-                f"rules.{j} ({rule.name}) can never match: rules.{i} ({earlier.name}{where})"
+                f"{key_path(('rules', j))} ({rule.name}) can never match: "
+                f"{key_path(('rules', i))} ({earlier.name}{where})"
                 " matches everything it matches",
             )
         )
     return out
+
+
+def refused_by_callers(config: Config) -> list[Finding]:
+    """Rules for calling AE titles that `callers` never lets associate."""
+    if config.callers is None:
+        return []
+    titles = [caller.ae_title for caller in config.callers]
+    return [
+        Finding(
+            ("rules", j),
+            f"{key_path(('rules', j))} ({rule.name}) can never match: `callers` lets none of"
+            f" its calling AE titles ({', '.join(rule.match.calling_ae)}) associate",
+        )
+        for j, rule in enumerate(config.rules)
+        if rule.match.calling_ae is not None
+        and not any(_may_meet(w, t) for w in rule.match.calling_ae for t in titles)
+    ]
+
+
+def _may_meet(a: str, b: str) -> bool:
+    """Could one AE title match both patterns? Two globs do unless their fixed starts differ."""
+    if _is_glob(a) and _is_glob(b):
+        x, y = _fixed_start(a), _fixed_start(b)
+        return x.startswith(y) or y.startswith(x)
+    return fnmatchcase(b, a) if _is_glob(a) else fnmatchcase(a, b)
+
+
+def _fixed_start(glob: str) -> str:
+    """The literal text before a glob's first wildcard: every match starts with it."""
+    return next((glob[:i] for i, c in enumerate(glob) if c in _GLOB_CHARS), glob)
 
 
 def covers(a: Match, b: Match) -> bool:

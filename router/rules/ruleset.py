@@ -14,7 +14,7 @@ from typing import NamedTuple
 from pydantic import ValidationError
 
 from router.config.model import Config, validation_context
-from router.config.source import Source, parse
+from router.config.source import Source, key_path, parse
 from router.dicom import sopclass
 from router.errors import ConfigError, Located
 from router.rules import lint
@@ -123,7 +123,7 @@ def _fixture_failures(source: Source, results: list[FixtureResult]) -> list[Loca
     return [
         source.at(
             ["tests", i, "expect"],
-            f"tests.{i}: fixture {r.name!r} failed: "
+            f"{key_path(('tests', i))}: fixture {r.name!r} failed: "
             + ", ".join(
                 f"{k} expected {describe(v, k)} got {describe(r.got.get(k), k)}"
                 for k, v in r.expected.items()
@@ -144,7 +144,8 @@ def _warnings(source: Source, config: Config) -> list[Located]:
                 out.append(
                     source.at(
                         ["rules", i, "match", "sop_class"],
-                        f"rules.{i}.match.sop_class: {uid} is not a known storage SOP class"
+                        f"{key_path(('rules', i, 'match', 'sop_class'))}: {uid} is not a known"
+                        " storage SOP class"
                         + ("" if sopclass.is_known_uid(uid) else " (fine for a private class)"),
                     )
                 )
