@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 from pynetdicom.fsm import EVENTS, STATES
 
+from router.net.netlayer.limits import escaped
+
 ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ = 0x01, 0x02, 0x03
 RELEASE_RQ, RELEASE_RP, ABORT = 0x05, 0x06, 0x07
 PDU_NAMES = {
@@ -169,6 +171,9 @@ def _user_information(data: bytes | bytearray, start: int, end: int) -> None:
             _length("implementation class UID", sub_start, sub_end, 1, MAX_UID)
         elif item_type == 0x55:
             _length("implementation version name", sub_start, sub_end, 1, MAX_VERSION_NAME)
+            name = bytes(data[sub_start:sub_end])
+            if any(b < 0x20 or b >= 0x7F or b == 0x5C for b in name):  # not of the AE VR
+                raise _Bad(f"implementation version name '{escaped(name)}' is not of the AE VR")
         elif item_type not in range(0x53, 0x5A):
             raise _Bad(f"item type 0x{item_type:02X} is not allowed in the user information")
 
