@@ -9,7 +9,6 @@ InvalidEventError).
 
 from __future__ import annotations
 
-import json
 import re
 import struct
 from collections.abc import Callable
