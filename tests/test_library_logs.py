@@ -24,8 +24,8 @@ import pytest
 from tests.daemon import RouterDaemon
 from tests.dicomgen import make_instance
 from tests.peers import storescu
-from tests.test_scp import rule_file as scp_rule_file
 from tests.test_forward import dest, queue_list, rule_file, send, states, wait_until
+from tests.test_scp import rule_file as scp_rule_file
 from tests.test_transcode import UncompressedSCP
 
 pytestmark = pytest.mark.interop
