@@ -147,10 +147,10 @@ class RouterDUL(DULServiceProvider):
         """Log, in PS3.8's terms, why `event` ends the association (change 12).
 
         A PDU the current state cannot take (PS3.8 table 9-10: AA-1, AA-8) is logged here,
-        once; upstream logged nothing and the association's own thread, answering a
-        moment later, met a state machine without a transition (InvalidEventError). Such
-        an event: the association is over, so abort quietly when its reason was already
-        logged. False when the reactor must stop.
+        once; upstream logged nothing, and the association's own thread, answering a
+        moment later, met a state without a transition for its answer (InvalidEventError).
+        An event without a transition means the association is over: abort, quietly when
+        its reason was logged already. False when the reactor must stop.
         """
         state = self.state_machine.current_state
         action = TRANSITION_TABLE.get((event, state))
