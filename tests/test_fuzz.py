@@ -12,6 +12,7 @@ import os
 import pytest
 
 from tests.fuzz.checks import (
+    LONGEST_LINE,
     RSS_GROWTH_LIMIT_KIB,
     STOP_LIMIT,
     Report,
@@ -32,7 +33,7 @@ CAMPAIGN_BUDGET = 45.0  # seconds for the cases alone; the test as a whole stays
 def campaign(tmp_path_factory: pytest.TempPathFactory) -> Report:
     """The campaign every test here checks, run once against a fresh daemon."""
     report = run_campaign(tmp_path_factory.mktemp("fuzz") / "router", SEED, PDUS, DATASETS,
-                          workers=8)
+                          workers=8, log_format="json")
     print(summary(report))  # shown with the first failure, or with -s
     return report
 
@@ -114,3 +115,32 @@ def test_no_traceback_in_the_daemon_log(campaign: Report) -> None:
     """Nothing the peers sent made the daemon (or pynetdicom inside it) log a traceback."""
     assert campaign.tracebacks == [], f"{len(campaign.tracebacks)} tracebacks, first:\n" + (
         campaign.tracebacks[0] if campaign.tracebacks else "")
+
+
+def bad_line_examples(report: Report, prop: str) -> str:
+    """How many log lines break `prop`, and the first few."""
+    found = report.bad_lines[prop]
+    return f"{len(found)} of {report.log_lines} lines, e.g. " + "\n".join(
+        repr(line[:300]) for line in found[:5])
+
+
+def test_every_log_line_is_json(campaign: Report) -> None:
+    """Under --log-format json every line of the daemon's stdout and stderr is one record."""
+    assert campaign.log_format == "json"
+    assert campaign.bad_lines["not-a-record"] == [], bad_line_examples(campaign, "not-a-record")
+
+
+def test_no_log_line_holds_an_unescaped_control_byte(campaign: Report) -> None:
+    """No NUL, escape or other control byte a sender chose reaches a log line raw."""
+    assert campaign.bad_lines["control-byte"] == [], bad_line_examples(campaign, "control-byte")
+
+
+def test_no_log_line_names_an_exception_class(campaign: Report) -> None:
+    """Every abort reason is in protocol terms: no AttributeError, InvalidEventError, ..."""
+    assert campaign.bad_lines["exception-name"] == [], bad_line_examples(
+        campaign, "exception-name")
+
+
+def test_log_lines_are_bounded(campaign: Report) -> None:
+    """Values a sender chose are cut before they reach a record: no line is longer than 2 KiB."""
+    assert campaign.longest_line <= LONGEST_LINE

@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,7 +23,9 @@ import pytest
 
 from tests.daemon import RouterDaemon
 from tests.dicomgen import make_instance
+from tests.peers import storescu
 from tests.test_forward import dest, queue_list, rule_file, send, states, wait_until
+from tests.test_scp import rule_file as scp_rule_file
 from tests.test_transcode import UncompressedSCP
 
 pytestmark = pytest.mark.interop
@@ -85,6 +88,36 @@ def test_decoder_failures_log_one_line_records_and_no_traceback(
     lines = assert_one_record_per_line(log, log_format)
     dead = [line for line in lines if "dead" in line and "J2K" in line]
     assert len(dead) == 1, log  # the dead letter, with every decoder's reason, in one record
+
+
+# Values pydicom warns about when the rule engine reads PatientName (issue 22, row 4).
+PYDICOM_WARNS = [
+    ("ISO_IR 999", "Unknown encoding 'ISO_IR 999'"),
+    ("ISO 2022 IR 87", "with encodings: iso2022_jp - using replacement characters"),
+]
+
+
+def test_pydicom_warnings_in_a_worker_are_json_records(
+    router: Callable[..., RouterDaemon], tmp_path: Path
+) -> None:
+    """A json daemon whose rule reads PatientName of instances with an unknown or broken
+    character set: pydicom's warnings (in the worker) are records, every line is JSON."""
+    rule = "{name: by-name, match: {tags: {PatientName: 'X*'}}, actions: [{store: archive}]}"
+    d = router(scp_rule_file(rules=(rule,)), args=("--log-format", "json"))
+    files = []
+    for n, (charset, _) in enumerate(PYDICOM_WARNS):
+        files.append(tmp_path / f"{n}.dcm")
+        with warnings.catch_warnings():  # pydicom warns here as well, about the same
+            warnings.simplefilter("ignore")
+            make_instance(files[-1], SpecificCharacterSet=charset, PatientName="XABC")
+        # bytes no character set decodes, written raw
+        files[-1].write_bytes(files[-1].read_bytes().replace(b"XABC", b"X\xe9\xff\xfe"))
+    assert storescu(d.port, files).returncode == 0
+    d.stop()
+    lines = assert_one_record_per_line(d.log(), "json")
+    warned = [json.loads(line) for line in lines if '"py.warnings"' in line]
+    for _, text in PYDICOM_WARNS:
+        assert any(text in record["message"] for record in warned), (text, warned)
 
 
 # --------------------------------------------------------------------------- observe.logs

@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay", action="append", metavar="CASE",
                         help="run only this case (e.g. dataset:1:42); repeatable")
     parser.add_argument("--keep", action="store_true", help="keep the daemon's folder")
+    parser.add_argument("--log-format", choices=("json", "text"), default="json",
+                        help="the daemon's log format (every line must be a record of it)")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="fuzz-")) / "router"
     pdus = args.count if args.pdus is None else args.pdus
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fuzz: seed {args.seed}, {pdus} PDU cases, {datasets} dataset cases, "
               f"{args.workers} workers, daemon in {workdir}", flush=True)
     report = run_campaign(workdir, args.seed, pdus, datasets, args.workers,
-                          names=args.replay, progress=True)
+                          names=args.replay, progress=True, log_format=args.log_format)
     if args.replay:
         for r in report.results:
             print(f"{r.name}: outcome={r.outcome} status="

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections import Counter, defaultdict
@@ -12,12 +13,14 @@ from tests.daemon import RouterDaemon
 from tests.fuzz.campaign import RULE_FILE, Campaign, Result, run_cases
 from tests.fuzz.cases import case_names
 from tests.peers import echoscu
+from tests.test_library_logs import JSON_KEYS, TEXT_RECORD
 
 MiB_KIB = 1024
 # Growth of daemon + children (forwarder, resource tracker) over their idle RSS (~90 MiB):
 # a campaign without bombs peaks ~75 MiB above idle on 2 cores with 8 clients.
 RSS_GROWTH_LIMIT_KIB = 100 * MiB_KIB
 STOP_LIMIT = 5.0  # SIGTERM to exit 0 once the senders are gone (test_scp_hostile's bound)
+LONGEST_LINE = 2048  # characters: peer values in a record are cut (netlayer.limits.MAX_SHOWN)
 STOP_TIMEOUT = 8.0  # then SIGKILL: a slow stop must not cost CI its whole budget
 TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
 ACCEPTED = ("0x0000", "warning")
@@ -38,6 +41,11 @@ class Report:
     stop_seconds: float = 0.0  # SIGTERM to exit
     exit_code: int | None = None
     log_tail: str = ""
+    log_format: str = "json"
+    log_lines: int = 0
+    longest_line: int = 0  # characters
+    # property -> the log lines breaking it (LOG_PROPERTIES)
+    bad_lines: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def results(self) -> list[Result]:
@@ -101,11 +109,43 @@ def exception_counts(log: str) -> Counter[str]:
     return counts
 
 
+CONTROL_BYTE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # a tab may stay raw
+EXCEPTION_NAME = re.compile(r"\b[A-Za-z_]\w*(?:Error|Exception)\b")
+LOG_PROPERTIES = {
+    "not-a-record": "not one record of the log format (JSON object / `TIME LEVEL LOGGER:`)",
+    "control-byte": "holding an unescaped control byte",
+    "exception-name": "naming an exception class",
+}
+
+
+def is_record(line: str, log_format: str) -> bool:
+    """True when `line` is one whole record of the router's formatter."""
+    if log_format != "json":
+        return bool(TEXT_RECORD.match(line))
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and record.keys() >= JSON_KEYS
+
+
+def bad_lines(log: str, log_format: str) -> dict[str, list[str]]:
+    """Each of LOG_PROPERTIES -> the lines of `log` that break it."""
+    lines = log.splitlines()
+    return {
+        "not-a-record": [line for line in lines if not is_record(line, log_format)],
+        "control-byte": [line for line in lines if CONTROL_BYTE.search(line)],
+        "exception-name": [line for line in lines if EXCEPTION_NAME.search(line)],
+    }
+
+
 def run_campaign(workdir: Path, seed: int, pdus: int, datasets: int, workers: int = 6,
-                 names: list[str] | None = None, progress: bool = False) -> Report:
-    """Start a daemon in `workdir`, run the cases, check everything, stop it."""
-    daemon = RouterDaemon(workdir, RULE_FILE).start()
-    report = Report(seed, Campaign())
+                 names: list[str] | None = None, progress: bool = False,
+                 log_format: str = "json") -> Report:
+    """Start a daemon in `workdir` (logging in `log_format`), run the cases, check
+    everything, stop it."""
+    daemon = RouterDaemon(workdir, RULE_FILE, args=("--log-format", log_format)).start()
+    report = Report(seed, Campaign(), log_format=log_format)
     try:
         todo = names or case_names(seed, pdus, datasets)
 
@@ -128,6 +168,9 @@ def run_campaign(workdir: Path, seed: int, pdus: int, datasets: int, workers: in
     report.tracebacks = tracebacks(log)
     report.exceptions = exception_counts(log)
     report.log_tail = log[-4000:]
+    report.log_lines = len(log.splitlines())
+    report.longest_line = max((len(line) for line in log.splitlines()), default=0)
+    report.bad_lines = bad_lines(log, log_format)
     return report
 
 
@@ -165,6 +208,11 @@ def summary(report: Report) -> str:
         f"stray or missing files in the store folder: {len(report.stray_files)}",
         f"tracebacks in the daemon's log: {len(report.tracebacks)}",
         *(f"  {n} x {what}" for what, n in report.exceptions.most_common()),
+        f"log lines ({report.log_format}): {report.log_lines}, longest "
+        f"{report.longest_line} characters",
+        *(f"  {len(report.bad_lines.get(k, []))} {what}"
+          + (f", e.g. {report.bad_lines[k][0][:200]!r}" if report.bad_lines.get(k) else "")
+          for k, what in LOG_PROPERTIES.items()),
         "case violations: " + (", ".join(f"{k} {n}" for k, n in violations.items()) or "none"),
     ]
     for kind in sorted(violations):
@@ -187,4 +235,5 @@ def failed(report: Report) -> bool:
         or report.spool_leftovers or report.stray_files or report.tracebacks
         or rss_growth_kib(report) > RSS_GROWTH_LIMIT_KIB
         or report.exit_code != 0 or report.stop_seconds > STOP_LIMIT
+        or any(report.bad_lines.values()) or report.longest_line > LONGEST_LINE
     )

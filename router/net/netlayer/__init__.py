@@ -3,9 +3,10 @@
 Written for pynetdicom 3.0.4 (`PYNETDICOM_VERSION`): `install()` refuses any other
 version, and tests/test_netlayer.py pins the source of every upstream function replaced
 here, so that an upgrade fails loudly instead of silently running half-patched code.
-Line numbers are pynetdicom v3.0.4's. The changes live in `dul.py` (1-3, 10), `dimse.py`
-(4-5, 9) and `association.py` (6-7, 11) beside this file; `packing.py` holds the messages
-packed and unpacked with `struct`, `limits.py` every limit.
+Line numbers are pynetdicom v3.0.4's. The changes live in `dul.py` (1-3, 10, 12), `dimse.py`
+(4-5, 9, 12) and `association.py` (6-7, 11) beside this file; `packing.py` holds the messages
+packed and unpacked with `struct`, `pducheck.py` the checks of received PDUs (12),
+`limits.py` every limit.
 Each change, why, and what it replaces:
 
 1. `RouterDUL._read_pdu_data` replaces `dul.py:258-336` (`DULServiceProvider._read_pdu_data`)
@@ -84,6 +85,21 @@ Each change, why, and what it replaces:
    association's own thread to end. A requestor whose connection was refused never started
    that thread, so an unreachable destination is known in ~1 ms instead of ~0.1 s: a
    forwarder thread no longer spends 0.1 s per unreachable cycle.
+12. Received PDUs are checked in PS3.8's terms before pynetdicom decodes them
+   (`pducheck.problem`, in `RouterDUL._read_pdu_data`): an A-ASSOCIATE-RQ/AC's items and
+   sub-items walked within their lengths, their types, counts and value lengths (UIDs 1-64
+   bytes, implementation version name 1-16, odd context IDs); the four bytes of
+   A-ASSOCIATE-RJ, A-RELEASE-RQ/RP and A-ABORT (source, reason). Upstream's decoder failed
+   inside with `AttributeError`/`IndexError`/`KeyError` (`pdu.py:294`, `presentation.py:552`,
+   `pdu.py:1988`), and its state machine met the association thread's answer with
+   `InvalidEventError` (`fsm.py:79`) after aborting on an unexpected PDU (AA-1/AA-8, which it
+   did not log). Now: `RouterDUL._explain` logs "unexpected P-DATA-TF before the association
+   was accepted", and an event without a transition ends the association quietly when its
+   reason was logged. `RouterDIMSE` checks the command set's Command Field and Command Data
+   Set Type explicitly. One log line per association (later bytes of an aborted one are not
+   logged again); no exception class name in it (`limits.reason`: a protocol or validator
+   message, or "internal error" with the traceback at DEBUG); peer-supplied values are
+   escaped and cut to `MAX_SHOWN` characters (`escaped`), a quoted reason to `MAX_REASON`.
 """
 
 from __future__ import annotations

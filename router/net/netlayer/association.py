@@ -79,7 +79,7 @@ class RouterAssociation(Association):
         try:
             super().run_reactor()
         except Exception as exc:
-            limits.warn(self, "association with %s aborted: %s: %s", type(exc).__name__, exc)
+            limits.warn(self, "association with %s aborted: %s", limits.reason(exc))
             with contextlib.suppress(Exception):
                 self.abort()
             self.kill()

@@ -1,6 +1,6 @@
 """The DIMSE provider with bounded, file-backed decoding and a packed C-STORE-RSP.
 
-Changes 4, 5 and 9 of router.net.netlayer (see its docstring).
+Changes 4, 5, 9 and 12 of router.net.netlayer (see its docstring).
 """
 
 from __future__ import annotations
@@ -74,6 +74,19 @@ def _check_command_structure(data: bytearray) -> None:
         if group != 0 or offset + 8 + length > len(data):
             raise limits.ProtocolError("malformed command set")
         offset += 8 + length
+
+
+def _us_value(command_set: Any, tag: int, name: str) -> int:
+    """A command set's mandatory US element (change 12): missing or not 2 bytes, say so."""
+    element = command_set.get_item(tag)  # raw: no conversion (pydicom would warn or raise)
+    if element is None:
+        raise limits.ProtocolError(f"command set without {name} (0000,{tag:04X})")
+    raw = element.value
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if not isinstance(raw, bytes) or len(raw) != 2:
+        raise limits.ProtocolError(f"{name} (0000,{tag:04X}) is not one US value")
+    return int(struct.unpack("<H", raw)[0])
 
 
 class _Request:
@@ -167,7 +180,7 @@ class RouterDIMSE(DIMSEServiceProvider):
             try:
                 primitive = store_request(self._command)
             except (ValueError, TypeError) as exc:
-                raise limits.ProtocolError(f"invalid DIMSE message ({exc})") from exc
+                raise limits.ProtocolError(f"invalid DIMSE message ({limits.reason(exc)})") from exc
             if primitive is not None:
                 self._command = bytearray()
                 self._pending = _Request(primitive, context_id)
@@ -180,10 +193,10 @@ class RouterDIMSE(DIMSEServiceProvider):
         _check_command_structure(self._command)
         try:
             command_set = decode(BytesIO(bytes(self._command)), True, True)
-            field = int(command_set.CommandField)
-            data_type = int(command_set.CommandDataSetType)
         except Exception as exc:
-            raise limits.ProtocolError(f"undecodable command set ({type(exc).__name__})") from exc
+            raise limits.ProtocolError(f"undecodable command set ({limits.reason(exc)})") from exc
+        field = _us_value(command_set, 0x0100, "Command Field")
+        data_type = _us_value(command_set, 0x0800, "Command Data Set Type")
         self._command = bytearray()
         if field not in _MESSAGE_TYPES:
             raise limits.ProtocolError(f"unknown command field 0x{field:04X}")
@@ -197,7 +210,9 @@ class RouterDIMSE(DIMSEServiceProvider):
             try:
                 uids = str(cs.AffectedSOPClassUID), str(cs.AffectedSOPInstanceUID)
             except Exception as exc:
-                raise limits.ProtocolError(f"unusable C-STORE-RQ command set ({exc})") from exc
+                raise limits.ProtocolError(
+                    f"unusable C-STORE-RQ command set ({limits.reason(exc)})"
+                ) from exc
             self._open_file(*uids, context_id)
         else:
             self._memory = BytesIO()
@@ -229,7 +244,8 @@ class RouterDIMSE(DIMSEServiceProvider):
                 sop_class, sop_instance, str(self.assoc._accepted_cx[context_id].transfer_syntax[0])
             )
         except Exception as exc:
-            raise limits.ProtocolError(f"unusable C-STORE-RQ command set ({exc})") from exc
+            why = limits.reason(exc)
+            raise limits.ProtocolError(f"unusable C-STORE-RQ command set ({why})") from exc
         path = limits.incoming / f"{os.getpid()}-{next(limits.counter)}.dcm"
         with self._lock:
             self._path = path
@@ -282,7 +298,7 @@ class RouterDIMSE(DIMSEServiceProvider):
         except Exception as exc:
             if received is not None:
                 received.unlink(missing_ok=True)
-            raise limits.ProtocolError(f"invalid DIMSE message ({exc})") from exc
+            raise limits.ProtocolError(f"invalid DIMSE message ({limits.reason(exc)})") from exc
         if isinstance(primitive, C_STORE) and isinstance(message, C_STORE_RQ):
             _attach(primitive, received, error)
         evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": message})

@@ -1,6 +1,6 @@
 """The DUL (upper layer) with limits, deadlines, event-driven wake-ups and backpressure.
 
-Changes 1, 2, 3 and 10 of router.net.netlayer (see its docstring).
+Changes 1, 2, 3, 10 and 12 of router.net.netlayer (see its docstring).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from typing import Any, cast
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.fsm import TRANSITION_TABLE
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 
-from router.net.netlayer import limits
+from router.net.netlayer import limits, pducheck
 from router.net.netlayer.packing import encode_p_data
 
 # --------------------------------------------------------------------------- queues
@@ -124,12 +125,14 @@ class RouterDUL(DULServiceProvider):
                     self._wait()
                     continue
                 except Exception as exc:
-                    self._hard_abort(f"{type(exc).__name__}: {exc}")
+                    self._hard_abort(limits.reason(exc))
+                    return
+                if not self._explain(event):
                     return
                 try:
                     self.state_machine.do_action(event)
                 except Exception as exc:
-                    self._hard_abort(f"{type(exc).__name__}: {exc}")
+                    self._hard_abort(limits.reason(exc))
                     return
                 self._notify_space()
         finally:
@@ -140,9 +143,39 @@ class RouterDUL(DULServiceProvider):
             self._wake_r.close()
             self._wake_w.close()
 
-    def _hard_abort(self, why: str) -> None:
-        """Send an A-ABORT outside the state machine (its state is now unknown) and stop."""
-        limits.warn(self.assoc, "association with %s aborted: %s", why)
+    def _explain(self, event: str) -> bool:
+        """Log, in PS3.8's terms, why `event` ends the association (change 12).
+
+        A PDU the current state cannot take (PS3.8 table 9-10: AA-1, AA-8) is logged here,
+        once; upstream logged nothing, and the association's own thread, answering a
+        moment later, met a state without a transition for its answer (InvalidEventError).
+        An event without a transition means the association is over: abort, quietly when
+        its reason was logged already. False when the reactor must stop.
+        """
+        state = self.state_machine.current_state
+        action = TRANSITION_TABLE.get((event, state))
+        logged = getattr(self.assoc, "router_logged", False)
+        if action is None:
+            self._hard_abort(None if logged else pducheck.impossible(event, state))
+            return False
+        why = pducheck.unexpected(event, state)
+        if action in ("AA-1", "AA-8") and why is not None:
+            self._say("association with %s aborted: %s", why)
+        return True
+
+    def _say(self, message: str, why: object) -> None:
+        """The association's one log line: what follows an abort (the rest of the peer's
+        bytes, read as PDUs until it closes) is not logged again (change 12)."""
+        if not getattr(self.assoc, "router_logged", False):
+            limits.warn(self.assoc, message, why)
+
+    def _hard_abort(self, why: str | None) -> None:
+        """Send an A-ABORT outside the state machine (its state is now unknown) and stop.
+
+        `why` is logged; None when the association's end was logged already.
+        """
+        if why is not None:
+            self._say("association with %s aborted: %s", why)
         abort = A_ABORT_RQ()
         abort.source = 0x02
         abort.reason_diagnostic = 0x00
@@ -247,9 +280,7 @@ class RouterDUL(DULServiceProvider):
             pdu_type, _, length = struct.unpack(">BBL", header)
             if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
                 # As upstream: Evt19, the state machine's A-ABORT (AA-1/AA-8), then close.
-                limits.warn(
-                    self.assoc, "association with %s aborted: unknown PDU type 0x%02X", pdu_type
-                )
+                self._say("association with %s aborted: %s", f"unknown PDU type 0x{pdu_type:02X}")
                 self.event_queue.put("Evt19")
                 return
             limit = self._pdu_limit(pdu_type)
@@ -267,14 +298,18 @@ class RouterDUL(DULServiceProvider):
             if self.assoc.requestor.primitive is not None or not isinstance(exc, TimeoutError):
                 self.event_queue.put("Evt17")
                 if isinstance(exc, TimeoutError):
-                    limits.warn(self.assoc, "connection from %s dropped: %s", exc)
+                    self._say("connection from %s dropped: %s", exc)
                 return
             self._reject_pdu(str(exc))
             return
-        try:
-            pdu, event = self._decode(pdu_type, data)
-        except Exception as exc:
-            limits.warn(self.assoc, "association with %s aborted: undecodable PDU (%s)", exc)
+        why = pducheck.problem(pdu_type, data)
+        if why is None:
+            try:
+                pdu, event = self._decode(pdu_type, data)
+            except Exception as exc:
+                why = f"undecodable {pducheck.PDU_NAMES[pdu_type]} ({limits.reason(exc)})"
+        if why is not None:
+            self._say("association with %s aborted: %s", why)
             self.event_queue.put("Evt19")
             return
         self.event_queue.put(event)
@@ -316,7 +351,7 @@ class RouterDUL(DULServiceProvider):
 
     def _reject_pdu(self, why: str) -> None:
         """Abort at once, closing the connection, for a PDU we will not read (one log line)."""
-        limits.warn(self.assoc, "connection from %s aborted: %s", why)
+        self._say("connection from %s aborted: %s", why)
         abort = A_ABORT_RQ()
         abort.source = 0x02
         abort.reason_diagnostic = limits.ABORT_INVALID_PARAMETER

@@ -54,6 +54,10 @@ UPSTREAM_SOURCES = {
     "pdu.P_DATA_TF._encoders": "b1d9c7c6230e7bdd",
     "pdu.P_DATA_TF.from_primitive": "1e84ddf2ecfdc32e",
     "pdu_items.PresentationDataValueItem._encoders": "e385dfb266ee5ee5",
+    "fsm.StateMachine.do_action": "9a883f44c7f31641",
+    "pdu.PDU._generate_items": "7148fb0a4c0109f1",
+    "pdu.A_ABORT_RQ.to_primitive": "8a371320d910a97e",
+    "pdu_items.PresentationContextItemRQ.to_primitive": "820a8752cc816f2c",
 }
 
 MAX_ASSOCIATE_PDU = 64 * 1024  # an A-ASSOCIATE-RQ/AC is a few hundred bytes to a few KiB
@@ -67,6 +71,8 @@ SEND_QUEUE_LIMIT = 16  # P-DATA primitives waiting to be sent, per association
 IDLE_WAKE = 5.0  # longest wait of an idle reactor (a safety net): real work wakes it at once
 ESTABLISH_WAIT = 1.0  # a requestor's P-DATA waits this long for its own A-ASSOCIATE-AC handling
 MAX_UNASSOCIATED = 128  # connections that have not (yet) sent an A-ASSOCIATE-RQ
+MAX_SHOWN = 128  # characters of a peer-supplied value in a log line (then "... (N bytes)")
+MAX_REASON = 256  # characters of a reason that may quote one (pynetdicom's validators do)
 
 # A-ABORT reason (PS3.8 9.3.8): invalid PDU parameter value.
 ABORT_INVALID_PARAMETER = 0x06
@@ -75,11 +81,27 @@ incoming: Path | None = None  # set by install(): where received datasets go
 counter = itertools.count()
 
 
-def escaped(value: str | bytes) -> str:
-    """`value` with control and non-ASCII characters escaped, for a log line."""
+def escaped(value: str | bytes, limit: int = MAX_SHOWN) -> str:
+    """`value` with control and non-ASCII characters escaped and cut to `limit`, for a log line."""
     if isinstance(value, str):
         value = value.encode("utf-8", "surrogateescape")
-    return value.decode("ascii", "backslashreplace").encode("unicode_escape").decode("ascii")
+    text = value.decode("ascii", "backslashreplace").encode("unicode_escape").decode("ascii")
+    if len(text) > limit:
+        return f"{text[:limit]}... ({len(value)} bytes)"
+    return text
+
+
+def reason(exc: BaseException) -> str:
+    """Why an association ends, for its log line: never an exception's class name.
+
+    A protocol error's or a validator's message (pynetdicom's say which field and value
+    were refused) is escaped and cut; anything else is our bug: "internal error", its
+    traceback logged at DEBUG (shown with --debug).
+    """
+    if isinstance(exc, ProtocolError | ValueError | TimeoutError):
+        return escaped(str(exc), MAX_REASON)
+    log.debug("internal error in the network layer", exc_info=exc)
+    return "internal error (details with --debug)"
 
 
 def peer(assoc: Association) -> str:
