@@ -8,6 +8,7 @@ failure names the property. docs/security.md says what is bounded and how to run
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,7 @@ from tests.fuzz.checks import (
     run_campaign,
     summary,
 )
+from tests.peers import dcmdump_failures
 
 # The campaign has a time budget and runs eight senders: alone, after the parallel run.
 pytestmark = [pytest.mark.interop, pytest.mark.alone]
@@ -29,10 +31,15 @@ CAMPAIGN_BUDGET = 45.0  # seconds for the cases alone; the test as a whole stays
 
 
 @pytest.fixture(scope="module")
-def campaign(tmp_path_factory: pytest.TempPathFactory) -> Report:
+def campaign_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The campaign daemon's folder (its rule file, log and store folder `archive/`)."""
+    return tmp_path_factory.mktemp("fuzz") / "router"
+
+
+@pytest.fixture(scope="module")
+def campaign(campaign_dir: Path) -> Report:
     """The campaign every test here checks, run once against a fresh daemon."""
-    report = run_campaign(tmp_path_factory.mktemp("fuzz") / "router", SEED, PDUS, DATASETS,
-                          workers=8)
+    report = run_campaign(campaign_dir, SEED, PDUS, DATASETS, workers=8)
     print(summary(report))  # shown with the first failure, or with -s
     return report
 
@@ -114,3 +121,14 @@ def test_no_traceback_in_the_daemon_log(campaign: Report) -> None:
     """Nothing the peers sent made the daemon (or pynetdicom inside it) log a traceback."""
     assert campaign.tracebacks == [], f"{len(campaign.tracebacks)} tracebacks, first:\n" + (
         campaign.tracebacks[0] if campaign.tracebacks else "")
+
+
+def test_every_file_the_router_stores_is_read_by_dcmdump(
+    campaign: Report, campaign_dir: Path
+) -> None:
+    """DCMTK's dcmdump reads every file in the store folder by its meta's transfer syntax."""
+    stored = sorted((campaign_dir / "archive").glob("*.dcm"))
+    assert stored, "the campaign stored nothing"
+    failures = dcmdump_failures(stored)
+    assert failures == {}, f"{len(failures)} of {len(stored)} unreadable, e.g. " + "; ".join(
+        f"{Path(p).name}: {e[:200]}" for p, e in list(failures.items())[:3])
