@@ -977,6 +977,34 @@ def echoscu(
     )
 
 
+DCMDUMP_BATCH = 100  # files per dcmdump process: one process per file costs seconds
+
+
+def dcmdump_failures(paths: Iterable[str | os.PathLike[str]]) -> dict[str, str]:
+    """Files DCMTK's dcmdump cannot read (by its meta's syntax), with its error lines.
+
+    Files are dumped in batches; a batch that fails is dumped again file by file, so each
+    failure is named with its own errors. Warnings (a non-conformant value) do not count.
+    """
+    files = [str(p) for p in paths]
+    failures: dict[str, str] = {}
+    for start in range(0, len(files), DCMDUMP_BATCH):
+        batch = files[start : start + DCMDUMP_BATCH]
+        if _dcmdump(batch) is None:
+            continue
+        for path in batch:
+            if (errors := _dcmdump([path])) is not None:
+                failures[path] = errors
+    return failures
+
+
+def _dcmdump(paths: Sequence[str]) -> str | None:
+    """None when dcmdump reads every file in `paths`, else its error lines."""
+    done = _run_dcmtk(["dcmdump", *paths], timeout=120)
+    errors = "\n".join(line for line in done.stderr.splitlines() if line.startswith("E:"))
+    return None if done.returncode == 0 and not errors else errors or f"exit {done.returncode}"
+
+
 def _run_dcmtk(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
     """Run a DCMTK client with Nagle off; subprocess.run kills it by PID on timeout."""
     return subprocess.run(

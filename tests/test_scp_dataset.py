@@ -67,14 +67,19 @@ def test_broken_structure_gets_c210_nothing_kept_one_log_line(
     plain: RouterDaemon, tmp_path: Path, build: brokendata.Builder
 ) -> None:
     """Truncated pixels, trailing garbage, an open sequence, open fragments: 0xC210."""
-    source = build(tmp_path / "broken.dcm")
+    assert_refused(plain, build(tmp_path / "broken.dcm"), 0xC210)
+
+
+def assert_refused(daemon: RouterDaemon, source: Path, status: int) -> str:
+    """`source` sent gets `status`, nothing is kept, one log line says so; that line."""
     uid = instance_uid(source)
-    before = kept(plain)
-    assert pyn_store(plain.port, [source]) == [0xC210]
-    assert kept(plain) == before
-    plain.wait_log(uid)
-    (line,) = log_lines(plain, uid)
-    assert "status=0xC210" in line
+    before = kept(daemon)
+    assert pyn_store(daemon.port, [source]) == [status]
+    assert kept(daemon) == before
+    daemon.wait_log(uid)
+    (line,) = log_lines(daemon, uid)
+    assert f"status=0x{status:04X}" in line
+    return line
 
 
 def test_valid_instance_after_a_broken_one_is_stored(plain: RouterDaemon, tmp_path: Path) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from router.actions.templates import Template, sanitize, template_fields, template_root
+from router.dicom.header import uid_problem
 
 TEMPLATE = "archive/{PatientID}/{StudyInstanceUID}/{SOPInstanceUID}.dcm"
 
@@ -128,3 +130,39 @@ def test_render_fills_fields_with_sanitised_values() -> None:
 def test_template_fields_are_the_keywords_used() -> None:
     """The keywords a template reads, which the header must provide."""
     assert template_fields(TEMPLATE) == ["PatientID", "StudyInstanceUID", "SOPInstanceUID"]
+
+
+# --- UIDs the router accepts (issue 21 row 11) -------------------------------------------
+
+# Non-conformant but accepted, with every printable ASCII character a UID may hold.
+ACCEPTED_UIDS = ["1.2.840.0123.5", "1.2.3.", "1.2.abc.4", "1.2 3.x~!#$%&'()*+,-:;<=>?@[]^_`{|}"]
+
+
+@pytest.mark.parametrize("uid", ACCEPTED_UIDS)
+def test_an_accepted_uid_names_its_file_as_received(tmp_path: Path, uid: str) -> None:
+    """A UID the identity check takes is one path component, unchanged, inside the root."""
+    assert uid_problem(uid) is None
+    lookup = lookup_from({"PatientID": "P1", "StudyInstanceUID": uid, "SOPInstanceUID": uid})
+    target = Template(tmp_path, TEMPLATE).target(lookup)
+    assert target == (tmp_path / "archive" / "P1" / uid / f"{uid}.dcm").resolve()
+
+
+# "~root" is a plain name inside a folder (no shell expands it); "" is a missing UID,
+# tested over the network.
+@pytest.mark.parametrize("uid", [u for u in HOSTILE_IDS if u.strip() and u != "~root"])
+def test_the_identity_check_refuses_every_hostile_value_as_a_uid(uid: str) -> None:
+    """Traversal, separators, control bytes, leading dots, over 64 characters: refused."""
+    assert uid_problem(uid) is not None
+
+
+def test_every_uid_the_identity_check_takes_is_kept_by_sanitize() -> None:
+    """Over 20,000 random printable strings: taken as a UID means one unchanged component."""
+    rng = random.Random(21)
+    alphabet = "".join(map(chr, range(0x20, 0x7F))) + "..../\\\x00\n"
+    taken = 0
+    for _ in range(20000):
+        uid = "".join(rng.choices(alphabet, k=rng.randint(1, 70)))
+        if uid_problem(uid) is None:
+            taken += 1
+            assert sanitize(uid) == uid and uid not in (".", "..")
+    assert taken > 1000

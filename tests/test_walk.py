@@ -195,3 +195,27 @@ def test_walk_of_a_ct_takes_well_under_a_millisecond(tmp_path: Path) -> None:
         walk(path)
         best = min(best, time.perf_counter() - start)
     assert best < 1e-3, f"{best * 1e3:.3f} ms"
+
+
+@pytest.mark.parametrize(
+    "build", list(brokendata.MISLABELLED.values()), ids=list(brokendata.MISLABELLED)
+)
+def test_a_dataset_not_in_its_meta_syntax_fails_the_walk(
+    build: brokendata.Builder, tmp_path: Path
+) -> None:
+    """Another explicitness or byte order, deflated or not: refused, never read as guessed."""
+    with pytest.raises(InvalidStructure):
+        walk(build(tmp_path / "mislabelled.dcm"))
+
+
+@pytest.mark.parametrize("delimiter", [0xFFFEE00D, 0xFFFEE0DD], ids=["item", "sequence"])
+def test_a_delimiter_with_a_length_fails_the_walk(delimiter: int, tmp_path: Path) -> None:
+    """PS3.5 7.5.2: item and sequence delimiters have length 0 (a fuzz case acknowledged one)."""
+    seq = struct.pack("<HH2sHI", 0x0040, 0x0275, b"SQ", 0, 0xFFFFFFFF)
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    item += struct.pack("<HH2sH", 0x0040, 0x0009, b"SH", 2)
+    lengths = {0xFFFEE00D: 0, 0xFFFEE0DD: 0, delimiter: 4}
+    ends = b"".join(struct.pack("<HHI", t >> 16, t & 0xFFFF, n) for t, n in lengths.items())
+    path = brokendata.appended(tmp_path / "delimiter.dcm", seq + item + b"AB" + ends)
+    with pytest.raises(InvalidStructure, match="delimiter at"):
+        walk(path)

@@ -203,7 +203,15 @@ class Pipeline:
     @staticmethod
     def _evaluate(plan: Plan, loaded: LoadedConfig, received: Received) -> tuple[Decision, Dataset]:
         header = dataset.read_received(received.path, plan.keywords)  # walks it first
-        dataset.check_identity(header, received.sop_instance_uid)
+        for defect in dataset.check_identity(header, received.sop_instance_uid):
+            # Accepted, stored and forwarded as received (as DCMTK and Orthanc do): said once.
+            log.warning(
+                "C-STORE from %s@%s: non-conformant %s, kept as received",
+                received.calling_ae,
+                received.peer,
+                defect,
+                extra={"event": "non-conformant-uid"},
+            )
         found = str(header.SOPClassUID)
         if found != received.sop_class_uid:
             raise SOPClassMismatch(

@@ -103,16 +103,59 @@ def _parse(read: Callable[[], Dataset], wanted: Collection[str]) -> Dataset:
     return ds
 
 
-def check_identity(ds: Dataset, sop_instance_uid: str) -> None:
-    """Garbage or a truncated stream parses to a header without valid identity UIDs."""
+# What a UID may hold to be taken at all (issue 21 row 11): it names stored files through
+# path templates and is forwarded as received, so nothing that is unsafe as one path
+# component: a character outside printable ASCII (NUL, control, DEL, non-ASCII), a
+# separator, "..", a leading dot, surrounding spaces. Other defects (PS3.5 9.1: a
+# leading zero, an empty component, a letter) are accepted, as DCMTK and Orthanc do.
+UID_MAX = 64
+_UID_UNSAFE = re.compile(r"[^\x21-\x7e ]|[/\\]|\.\.|^[. ]| $")
+_UID_COMPONENT = re.compile(r"0|[1-9][0-9]*")
+
+
+def uid_problem(value: str) -> str | None:
+    """Why `value` cannot be taken as a UID at all (0xC210), or None."""
+    if not value:
+        return "missing or empty"
+    if len(value) > UID_MAX:
+        return f"{len(value)} characters long (at most {UID_MAX})"
+    if (unsafe := _UID_UNSAFE.search(value)) is not None:
+        return f"{unsafe.group()!r} at {unsafe.start()} is unsafe in a file name"
+    return None
+
+
+def uid_defect(value: str) -> str | None:
+    """What makes a UID `uid_problem` accepts non-conformant (PS3.5 9.1), or None."""
+    if re.fullmatch(RE_VALID_UID, value):
+        return None
+    for n, component in enumerate(value.split("."), 1):
+        if not component:  # "..", a leading dot: refused by uid_problem
+            return "ends with a dot"
+        if _UID_COMPONENT.fullmatch(component) is None:
+            what = "has a leading zero" if component.isdigit() else "is not a number"
+            return f"component {n} {component!r} {what}"
+    return "not a UID"  # unreachable: every way to miss RE_VALID_UID is named above
+
+
+def check_identity(ds: Dataset, sop_instance_uid: str) -> list[str]:
+    """Check the identity UIDs; return the defects of those accepted as they are.
+
+    Garbage or a truncated stream parses to a header without identity UIDs: CannotUnderstand
+    (0xC210), as for a UID that `uid_problem` refuses.
+    """
+    defects = []
     for keyword in IDENTITY:
         value = str(ds.get(keyword, ""))
-        if not value or len(value) > 64 or not re.fullmatch(RE_VALID_UID, value):
-            raise CannotUnderstand(f"cannot parse the dataset: no valid {keyword}")
+        if re.fullmatch(RE_VALID_UID, value) and len(value) <= UID_MAX:
+            continue  # the usual case: conformant
+        if (problem := uid_problem(value)) is not None:
+            raise CannotUnderstand(f"cannot parse the dataset: {keyword} {problem}")
+        defects.append(f"{keyword} {value} ({uid_defect(value)})")
     if str(ds.SOPInstanceUID) != sop_instance_uid:
         raise CannotUnderstand(
             f"dataset SOP Instance UID {ds.SOPInstanceUID} differs from the request's"
         )
+    return defects
 
 
 def element(ds: Dataset, keyword: str) -> DataElement | None:

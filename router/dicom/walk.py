@@ -8,9 +8,14 @@ plain file costs a few reads of its first 64 KiB and a deflated one a streamed i
 in bounded chunks, whatever its size.
 
 Handles the file meta (explicit VR LE), Implicit VR LE, Explicit VR LE and Big Endian,
-Deflated Explicit VR LE and every encapsulated syntax (structure only). A deflated
-dataset may inflate beyond `INFLATE_FLOOR` only up to `INFLATE_RATIO` times its
-compressed size: past that it is a decompression bomb (`InflateLimit`, 0xC212). The
+Deflated Explicit VR LE and every encapsulated syntax (structure only). The dataset must
+be in the syntax the file meta names (the presentation context's, for a received file):
+bytes of the other explicitness, or an element whose VR is no known one, are refused
+rather than read the way pydicom guesses, since the stored file keeps that meta and DCMTK
+(and a PACS) reads it by it.
+
+A deflated dataset may inflate beyond `INFLATE_FLOOR` only up to `INFLATE_RATIO` times
+its compressed size: past that it is a decompression bomb (`InflateLimit`, 0xC212). The
 byte sources, plain and inflated, are in `router.dicom.streams`.
 
 On the way it keeps the raw values of the top-level elements asked for (`collect`) and of
@@ -51,10 +56,11 @@ from router.errors import InvalidStructure
 
 COLLECT_LIMIT = 2**20  # a collected value longer than this is refused, not read into memory
 MAX_DEPTH = 32  # nested sequences; deeper is a stack bomb, not a real dataset
+VRS = SHORT_VRS | LONG_VRS  # every explicit VR; bytes of any other pair are no VR
 
 
 # One element as read: its VR (None when implicit), its value bytes, and whether its
-# dataset is Implicit VR (a writer may mislabel the file's syntax).
+# dataset is Implicit VR.
 Raw = tuple[str | None, bytes, bool]
 
 
@@ -115,16 +121,19 @@ class _Walker:
             tag = group << 16 | elem
             if group == 0xFFFE:
                 if tag == ITEM_END and end is None and not top:
+                    if u32(buf, i + 4)[0]:  # PS3.5 7.5.2: a delimiter's length is 0
+                        raise InvalidStructure(f"item delimiter at {pos} has a length")
                     return
                 raise InvalidStructure(f"item tag {tag_text(tag)} inside a dataset at {pos}")
             if tag <= prev:
                 raise InvalidStructure(
                     f"tag {tag_text(tag)} at {pos} does not ascend from {tag_text(prev)}"
                 )
-            if prev < 0:
-                # As pydicom does: a dataset whose first element is encoded in the other
-                # explicitness is read that way (some writers mislabel their syntax).
-                implicit = not (0x40 < buf[i + 4] < 0x5B and 0x40 < buf[i + 5] < 0x5B)
+            if prev < 0 and (buf[i + 4 : i + 6] in VRS) == implicit:
+                # The first element tells a mislabelled syntax (pydicom peeks the same
+                # way, and then reads the other way): refused, because the file would be
+                # stored and forwarded with a meta that misstates its encoding.
+                raise InvalidStructure(_mislabelled(implicit, tag, pos))
             prev = tag
             if implicit:
                 vr = b""
@@ -139,15 +148,12 @@ class _Walker:
                         (length,) = u32(s.buf, s.take(4))
                 elif vr in SHORT_VRS:
                     (length,) = u16(buf, i + 6)
-                elif 0x40 < vr[0] < 0x5B and 0x40 < vr[1] < 0x5B:
-                    # pydicom guesses a 2-byte length, the standard (PS3.5 7.1.2) a 4-byte
-                    # one for VRs to come: a guess is no structure to acknowledge.
-                    raise InvalidStructure(f"unknown VR {vr.decode('ascii')} at {pos}")
                 else:
-                    # Not a VR: as pydicom does, an implicit element amid explicit ones
-                    # (some writers switch inside sequences).
-                    vr = b""
-                    (length,) = u32(buf, i + 4)
+                    # pydicom guesses a 2-byte length for an unknown VR, the standard (PS3.5
+                    # 7.1.2) a 4-byte one for VRs to come; and it reads bytes that are no VR
+                    # as an implicit element amid explicit ones, where DCMTK reads garbage.
+                    # A guess is no structure to acknowledge.
+                    raise InvalidStructure(f"{tag_text(tag)} at {pos} has no known VR {vr!r}")
             if vr == b"SQ":
                 self.sequence(length, depth + 1, implicit, tag)
             elif length == UNDEFINED_LENGTH:
@@ -188,6 +194,8 @@ class _Walker:
             group, elem, ilen = self.item.unpack_from(s.buf, i)
             item = group << 16 | elem
             if item == SEQUENCE_END and end is None:
+                if ilen:  # PS3.5 7.5.2: a delimiter's length is 0
+                    raise InvalidStructure(f"sequence delimiter at {at} has a length")
                 return
             if item != ITEM:
                 raise InvalidStructure(
@@ -213,6 +221,14 @@ class _Walker:
             if item != ITEM or flen == UNDEFINED_LENGTH:
                 raise InvalidStructure(f"fragments of {tag_text(tag)} not terminated at {at}")
             s.skip(flen, tag)
+
+
+def _mislabelled(implicit: bool, tag: int, pos: int) -> str:
+    found, said = ("Explicit", "Implicit") if implicit else ("Implicit", "Explicit")
+    return (
+        f"dataset encoded in {found} VR (first element {tag_text(tag)} at {pos}) where"
+        f" the transfer syntax says {said} VR"
+    )
 
 
 def _meta(fp: BinaryIO) -> tuple[str, int, bytes, dict[int, Raw]]:

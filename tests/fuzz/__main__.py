@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tests.fuzz.cases import make_case
 from tests.fuzz.checks import failed, run_campaign, summary
+from tests.peers import dcmdump_failures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,11 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         print("\n--- traceback in the daemon's log ---\n" + text)
     for path in report.stray_files[:10] + report.spool_leftovers[:10]:
         print(f"left behind: {path}")
+    unreadable = dcmdump_failures(sorted((workdir / "archive").glob("*.dcm")))
+    print(f"stored files dcmdump cannot read: {len(unreadable)}")
+    for path, errors in list(unreadable.items())[:5]:
+        print(f"  {path}: {errors.splitlines()[0] if errors else ''}")
     if args.keep or args.replay:
         print(f"daemon folder kept: {workdir}")
     else:
         shutil.rmtree(workdir.parent, ignore_errors=True)
-    return 1 if failed(report) else 0
+    return 1 if failed(report) or unreadable else 0
 
 
 if __name__ == "__main__":

@@ -12,12 +12,14 @@ from functools import cache
 
 from tests.fuzz.datasets import (
     DEFLATE_KINDS,
+    MISLABELLED,
     MUTATIONS,
     Base,
     bases,
     case_uid,
     explicit_bases,
     make_dataset,
+    mislabelled_bases,
 )
 from tests.fuzz.oracle import DEFLATED_LE, invalid_reason
 from tests.fuzz.pdus import IN_MUTATIONS, RQ_MUTATIONS
@@ -31,7 +33,7 @@ WEIGHTS = {"rq-valid": 0.3, "pdata-valid": 0.3, "valid": 1.5, "deflate-valid": 0
            "rq-stall": 0.5, "pdata-stall": 0.5}
 BOMB_EVERY = 1000
 PDU_KINDS = [*RQ_MUTATIONS, *IN_MUTATIONS]
-DATASET_KINDS = [*MUTATIONS, *DEFLATE_KINDS]
+DATASET_KINDS = [*MUTATIONS, *DEFLATE_KINDS, MISLABELLED]
 
 
 @dataclass
@@ -65,7 +67,10 @@ def make_case(name: str) -> Case:
     kind = _choose(rng, DATASET_KINDS)
     if int(n) % BOMB_EVERY == 7:
         kind = "deflate-bomb"
-    base = rng.choice(explicit_bases() if kind in DEFLATE_KINDS else list(bases()))
+    if kind in DEFLATE_KINDS:
+        base = rng.choice(explicit_bases())
+    else:
+        base = rng.choice(mislabelled_bases() if kind == MISLABELLED else list(bases()))
     uid = case_uid(rng)
     data, syntax = make_dataset(kind, rng, base, uid)
     return Case(name, "dataset", kind, rng, base, uid, data, syntax, invalid_reason(data, syntax))

@@ -378,10 +378,25 @@ DEFLATE_KINDS = ("deflate-valid", "deflate-inner", "deflate-bit-flip", "deflate-
                  "deflate-garbage", "deflate-bomb")
 
 
+# A valid dataset sent on a context of another syntax (issue 22 row 3): Explicit VR bytes
+# on an Implicit VR context and the reverse, or Implicit VR bytes deflated. Drawn from
+# the CT bases, whose class is offered in every syntax.
+MISLABELLED = "mislabelled"
+
+
+def mislabelled_bases() -> list[Base]:
+    """The bases whose SOP class has a context in each syntax (see cases.contexts)."""
+    return [b for b in bases() if b.sop_class == bases()[0].sop_class]
+
+
 def make_dataset(kind: str, rng: random.Random, base: Base, uid: str) -> tuple[bytes, str]:
-    """The bytes of one case's dataset and the transfer syntax they are in."""
+    """The bytes of one case's dataset and the transfer syntax they are said to be in."""
     body = base.body.replace(PLACEHOLDER.encode(), uid.encode())
     implicit = base.transfer_syntax == IMPLICIT_LE
+    if kind == MISLABELLED:
+        if implicit and rng.random() < 0.5:
+            return deflate(body), DEFLATED_LE
+        return body, EXPLICIT_LE if implicit else IMPLICIT_LE
     if kind in MUTATIONS:
         return MUTATIONS[kind](rng, body, base_index(base), implicit), base.transfer_syntax
     # Deflate kinds always start from an Explicit VR Little Endian base.
