@@ -135,6 +135,10 @@ class RouterDUL(DULServiceProvider):
         finally:
             cast(Any, self.assoc.dimse).discard_partial()
             self._kick_assoc()
+            if self.assoc.is_acceptor and self.assoc.requestor.primitive is None:
+                # Closed before an A-ASSOCIATE-RQ: end the wait for one now, not after
+                # the ACSE timeout (the connection stops counting as not associated).
+                self.to_user_queue.put(None)
             with self._space:
                 self._space.notify_all()
             self._wake_r.close()
