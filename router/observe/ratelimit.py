@@ -89,7 +89,7 @@ class RateLimitedLog:
             window.held = 0
         if held:
             self.logger.warning(
-                "... and %s more in the last %.0f s like: " + message,
+                "... and %s more in the last %g s like: " + message,
                 f"{held:,}",
                 self.interval,
                 *args,
