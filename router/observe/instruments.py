@@ -34,6 +34,8 @@ STORE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 SEND_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120)
 OTHER = "other"
 REJECT_REASONS = ("callers", "limit", "called_ae", "protocol", OTHER)
+# The loggers whose repeated warnings go through router.observe.ratelimit.
+RATE_LIMITED_LOGGERS = ("router.netlayer", "router.scp")
 DELIVERY_RESULTS = ("delivered", "dead_letter")
 _KNOWN_CODES = frozenset(
     {*status.BUILTIN_STATUSES, *status.GENERAL_FAILURES, *status.WARNINGS, *status.GENERAL_WARNINGS}
@@ -94,6 +96,16 @@ _TABLE: dict[str, tuple[str, str, str, tuple[str, ...], Any]] = {
     "last_delivery": ("gauge", "destination_last_delivery_timestamp_seconds",
                       "When the last delivery succeeded (Unix time; 0 = not since start-up)",
                       ("destination",), "max"),
+    "evicted": ("counter", "connections_evicted",
+                "Connections closed before their A-ASSOCIATE-RQ to make room for a new one",
+                (), None),
+    # Per worker (the cap is per worker): the highest any worker has reached.
+    "unassociated_peak": ("gauge", "unassociated_connections_peak",
+                          "Most connections without an A-ASSOCIATE-RQ held at once, per process",
+                          (), "max"),
+    "suppressed": ("counter", "log_lines_suppressed",
+                   "Repeated warnings held back by the rate limit (summed up once per interval)",
+                   ("logger",), None),
 }
 
 
@@ -125,6 +137,9 @@ class Instruments:
     send_seconds: Any
     up: Any
     last_delivery: Any
+    evicted: Any
+    unassociated_peak: Any
+    suppressed: Any
 
     def __init__(self) -> None:
         for attribute, spec in _TABLE.items():
@@ -245,6 +260,8 @@ def config_applied(config: Config) -> None:
         m.responses.labels(*status_labels(code))
     for reason in REJECT_REASONS:
         m.rejected.labels(reason)
+    for logger in RATE_LIMITED_LOGGERS:
+        m.suppressed.labels(logger)
     for name in queued_destinations(config):
         for result in DELIVERY_RESULTS:
             m.deliveries.labels(name, result)

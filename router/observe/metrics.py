@@ -124,6 +124,30 @@ def reject_reason(result_source: int | None, diagnostic: int | None) -> str:
     return "protocol" if result_source == 2 else OTHER
 
 
+def connection_evicted() -> None:
+    """A connection without an A-ASSOCIATE-RQ was closed to make room for a new one."""
+    m = instruments.active
+    if m is not None:
+        m.evicted.inc()
+
+
+def unassociated_peak(count: int) -> None:
+    """A new highest number of connections without an A-ASSOCIATE-RQ in this process."""
+    m = instruments.active
+    if m is not None:
+        m.unassociated_peak.set(count)
+
+
+# --- logging ---------------------------------------------------------------------------
+
+
+def log_line_suppressed(logger: str) -> None:
+    """A repeated warning of `logger` was held back (router.observe.ratelimit)."""
+    m = instruments.active
+    if m is not None:
+        m.suppressed.labels(logger).inc()
+
+
 # --- delivery --------------------------------------------------------------------------
 
 

@@ -40,9 +40,11 @@ from router.net.admission import (
     caller_allowed,
 )
 from router.observe import metrics
+from router.observe.ratelimit import RateLimitedLog
 from router.spool.journal import Journal
 
 log = logging.getLogger("router.scp")
+_repeats = RateLimitedLog(log)
 REJECT_SENT_WAIT = 1.0  # seconds an A-ASSOCIATE-RJ may take to be sent before the close
 
 
@@ -79,7 +81,11 @@ def _log_close(event: Event) -> None:
     primitive = assoc.requestor.primitive
     calling = primitive.calling_ae_title.strip() if primitive else "?"
     why = "aborted" if assoc.is_aborted else "dropped (stalled, timed out or malformed)"
-    log.warning(
+    # Rate limited: a flood of port probes (no A-ASSOCIATE-RQ, any address) is one cause,
+    # an association that did associate is its own, by peer.
+    peer = f"{calling}@{assoc.requestor.address}" if primitive else "before A-ASSOCIATE-RQ"
+    _repeats.warning(
+        f"{why} {peer}",
         "association from %s@%s %s",
         calling,
         assoc.requestor.address,

@@ -4,9 +4,9 @@ Written for pynetdicom 3.0.4 (`PYNETDICOM_VERSION`): `install()` refuses any oth
 version, and tests/test_netlayer.py pins the source of every upstream function replaced
 here, so that an upgrade fails loudly instead of silently running half-patched code.
 Line numbers are pynetdicom v3.0.4's. The changes live in `dul.py` (1-3, 10, 12), `dimse.py`
-(4-5, 9, 12) and `association.py` (6-7, 11) beside this file; `packing.py` holds the messages
-packed and unpacked with `struct`, `pducheck.py` the checks of received PDUs (12),
-`limits.py` every limit.
+(4-5, 9, 12), `association.py` (6-7, 11, 13) and `unassociated.py` (13) beside this file;
+`packing.py` holds the messages packed and unpacked with `struct`, `pducheck.py` the checks
+of received PDUs (12), `limits.py` every limit.
 Each change, why, and what it replaces:
 
 1. `RouterDUL._read_pdu_data` replaces `dul.py:258-336` (`DULServiceProvider._read_pdu_data`)
@@ -60,7 +60,7 @@ Each change, why, and what it replaces:
    counts only associations whose A-ASSOCIATE-RQ arrived: connections that never
    associate cannot lock senders out. `RouterServer` (replaces `transport.py:930-1089` in
    part): accepts only in the accept thread (TLS handshakes run in the connection's thread),
-   sets TCP_NODELAY, caps connections that have not associated at `MAX_UNASSOCIATED`,
+   sets TCP_NODELAY, caps connections that have not associated (change 12),
    listens with a `socket.SOMAXCONN` backlog (socketserver's default is 5), optionally
    binds with SO_REUSEPORT, and its `shutdown` does not call `ae._servers.remove`
    (`transport.py:1040`, which raised because `make_server` never registered it).
@@ -100,6 +100,16 @@ Each change, why, and what it replaces:
    logged again); no exception class name in it (`limits.reason`: a protocol or validator
    message, or "internal error" with the traceback at DEBUG); peer-supplied values are
    escaped and cut to `MAX_SHOWN` characters (`escaped`), a quoted reason to `MAX_REASON`.
+13. `Unassociated` (`unassociated.py`) counts the connections whose A-ASSOCIATE-RQ has not
+   arrived, at most `MAX_UNASSOCIATED` per server; a new one at the cap evicts the oldest
+   of the address holding the most (its socket is shut down), so a flood of silent or
+   half-sent connections cannot lock out a sender that associates at once. The count is
+   kept under one lock from the accept (`RouterServer.process_request`) to EVT_REQUESTED
+   or the thread's end; `RouterRequestHandler.handle` (replaces `transport.py:711-723`,
+   `RequestHandler.handle`) hands it the association before it starts. A DUL that ends
+   before an A-ASSOCIATE-RQ wakes the association's wait for one at once (upstream waited
+   out the ACSE timeout, 10 s). The repeated warnings of the netlayer (`limits.warn`) are
+   rate limited by cause (`router.observe.ratelimit`).
 """
 
 from __future__ import annotations

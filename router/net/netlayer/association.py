@@ -1,4 +1,4 @@
-"""The association reactor, the association limit and the server (changes 6 and 7)."""
+"""The association reactor, the association limit and the server (changes 6, 7, 11 and 13)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from typing import Any, cast
 from pynetdicom import evt
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from router.net.netlayer import limits
 from router.net.netlayer.dimse import RouterDIMSE
+from router.net.netlayer.unassociated import Unassociated
 
 _LOGGER = logging.getLogger("pynetdicom.association")  # off in the router (CRITICAL)
 ABORT_WAIT = 0.1  # upstream's fixed sleep, now the longest wait for the thread to end
@@ -181,6 +182,19 @@ class RouterAE(ApplicationEntity):
         return [a for a in super().active_associations if requested(a)]
 
 
+class RouterRequestHandler(RequestHandler):
+    """pynetdicom's handler; its association counted as not associated until its A-ASSOCIATE-RQ."""
+
+    server: RouterServer
+
+    def handle(self) -> None:
+        """Create the association, count it until it associates, start it (else as upstream)."""
+        assoc = self._create_association()
+        self.server.unassociated.attach(self.request, assoc)
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.start()
+
+
 class RouterServer(ThreadedAssociationServer):
     """Accepts in one thread, prepares each socket (and TLS) in its own (change 7)."""
 
@@ -188,6 +202,11 @@ class RouterServer(ThreadedAssociationServer):
     stall_timeout: float = 60.0
     tls: ssl.SSLContext | None = None
     reuse_port = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("request_handler", RouterRequestHandler)
+        self.unassociated = Unassociated(limits.MAX_UNASSOCIATED)
+        super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
         """Bind, with SO_REUSEPORT when several workers share the port."""
@@ -207,16 +226,8 @@ class RouterServer(ThreadedAssociationServer):
         ]
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Refuse a connection beyond `limits.MAX_UNASSOCIATED` that have not associated."""
-        waiting = sum(1 for a in self.connections() if not requested(a))
-        if waiting >= limits.MAX_UNASSOCIATED:
-            limits.log.warning(
-                "connection from %s refused: %d connections have not associated",
-                client_address[0],
-                waiting,
-            )
-            self.shutdown_request(request)
-            return
+        """Count the connection among those not associated (at the cap, one is evicted)."""
+        self.unassociated.admit(request, client_address[0])
         super().process_request(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -226,13 +237,22 @@ class RouterServer(ThreadedAssociationServer):
             request.settimeout(self.stall_timeout)
             if self.tls is not None:
                 request.settimeout(limits.PDU_DEADLINE)
-                request = self.tls.wrap_socket(request, server_side=True)
+                raw = request
+                request = self.tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+                if not self.unassociated.rewrap(raw, request):
+                    request.close()  # evicted meanwhile
+                    return
+                request.do_handshake()
                 request.settimeout(self.stall_timeout)
         except (OSError, ssl.SSLError) as exc:
-            limits.log.warning("connection from %s dropped: %s", client_address[0], exc)
+            if self.unassociated.leave_unattached(request):  # else evicted: that was its line
+                limits.warn_from(client_address[0], "connection from %s dropped: %s", exc)
             self.shutdown_request(request)
             return
-        super().process_request_thread(request, client_address)
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.unassociated.leave_unattached(request)
 
     def shutdown(self) -> None:
         """Stop serve_forever (pynetdicom's own also unregisters from the AE: it never was)."""

@@ -1,6 +1,6 @@
 """The DUL (upper layer) with limits, deadlines, event-driven wake-ups and backpressure.
 
-Changes 1, 2, 3, 10 and 12 of router.net.netlayer (see its docstring).
+Changes 1, 2, 3, 10, 12 and 13 of router.net.netlayer (see its docstring).
 """
 
 from __future__ import annotations
@@ -138,6 +138,10 @@ class RouterDUL(DULServiceProvider):
         finally:
             cast(Any, self.assoc.dimse).discard_partial()
             self._kick_assoc()
+            if self.assoc.is_acceptor and self.assoc.requestor.primitive is None:
+                # Closed before an A-ASSOCIATE-RQ: end the wait for one now, not after
+                # the ACSE timeout (the connection stops counting as not associated).
+                self.to_user_queue.put(None)
             with self._space:
                 self._space.notify_all()
             self._wake_r.close()

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from pathlib import Path
 
 from pynetdicom.association import Association
 
 from router.errors import ProtocolError as ProtocolError  # where the netlayer's modules use it
+from router.observe.ratelimit import RateLimitedLog
 
 log = logging.getLogger("router.netlayer")
+# A flood of one cause (refused, dropped, aborted connections) writes two lines per 10 s.
+repeats = RateLimitedLog(log)
 
 PYNETDICOM_VERSION = "3.0.4"
 
@@ -32,6 +36,7 @@ UPSTREAM_SOURCES = {
     "transport.AssociationServer.server_close": "3fa1b358badbe682",
     "transport.ThreadedAssociationServer.process_request_thread": "9e76e9b9c8a3d8b1",
     "transport.RequestHandler._create_association": "05c8d12b79863cdb",
+    "transport.RequestHandler.handle": "034823fb4df3a874",
     "dimse.DIMSEServiceProvider.receive_primitive": "5f99c86b14a15cef",
     "dimse.DIMSEServiceProvider.send_msg": "a839cf2fb46976d9",
     "dimse_messages.DIMSEMessage.decode_msg": "f51c777e841a76be",
@@ -116,6 +121,26 @@ def peer(assoc: Association) -> str:
 
 
 def warn(assoc: Association, message: str, *args: object) -> None:
-    """The one log line for an association ended here (the SCP's close handler stays quiet)."""
+    """The one log line for an association ended here (the SCP's close handler stays quiet).
+
+    Rate limited by cause (`warn_from`); none for a connection evicted to make room
+    (`unassociated.py`), whose eviction was its line.
+    """
     assoc.router_logged = True  # type: ignore[attr-defined]
-    log.warning(message, peer(assoc), *args)
+    waiting = getattr(assoc, "waiting", None)
+    if waiting is not None and waiting.evicted:
+        return
+    warn_from(peer(assoc), message, *args)
+
+
+_NUMBERS = re.compile(r"[0-9]+")
+
+
+def warn_from(who: str, message: str, *args: object) -> None:
+    """Log `message` (its first %s is `who`), rate limited by cause.
+
+    The cause is the message with its values but `who`, numbers masked: a flood of one
+    problem from any number of peers is one cause, different problems stay apart.
+    """
+    cause = _NUMBERS.sub("#", " ".join([message, *map(str, args)]))[:200]
+    repeats.warning(cause, message, who, *args)
