@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from router.observe.ratelimit import OVERFLOW, RateLimitedLog
+from router.observe.ratelimit import BURST, OVERFLOW, RateLimitedLog
 
 INTERVAL = 0.3
 
@@ -46,17 +46,17 @@ def limited(lines: Lines, max_causes: int = 256) -> RateLimitedLog:
     return RateLimitedLog(lines.logger, interval=INTERVAL, max_causes=max_causes)
 
 
-def test_repeats_of_one_cause_are_one_line_then_one_summary(lines: Lines) -> None:
-    """1,000 warnings of one cause: the first as is, '... and 999 more' when the interval ends."""
+def test_repeats_of_one_cause_are_a_burst_then_one_summary(lines: Lines) -> None:
+    """1,000 warnings of one cause: the first BURST as is, then '... and 995 more' at the end."""
     log = limited(lines)
     written = [log.warning("refused", "from %s refused", f"10.0.0.{i % 250}") for i in range(1000)]
-    assert written == [True] + [False] * 999
-    assert lines.wait_for(2) == [
-        "from 10.0.0.0 refused",
-        f"... and 999 more in the last {INTERVAL:g} s like: from 10.0.0.249 refused",
+    assert written == [True] * BURST + [False] * (1000 - BURST)
+    assert lines.wait_for(BURST + 1) == [
+        *(f"from 10.0.0.{i} refused" for i in range(BURST)),
+        f"... and {1000 - BURST} more in the last {INTERVAL:g} s like: from 10.0.0.249 refused",
     ]
     time.sleep(INTERVAL)
-    assert len(lines.lines) == 2  # one summary, not one per held line
+    assert len(lines.lines) == BURST + 1  # one summary, not one per held line
 
 
 def test_a_cause_is_logged_in_full_again_once_its_interval_is_over(lines: Lines) -> None:
@@ -71,15 +71,16 @@ def test_a_cause_is_logged_in_full_again_once_its_interval_is_over(lines: Lines)
 def test_different_causes_are_held_back_apart(lines: Lines) -> None:
     """A flood of one cause does not hide another."""
     log = limited(lines)
-    for _ in range(10):
+    for _ in range(BURST + 10):
         log.warning("a", "a line")
     assert log.warning("b", "b line")
-    assert lines.lines == ["a line", "b line"]
+    assert lines.lines == ["a line"] * BURST + ["b line"]
 
 
 def test_causes_beyond_the_limit_share_one(lines: Lines) -> None:
     """Made-up causes cannot grow the table: past `max_causes` they share one."""
     log = limited(lines, max_causes=4)
     written = [log.warning(f"cause {i}", "line %d", i) for i in range(100)]
-    assert written[:5] == [True] * 5 and not any(written[5:])
+    # 4 causes of their own, then the overflow's burst
+    assert written[: 4 + BURST] == [True] * (4 + BURST) and not any(written[4 + BURST :])
     assert len(log._windows) == 4 + 1 and OVERFLOW in log._windows

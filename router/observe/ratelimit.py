@@ -1,9 +1,10 @@
 """Repeated warnings, rate limited by cause: a flood writes two lines per interval.
 
-The first warning of a cause is logged as it comes; the others within the next
-`interval` seconds are counted, and when the interval ends one summary line says how
-many there were (`... and 5,000 more in the last 10 s like: <the last one>`). Then the
-next one is logged in full again. Every line held back counts in
+The first `burst` warnings of a cause are logged as they come (two senders that stall
+in the same minute are both named at once); the others within the same `interval`
+seconds are counted, and when the interval ends one summary line says how many there
+were (`... and 5,000 more in the last 10 s like: <the last one>`). Then the next ones
+are logged in full again. Every line held back counts in
 `dicom_router_log_lines_suppressed_total{logger}`.
 
 A cause is what the caller says repeats (a format string, with whatever else tells
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from router.observe import metrics
 
 INTERVAL = 10.0  # seconds
+BURST = 5  # lines of one cause logged in full per interval
 MAX_CAUSES = 256
 OVERFLOW = "(other causes)"
 
@@ -30,6 +32,7 @@ class _Window:
     """One cause's current interval: when it ends, what was held back."""
 
     end: float
+    written: int = 1
     held: int = 0
     last: tuple[str, tuple[object, ...]] = ("", ())
     timer: threading.Timer | None = field(default=None, repr=False)
@@ -39,10 +42,15 @@ class RateLimitedLog:
     """A logger's warnings with repeats of one cause held back and summed up per interval."""
 
     def __init__(
-        self, logger: logging.Logger, interval: float = INTERVAL, max_causes: int = MAX_CAUSES
+        self,
+        logger: logging.Logger,
+        interval: float = INTERVAL,
+        max_causes: int = MAX_CAUSES,
+        burst: int = BURST,
     ) -> None:
         self.logger = logger
         self.interval = interval
+        self.burst = burst
         self.max_causes = max_causes
         self._lock = threading.Lock()
         self._windows: dict[str, _Window] = {}
@@ -50,7 +58,7 @@ class RateLimitedLog:
     def warning(
         self, cause: str, message: str, *args: object, extra: dict[str, object] | None = None
     ) -> bool:
-        """Log `message % args` unless `cause` was logged less than `interval` s ago.
+        """Log `message % args` unless `cause` was logged `burst` times in this interval.
 
         True when the line was written, False when it was held back (counted, summed up).
         """
@@ -63,6 +71,9 @@ class RateLimitedLog:
             window = self._windows.get(cause)
             if window is None or now >= window.end:
                 self._windows[cause] = _Window(now + self.interval)
+                held = False
+            elif window.written < self.burst:
+                window.written += 1
                 held = False
             else:
                 window.held += 1
