@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from router.observe.ratelimit import BURST
 from tests.daemon import RouterDaemon
 from tests.dicomgen import make_ct
 from tests.peers import storescu
+from tests.test_flood import wait_accounted
 from tests.test_scp import rule_file
 from tests.test_workers import with_workers
 from tests.ul import Peer
@@ -49,6 +51,18 @@ def test_an_association_closed_without_release_is_still_logged_dropped(
         peer.associate()
     daemon.wait_log(f"association from HOSTILE@127.0.0.1 {DROPPED}")
     assert daemon.log().count(DROPPED) == 1
+
+
+def test_refused_callers_are_never_logged_dropped_and_a_retry_loop_is_rate_limited(
+    router: Callable[..., RouterDaemon], ct: Path
+) -> None:
+    """30 refusals by `callers` from one address: no `dropped` line, a burst and a summary."""
+    daemon = router(rule_file(callers="[{ae_title: CT_1}]"))
+    for _ in range(30):
+        assert not storescu(daemon.port, [ct], calling="INTRUDER").ok
+    lines = wait_accounted(daemon, "rejected: calling AE not in callers", 30)
+    assert BURST + 1 <= len(lines) <= 3 * (BURST + 1), lines
+    assert daemon.log().count(DROPPED) == 0, daemon.log()[-3000:]
 
 
 def test_debug_logs_the_negotiation_and_each_dimse_message(

@@ -132,7 +132,7 @@ def _accounted(lines: list[str]) -> int:
     return sum(int(m[1].replace(",", "")) if (m := SUMMARY.search(line)) else 1 for line in lines)
 
 
-def _wait_accounted(daemon: RouterDaemon, fragment: str, events: float) -> list[str]:
+def wait_accounted(daemon: RouterDaemon, fragment: str, events: float) -> list[str]:
     """The lines with `fragment`, once they account for `events` (summaries come 10 s on)."""
     deadline = time.monotonic() + 40
     while _accounted(lines := _lines(daemon, fragment)) < events:
@@ -152,7 +152,7 @@ def test_a_flood_of_evictions_logs_a_line_and_a_summary_and_counts_them_in_metri
         evicted = wait_value(
             metrics_port, M + "connections_evicted_total", lambda v: v >= beyond, timeout=40
         )
-        lines = _wait_accounted(daemon, EVICTED, evicted)
+        lines = wait_accounted(daemon, EVICTED, evicted)
     assert _accounted(lines) == evicted == beyond, (flood.opened, evicted, lines)
     assert BURST + 1 <= len(lines) <= 3 * (BURST + 1), lines  # a burst and a summary per 10 s
     samples = scrape(metrics_port)
@@ -170,6 +170,5 @@ def test_port_probes_that_close_at_once_log_a_line_and_a_summary(
         with socket.socket() as sock:
             sock.bind((FLOODER, 0))
             sock.connect((LOOPBACK, daemon.port))
-    lines = _wait_accounted(daemon, "association from ?@127.0.0.2 dropped", 300)
+    lines = wait_accounted(daemon, "association from ?@127.0.0.2 dropped", 300)
     assert _accounted(lines) == 300 and BURST + 1 <= len(lines) <= 3 * (BURST + 1), lines
-

@@ -53,8 +53,11 @@ def _reject(assoc: Any, reason: tuple[int, int, int]) -> None:
 
     pynetdicom closes the connection once this handler returns: the peer must have the
     reject before that, or it sees an abort. The DUL sends the PDU and then enters Sta13
-    (awaiting the close), so that state is the event to wait for.
+    (awaiting the close), so that state is the event to wait for. The caller logged the
+    refusal: that is the association's one line (pynetdicom sets `is_rejected` only after
+    this handler, so the close handler could otherwise call it dropped).
     """
+    assoc.router_logged = True
     assoc.acse.send_reject(*reason)
     deadline = time.monotonic() + REJECT_SENT_WAIT
     while assoc.dul.state_machine.current_state != "Sta13" and time.monotonic() < deadline:
@@ -202,16 +205,20 @@ class StorageSCP:
         hostile: dict[str, bytes] = getattr(event.assoc, "hostile_ae_titles", {})
         for what, reason in (("calling", REJECT_CALLING_AE), ("called", REJECT_CALLED_AE)):
             if what in hostile:
-                log.warning(
+                _repeats.warning(
+                    f"hostile AE title from {peer}",
                     "association from %s rejected: %s AE title %s is not of the AE VR",
                     peer,
                     what,
                     netlayer.escaped(hostile[what]),
+                    extra={"event": "ae-title-rejected"},
                 )
                 _reject(event.assoc, reason)
                 return
         if not caller_allowed(self._current(), calling, peer):
-            log.warning(
+            # Rate limited per address: a sender retrying in a loop is a burst and a summary.
+            _repeats.warning(
+                f"callers {peer}",
                 "association from %s@%s rejected: calling AE not in callers",
                 calling,
                 peer,
@@ -222,11 +229,13 @@ class StorageSCP:
             return
         if self._budget is not None:
             if not self._budget.take():
-                log.warning(
+                _repeats.warning(
+                    "max_associations",
                     "association from %s@%s rejected: %d associations (max_associations)",
                     calling,
                     peer,
                     self._budget.limit,
+                    extra={"event": "busy-rejected"},
                 )
                 metrics.association_rejected("limit")
                 _reject(event.assoc, REJECT_BUSY)
