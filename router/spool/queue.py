@@ -100,7 +100,9 @@ class Queue:
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     db.execute(
-                        "INSERT INTO objects VALUES (?,?,?,?,?,?,?,?)",
+                        "INSERT INTO objects (id, sop_instance_uid, sop_class_uid,"
+                        " transfer_syntax, study_uid, series_uid, calling_ae, received_at)"
+                        " VALUES (?,?,?,?,?,?,?,?)",
                         (
                             object_id,
                             instance.sop_instance_uid,
