@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
 from router.actions.templates import Template, template_fields
-from router.config.actions import Action
+from router.config.actions import Action, ForwardAction, NotifyAction
 from router.config.destinations import FilesystemDestination
 from router.dicom import header as dataset
 from router.rules.engine import wanted_tags
@@ -40,9 +40,23 @@ def make_plan(loaded: LoadedConfig) -> Plan:
         if isinstance(dest, FilesystemDestination):
             keywords.update(template_fields(dest.path))
             templates[name] = (Template(loaded.base_dir, dest.path), dest.on_exists)
+    if collects(loaded):
+        keywords.update(ORDER_KEYWORDS)
     names = {rule.name: action_names(rule.actions) for rule in loaded.config.rules}
     names["default"] = action_names(loaded.config.default)
     return Plan(frozenset(keywords), tags, templates, names)
+
+
+ORDER_KEYWORDS = ("SeriesNumber", "InstanceNumber")  # the order a collected unit is sent in
+
+
+def collects(loaded: LoadedConfig) -> bool:
+    """Whether any action holds instances for their series or study (collect, notify)."""
+    actions = [*loaded.config.default, *(a for r in loaded.config.rules for a in r.actions)]
+    return any(
+        isinstance(a, NotifyAction) or (isinstance(a, ForwardAction) and a.forward.collect)
+        for a in actions
+    )
 
 
 def action_names(actions: Sequence[Action]) -> tuple[str, ...]:
@@ -52,7 +66,9 @@ def action_names(actions: Sequence[Action]) -> tuple[str, ...]:
         ((kind, spec),) = action.model_dump(exclude_none=True).items()
         if isinstance(spec, dict) and "to" in spec:
             mode = spec.get("mode")
-            out.append(f"{kind}:{spec['to']}" + (f"({mode})" if mode == "sync" else ""))
+            unit = spec.get("collect") or spec.get("on")
+            shown = f"({mode})" if mode == "sync" else f"({unit})" if unit else ""
+            out.append(f"{kind}:{spec['to']}{shown}")
         elif isinstance(spec, int) and not isinstance(spec, bool):
             out.append(f"{kind}:0x{spec:04X}")
         else:

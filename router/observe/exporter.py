@@ -302,4 +302,3 @@ class Exporter:
         if self._thread.is_alive():
             self.server.shutdown()
         self.server.server_close()
-

@@ -16,6 +16,7 @@ from router.spool.db import Databases
 from router.spool.decisions import DecisionLog, DecisionRecord, trace
 from router.spool.layout import OBJECTS
 from router.spool.queue import DEAD_LETTER, PENDING, Delivery, Instance, Queue
+from router.spool.studies import Units
 
 __all__ = ["Spool"]
 
@@ -33,6 +34,7 @@ class Spool:
             raise OutOfResources(f"spool {root} unusable: {exc}") from exc
         self.queue = Queue(self._db, self.objects)
         self.decisions = DecisionLog(self._db)
+        self.units = Units(self._db, self.queue.path_of)
 
     def close(self) -> None:
         """Close the idle connections; borrowed ones close when given back."""
