@@ -7,13 +7,11 @@ destination, and an http.server in this process is the webhook.
 
 from __future__ import annotations
 
-import json
 import sqlite3
+import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +19,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from tests.daemon import RouterDaemon
+from tests.daemon import DICOM_ROUTER, RouterDaemon
 from tests.dicomgen import make_ct
-from tests.peers import LOOPBACK, StoreSCP, storescu
+from tests.peers import LOOPBACK, StoreSCP, WebhookReceiver, storescu
 
 pytestmark = pytest.mark.interop
 
@@ -57,54 +55,15 @@ def make_study(folder: Path, sizes: tuple[int, ...] = (4, 3, 3)) -> Study:
     return Study(study, series, files, place)
 
 
-class Webhook:
-    """A real HTTP server on 127.0.0.1 recording each POST's headers and JSON body."""
-
-    def __init__(self) -> None:
-        posts: list[tuple[dict[str, str], Any]] = []
-        self.posts = posts
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                posts.append((dict(self.headers), json.loads(body)))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *_args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        self.url = f"http://{LOOPBACK}:{self.server.server_address[1]}/hook"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def wait_posts(self, n: int, timeout: float = 30.0, settle: float = 2.0) -> list[Any]:
-        """Wait for `n` POSTs, then `settle` s more to see no other comes; return them all."""
-        deadline = time.monotonic() + timeout
-        while len(self.posts) < n and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(settle)
-        assert len(self.posts) == n, self.posts
-        return list(self.posts)
-
-    def close(self) -> None:
-        """Stop serving."""
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def webhook() -> Iterator[Webhook]:
-    """A webhook receiver on a free loopback port; closed after."""
-    hook = Webhook()
-    try:
-        yield hook
-    finally:
-        hook.close()
-
-
-def rules(scp: StoreSCP, hook_url: str, *, collect: str = "series", studies: str = "") -> str:
+def rules(
+    scp: StoreSCP,
+    hook_url: str,
+    *,
+    collect: str = "series",
+    studies: str = "",
+    notify: str = "on: study",
+    auth: str = "",
+) -> str:
     """Two workers; every instance collected for storescp and notified per study."""
     return f"""\
 version: 1
@@ -114,11 +73,11 @@ spool_min_free: 1MiB
 studies: {{quiet: 1s{studies}}}
 destinations:
   ai: {{ae_title: {scp.ae_title}, host: {LOOPBACK}, port: {scp.port}, retry: {FAST_RETRY}}}
-  orch: {{webhook: {{url: "{hook_url}"}}, retry: {FAST_RETRY}}}
+  orch: {{webhook: {{url: "{hook_url}"{auth}}}, retry: {FAST_RETRY}}}
 rules: []
 default:
   - forward: {{to: ai, collect: {collect}}}
-  - notify: {{to: orch, on: study}}
+  - notify: {{to: orch, {notify}}}
 """
 
 
@@ -177,7 +136,7 @@ def split(study: Study) -> list[list[Path]]:
 
 
 def test_a_study_from_two_associations_reaches_storescp_one_association_per_series(
-    tmp_path: Path, router: Router, store_scp: StoreSCP, webhook: Webhook
+    tmp_path: Path, router: Router, store_scp: StoreSCP, webhook: WebhookReceiver
 ) -> None:
     """Three series sent on two associations at once arrive as three ordered associations."""
     study = make_study(tmp_path / "study")
@@ -197,7 +156,7 @@ def test_a_study_from_two_associations_reaches_storescp_one_association_per_seri
 
 
 def test_a_collected_study_goes_over_one_association(
-    tmp_path: Path, router: Router, store_scp: StoreSCP, webhook: Webhook
+    tmp_path: Path, router: Router, store_scp: StoreSCP, webhook: WebhookReceiver
 ) -> None:
     """collect: study sends the three series together, on one association, in order."""
     study = make_study(tmp_path / "study")
@@ -210,7 +169,7 @@ def test_a_collected_study_goes_over_one_association(
 
 
 def test_kill9_mid_collection_completes_the_study_after_restart(
-    tmp_path: Path, router: Router, store_scp: StoreSCP, webhook: Webhook
+    tmp_path: Path, router: Router, store_scp: StoreSCP, webhook: WebhookReceiver
 ) -> None:
     """Killed while collecting, the restarted daemon sends every acknowledged instance."""
     study = make_study(tmp_path / "study")
@@ -223,3 +182,66 @@ def test_kill9_mid_collection_completes_the_study_after_restart(
     store_scp.wait_count(len(study.files))
     assert sorted(arrival_order(store_scp, study)) == sorted(study.place.values())
     assert associations(store_scp) == 3
+
+
+def test_notify_per_series_sends_the_bearer_token_and_only_the_listed_patient_data(
+    tmp_path: Path, router: Router, store_scp: StoreSCP, webhook: WebhookReceiver
+) -> None:
+    """on: series POSTs once per series, with the token file's bearer and include's keys."""
+    study = make_study(tmp_path / "study")
+    config = rules(
+        store_scp,
+        webhook.url,
+        notify="on: series, include: [PatientID]",
+        auth=", auth: {type: bearer, token_file: orch.token}",
+    )
+    daemon = RouterDaemon(tmp_path / "router", config)
+    (daemon.workdir / "orch.token").write_text("s3cret\n")
+    daemon.start()
+    try:
+        storescu(daemon.port, study.files)
+        posts = webhook.wait_posts(3)
+    finally:
+        daemon.stop()
+    assert {h["Authorization"] for h, _ in posts} == {"Bearer s3cret"}
+    assert sorted(b["series_instance_uid"] for _, b in posts) == sorted(study.series)
+    assert {b["PatientID"] for _, b in posts} == {"TEST0001"}
+    assert all("AccessionNumber" not in b for _, b in posts)
+
+
+def test_a_failing_webhook_is_retried_until_it_takes_the_one_notification(
+    tmp_path: Path, router: Router, store_scp: StoreSCP
+) -> None:
+    """HTTP 500 then 503: the queue retries the POST; it is accepted once, then no more."""
+    hook = WebhookReceiver(answers=[500, 503])
+    try:
+        study = make_study(tmp_path / "study", sizes=(2,))
+        daemon = router(rules(store_scp, hook.url))
+        storescu(daemon.port, study.files)
+        hook.wait_posts(1)
+        assert hook.tries == 3
+    finally:
+        hook.close()
+
+
+def test_check_warns_about_an_unreadable_token_file_and_refuses_a_bad_url(
+    tmp_path: Path, store_scp: StoreSCP
+) -> None:
+    """`check` names the missing token file; a URL that is not http(s) is an error (exit 1)."""
+    daemon = RouterDaemon(
+        tmp_path, rules(store_scp, "https://orch.example/api", auth=", auth: {type: bearer, "
+                        "token_file: missing.token}")
+    )  # fmt: skip
+    run = subprocess.run(
+        [str(DICOM_ROUTER), "check", str(daemon.config_path)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "destinations.orch.webhook.auth.token_file:" in run.stdout
+    assert "missing.token cannot be read" in run.stdout
+    assert "webhook POST https://orch.example/api (bearer token from file" in run.stdout
+    daemon.write_config(rules(store_scp, "ftp://orch.example/api"))
+    run = subprocess.run(
+        [str(DICOM_ROUTER), "check", str(daemon.config_path)], capture_output=True, text=True
+    )
+    assert run.returncode == 1
+    assert "destinations.orch.webhook.url" in run.stderr

@@ -130,6 +130,10 @@ class BaseDestination(Strict):
         """What `check` warns about in this destination, without refusing it."""
         return []
 
+    def secret_files(self) -> list[tuple[tuple[str, ...], str]]:
+        """(key path, file) of the secrets it reads, relative to the rule file's folder."""
+        return []
+
 
 class QueuedDestination(BaseDestination):
     """A destination delivered to from a queue: a DICOM node or a STOW-RS service."""
@@ -273,6 +277,10 @@ class StowDestination(QueuedDestination):
         parts.append(f"batches of {self.batch.max_instances} / {self.batch.max_bytes} bytes")
         return f"STOW-RS {self.url}/studies ({'; '.join(parts)})"
 
+    def secret_files(self) -> list[tuple[tuple[str, ...], str]]:
+        """Its auth's token or password file."""
+        return http.secret_files(self.auth, ("auth",))
+
     def cautions(self) -> list[Caution]:
         """A secret sent over plain http to another machine."""
         if self.auth and http.cleartext(self.url):
@@ -356,6 +364,10 @@ class WebhookDestination(QueuedDestination):
         auth = self.webhook.auth.describe() if self.webhook.auth else "no auth"
         tls = "; TLS verified" if self.webhook.url.startswith("https:") else ""
         return f"webhook POST {self.webhook.url} ({auth}{tls})"
+
+    def secret_files(self) -> list[tuple[tuple[str, ...], str]]:
+        """Its auth's token or password file."""
+        return http.secret_files(self.webhook.auth, ("webhook", "auth"))
 
     def cautions(self) -> list[Caution]:
         """A secret sent over plain http to another machine."""

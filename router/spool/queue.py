@@ -182,16 +182,17 @@ class Queue:
     def unit_batch(
         self, destination: str, batch: int, exclude: Sequence[int] = ()
     ) -> list[Delivery]:
-        """The due deliveries of one released unit, in SeriesNumber/InstanceNumber order."""
+        """The pending deliveries of one released unit, in SeriesNumber/InstanceNumber
+        order: once one is due, the whole unit goes again together (one association or
+        request), its retried instances' own times notwithstanding."""
         marks = ",".join("?" * len(exclude))
         with self._db.queue() as db:
             rows = db.execute(
                 f"{_SELECT} WHERE d.batch=? AND d.destination=? AND d.state=?"
-                " AND d.next_attempt_at<=?"
                 + (f" AND d.id NOT IN ({marks})" if exclude else "")
                 + " ORDER BY o.series_number IS NULL, o.series_number, o.series_uid,"
                 " o.instance_number IS NULL, o.instance_number, o.received_at",
-                (batch, destination, PENDING, time.time(), *exclude),
+                (batch, destination, PENDING, *exclude),
             ).fetchall()
         return [self._delivery(r) for r in rows]
 
