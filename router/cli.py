@@ -77,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     trace = sub.add_parser("trace", help="where did a study, series or instance go?")
     trace.add_argument("file", type=Path)
     trace.add_argument("uid")
+    studies = sub.add_parser("studies", help="series and studies being collected; complete one")
+    studies.add_argument("file", type=Path)
+    studies.add_argument("action", choices=("list", "complete"), nargs="?", default="list")
+    studies.add_argument("uid", nargs="?", help="complete: the Study or Series Instance UID")
     return p
 
 
@@ -305,6 +309,7 @@ def _trace(args: argparse.Namespace) -> int:
             f"[{rec.actions or '-'}] status {hex_code(rec.status)} config {rec.config_version}"
             + (f" ({rec.comment})" if rec.comment else "")
         )
+    _trace_units(spool, args.uid)
     for d in deliveries:
         print(
             f"  -> {d.destination}: {d.sop_instance_uid} {d.state} after {d.attempts} "
@@ -314,6 +319,45 @@ def _trace(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _studies(args: argparse.Namespace) -> int:
+    from router.destinations.sweeper import force_complete
+
+    spool = _spool(args.file)
+    if args.action == "complete":
+        if not args.uid:
+            raise UsageError("studies complete needs the Study or Series Instance UID")
+        units, released = force_complete(spool, args.uid, load(args.file).config.studies)
+        if not units:
+            print(f"{args.uid}: no such study or series in the spool")
+            return EXIT_INVALID
+        print(f"{args.uid}: {units} series/studies completed, {released} deliveries released")
+        return EXIT_OK
+    now = time.time()
+    print(f"{'level':<7} {'UID':<64} {'calling AE':<16} {'count':>5} {'held':>5} {'age':>6} quiet")
+    for u in spool.units.listing():
+        print(
+            f"{u.level:<7} {u.uid:<64} {u.calling_ae:<16} {u.count:>5} {u.held:>5} "
+            f"{_age(now - u.first_at):>6} {_age(now - u.last_at)}"
+        )
+    return EXIT_OK
+
+
+def _trace_units(spool: Spool, uid: str) -> None:
+    """The collection state of the study or series `uid` (trace)."""
+    for u in spool.units.of(uid):
+        when = (
+            f"complete ({u.reason}) at "
+            + datetime.fromtimestamp(u.completed_at or 0).isoformat(sep=" ", timespec="seconds")
+            if u.state == "complete"
+            else "collecting"
+        )
+        print(
+            f"  {u.level} {u.uid}: {u.count} instance(s) from {u.calling_ae}, {when}"
+            + (f", {u.late} late" if u.late else "")
+            + (f", {u.held} deliveries held" if u.held else "")
+        )
+
+
 _COMMANDS = {
     "run": _run,
     "check": _check,
@@ -321,4 +365,5 @@ _COMMANDS = {
     "schema": _schema,
     "queue": _queue,
     "trace": _trace,
+    "studies": _studies,
 }

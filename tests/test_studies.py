@@ -245,3 +245,88 @@ def test_check_warns_about_an_unreadable_token_file_and_refuses_a_bad_url(
     )
     assert run.returncode == 1
     assert "destinations.orch.webhook.url" in run.stderr
+
+
+def cli(daemon: RouterDaemon, *args: str) -> subprocess.CompletedProcess[str]:
+    """`dicom-router ARGS` on the daemon's rule file."""
+    return subprocess.run(
+        [str(DICOM_ROUTER), args[0], str(daemon.config_path), *args[1:]],
+        cwd=daemon.workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_on_release_completes_a_series_when_its_association_is_released(
+    tmp_path: Path, router: Router, store_scp: StoreSCP, webhook: WebhookReceiver
+) -> None:
+    """on_release: true sends the series at the release, long before the 60 s quiet time."""
+    study = make_study(tmp_path / "study", sizes=(3,))
+    config = rules(store_scp, webhook.url, studies=", on_release: true").replace("1s", "60s")
+    daemon = router(config)
+    storescu(daemon.port, study.files)
+    store_scp.wait_count(3, timeout=20)
+    assert {(level, reason) for level, _, reason, _, _ in units(daemon)} == {
+        ("series", "released"),
+        ("study", "released"),
+    }
+
+
+def test_max_wait_completes_a_unit_whose_quiet_time_never_comes(
+    tmp_path: Path, router: Router, store_scp: StoreSCP, webhook: WebhookReceiver
+) -> None:
+    """quiet 60 s, max_wait 2 s: the series is sent after max_wait, logged as such."""
+    study = make_study(tmp_path / "study", sizes=(2,))
+    daemon = router(rules(store_scp, webhook.url, studies=", max_wait: 2s").replace("1s", "60s"))
+    storescu(daemon.port, study.files)
+    store_scp.wait_count(2, timeout=20)
+    assert {reason for _, _, reason, _, _ in units(daemon)} == {"max_wait"}
+    daemon.wait_log("complete (max_wait)")
+
+
+@pytest.mark.parametrize(("late", "expected"), [("send", 3), ("resend", 5), ("hold", 2)])
+def test_a_late_instance_follows_the_late_policy(
+    tmp_path: Path,
+    router: Router,
+    store_scp: StoreSCP,
+    webhook: WebhookReceiver,
+    late: str,
+    expected: int,
+) -> None:
+    """After its series completed: send it alone, resend the series, or hold it (trace shows)."""
+    study = make_study(tmp_path / "study", sizes=(3,))
+    daemon = router(rules(store_scp, webhook.url, studies=f", late: {late}"))
+    storescu(daemon.port, study.files[:2])
+    store_scp.wait_count(2)
+    webhook.wait_posts(1, settle=0)
+    storescu(daemon.port, study.files[2:])
+    store_scp.wait_count(expected)
+    daemon.wait_log(f"came after its series was complete: late: {late}")
+    if late == "hold":
+        shown = cli(daemon, "trace", study.series[0]).stdout
+        assert "3 instance(s) from STORESCU, complete (quiet)" in shown
+        assert "1 late, 1 deliveries held" in shown
+        assert store_scp.count() == 2
+        done = cli(daemon, "studies", "complete", study.series[0])
+        assert done.returncode == 0, done.stderr
+        store_scp.wait_count(3)
+    assert associations(store_scp) == 2
+
+
+def test_studies_lists_what_is_collecting_and_complete_forces_it(
+    tmp_path: Path, router: Router, store_scp: StoreSCP, webhook: WebhookReceiver
+) -> None:
+    """`studies` lists the study and its series; `studies complete STUDY` sends them (forced)."""
+    study = make_study(tmp_path / "study", sizes=(2, 1))
+    daemon = router(rules(store_scp, webhook.url).replace("1s", "1h"))
+    storescu(daemon.port, study.files)
+    listed = cli(daemon, "studies").stdout
+    assert f"study   {study.uid}" in listed
+    assert all(f"series  {uid}" in listed for uid in study.series)
+    done = cli(daemon, "studies", "complete", study.uid)
+    assert done.returncode == 0, done.stderr
+    assert "3 series/studies completed" in done.stdout
+    store_scp.wait_count(3)
+    assert {reason for _, _, reason, _, _ in units(daemon)} == {"forced"}
+    assert cli(daemon, "studies", "complete", "1.2.3.999").returncode == 1

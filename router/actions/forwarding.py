@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 
 from router.actions.pipeline import Received
 from router.config.destinations import DicomDestination
+from router.destinations import sweeper
 from router.destinations.syncpool import SyncPool
 from router.dicom.status import SOP_CLASS_NOT_SUPPORTED
 from router.errors import (
@@ -73,6 +74,17 @@ class SpoolForwarding:
                 late,
                 extra={"event": "late_instance", "level": level, "policy": late},
             )
+
+    def released(self, seen: set[tuple[str, str]]) -> None:
+        """An association that sent collected instances was released: with
+        `studies.on_release`, complete the series and studies it sent (never raises)."""
+        studies = self._current().config.studies
+        if not studies.on_release or not seen:
+            return
+        try:
+            sweeper.released(self.spool, seen, studies)
+        except Exception:  # a release must never fail the association's thread
+            log.exception("completing the units of a released association failed")
 
     def send_now(self, destination: str, file: Path, identity: Dataset) -> tuple[int, str | None]:
         """Send and return the destination's status; unreachable is 0xA700."""

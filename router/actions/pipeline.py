@@ -85,6 +85,7 @@ class Outcome:
     study_uid: str = ""
     series_uid: str = ""
     forwards: tuple[str, ...] = ()
+    collected: bool = False  # held for its series or study (collect, notify)
 
 
 class Forwarding(Protocol):
@@ -145,6 +146,7 @@ class Pipeline:
         header: Dataset | None = None
         decision: Decision | None = None
         early: Future[None] | None = None
+        collected = False
         try:
             # Backpressure before anything else: below spool_min_free every new instance
             # gets 0xA700, whatever a rule would do with it.
@@ -156,6 +158,7 @@ class Pipeline:
             decision, header = self._evaluate(plan, loaded, received)
             work = _Work(received, plan, decision.status, header, early, rule=decision.rule)
             status, comment = self._run(work, decision.actions)
+            collected = any(q.held for q in work.queued.values())
         except ActionError as exc:
             status, comment = exc.status, str(exc)
         except Exception as exc:  # a bug: answer 0xC211 and keep serving
@@ -175,6 +178,7 @@ class Pipeline:
             study_uid=str(header.get("StudyInstanceUID", "")) if header else "",
             series_uid=str(header.get("SeriesInstanceUID", "")) if header else "",
             forwards=tuple(decision.forwards) if decision else (),
+            collected=collected,
         )
         if self._journal is not None:
             self._record(self._journal, received, outcome)

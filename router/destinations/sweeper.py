@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from router.config.studies import Studies
 from router.observe import metrics
@@ -93,7 +94,25 @@ def complete_unit(spool: Spool, unit: Unit, reason: str, studies: Studies) -> in
     return released
 
 
-def _now() -> float:
-    import time
+def force_complete(spool: Spool, uid: str, studies: Studies) -> tuple[int, int]:
+    """`studies complete UID`: the study and its series, or the series, completed now
+    (reason forced), held late instances too; (units, deliveries released)."""
+    units = [u for u in spool.units.of(uid) if u.state != "complete" or u.held]
+    if any(u.level == "series" and u.uid == uid for u in units):
+        units = [u for u in units if u.uid == uid]  # a series: not its whole study
+    return len(units), sum(complete_unit(spool, u, "forced", studies) for u in units)
 
+
+def released(spool: Spool, seen: set[tuple[str, str]], studies: Studies) -> int:
+    """on_release: complete the collecting series and studies an association sent."""
+    done = 0
+    for level, uid in sorted(seen):
+        unit = spool.units.unit(level, uid)
+        if unit is not None and unit.state == "collecting":
+            complete_unit(spool, unit, "released", studies)
+            done += 1
+    return done
+
+
+def _now() -> float:
     return time.time()

@@ -101,8 +101,10 @@ class StorageSCP:
         *,
         reuse_port: bool = False,
         budget: Budget | None = None,
+        on_release: Callable[[set[tuple[str, str]]], None] | None = None,
     ) -> None:
         self._pipeline = pipeline
+        self._on_release = on_release  # studies.on_release: the units a released assoc sent
         self._journal = journal
         self._budget = budget
         self._current = current
@@ -121,6 +123,7 @@ class StorageSCP:
             (evt.EVT_CONN_CLOSE, _log_close),
             (evt.EVT_ACCEPTED, _on_accepted),
             (evt.EVT_REJECTED, _on_rejected),
+            (evt.EVT_RELEASED, self._on_released),
         ]
         try:
             server = self.ae.make_server(
@@ -239,12 +242,22 @@ class StorageSCP:
         )
         outcome = self._pipeline.process(received)
         self._log_store(received, outcome)
+        if outcome.collected:  # what on_release completes when this association is released
+            seen: set[tuple[str, str]] = getattr(assoc, "router_units", set())
+            seen.update({("series", outcome.series_uid), ("study", outcome.study_uid)})
+            assoc.router_units = seen  # type: ignore[attr-defined]
         if not (outcome.comment and outcome.status):
             return outcome.status  # pynetdicom takes a bare status: no Dataset to build
         rsp = Dataset()
         rsp.Status = outcome.status
         rsp.ErrorComment = outcome.comment[:64]
         return rsp
+
+    def _on_released(self, event: Event) -> None:
+        """A released (not aborted) association: its collected units may be complete."""
+        seen = getattr(event.assoc, "router_units", None)
+        if seen and self._on_release is not None:
+            self._on_release(seen)
 
     def _log_store(self, received: Received, outcome: Outcome) -> None:
         """The C-STORE's log line, stamped now and written after the response."""
