@@ -23,7 +23,7 @@ from pydicom import dcmread
 
 from router import __version__
 from router.actions.pipeline import Pipeline, Received
-from router.actions.plan import action_names
+from router.actions.plan import action_names, collection_notes
 from router.config.destinations import FilesystemDestination
 from router.config.model import Config
 from router.dicom.header import tag_values
@@ -243,6 +243,8 @@ def _explain(args: argparse.Namespace) -> int:
         if shadowed:
             print(f"  shadows {', '.join(shadowed)} (would also match; the first match wins)")
         print(f"  actions {', '.join(action_names(decision.actions))}")
+        for note in collection_notes(decision.actions, loaded.config.studies):
+            print(f"  collect {note}")
         print(f"  status  {hex_code(decision.status)}")
     return worst
 
@@ -326,11 +328,14 @@ def _studies(args: argparse.Namespace) -> int:
     if args.action == "complete":
         if not args.uid:
             raise UsageError("studies complete needs the Study or Series Instance UID")
-        units, released = force_complete(spool, args.uid, load(args.file).config.studies)
+        units = force_complete(spool, args.uid)
         if not units:
-            print(f"{args.uid}: no such study or series in the spool")
+            print(f"{args.uid}: no study or series to complete in the spool")
             return EXIT_INVALID
-        print(f"{args.uid}: {units} series/studies completed, {released} deliveries released")
+        print(
+            f"{args.uid}: {len(units)} series/studies to complete (forced); the running"
+            " daemon sends them within a second"
+        )
         return EXIT_OK
     now = time.time()
     print(f"{'level':<7} {'UID':<64} {'calling AE':<16} {'count':>5} {'held':>5} {'age':>6} quiet")
@@ -349,7 +354,7 @@ def _trace_units(spool: Spool, uid: str) -> None:
             f"complete ({u.reason}) at "
             + datetime.fromtimestamp(u.completed_at or 0).isoformat(sep=" ", timespec="seconds")
             if u.state == "complete"
-            else "collecting"
+            else u.state
         )
         print(
             f"  {u.level} {u.uid}: {u.count} instance(s) from {u.calling_ae}, {when}"

@@ -21,12 +21,14 @@ from pydicom.uid import generate_uid
 
 from tests.daemon import DICOM_ROUTER, RouterDaemon
 from tests.dicomgen import make_ct
-from tests.peers import LOOPBACK, StoreSCP, WebhookReceiver, storescu
+from tests.peers import LOOPBACK, StoreSCP, WebhookReceiver, free_port, storescu
+from tests.prom import scrape, value, wait_value
 
 pytestmark = pytest.mark.interop
 
 Router = Callable[..., RouterDaemon]
 FAST_RETRY = "{initial_delay: 0.2s, max_delay: 1s}"
+M = "dicom_router_"
 
 
 @dataclass
@@ -326,7 +328,38 @@ def test_studies_lists_what_is_collecting_and_complete_forces_it(
     assert all(f"series  {uid}" in listed for uid in study.series)
     done = cli(daemon, "studies", "complete", study.uid)
     assert done.returncode == 0, done.stderr
-    assert "3 series/studies completed" in done.stdout
+    assert "3 series/studies to complete (forced)" in done.stdout
     store_scp.wait_count(3)
     assert {reason for _, _, reason, _, _ in units(daemon)} == {"forced"}
     assert cli(daemon, "studies", "complete", "1.2.3.999").returncode == 1
+
+
+def test_metrics_show_studies_collecting_their_age_and_completions_by_reason(
+    tmp_path: Path, router: Router, store_scp: StoreSCP, webhook: WebhookReceiver
+) -> None:
+    """/metrics: one study collecting with its age, then a forced completion counted."""
+    port = free_port()
+    config = rules(store_scp, webhook.url).replace("1s", "1h") + f"metrics: {{port: {port}}}\n"
+    study = make_study(tmp_path / "study", sizes=(1,))
+    daemon = router(config)
+    storescu(daemon.port, study.files)
+    wait_value(port, M + "studies_oldest_collecting_age_seconds", lambda v: v >= 1)
+    assert value(scrape(port), M + "studies_collecting") == 1
+    assert cli(daemon, "studies", "complete", study.uid).returncode == 0
+    store_scp.wait_count(1)
+    wait_value(port, M + "studies_collecting", lambda v: v == 0)
+    got = scrape(port)
+    assert value(got, M + "units_completed_total", level="study", reason="forced") == 1
+    assert value(got, M + "units_completed_total", level="series", reason="forced") == 1
+
+
+def test_explain_says_collected_per_series_sent_when_complete(
+    tmp_path: Path, store_scp: StoreSCP
+) -> None:
+    """`explain` names each collecting action and when its unit completes."""
+    study = make_study(tmp_path / "study", sizes=(1,))
+    daemon = RouterDaemon(tmp_path / "router", rules(store_scp, "https://orch.example/hook"))
+    shown = cli(daemon, "explain", str(study.files[0])).stdout
+    assert "actions forward:ai(series), notify:orch(study)" in shown
+    assert "collect forward:ai collected per series, sent when complete (quiet 1 s" in shown
+    assert "collect notify:orch one POST per study when complete" in shown

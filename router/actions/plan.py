@@ -16,6 +16,7 @@ from pydicom.tag import BaseTag, Tag
 from router.actions.templates import Template, template_fields
 from router.config.actions import Action, ForwardAction, NotifyAction
 from router.config.destinations import FilesystemDestination
+from router.config.studies import Studies
 from router.dicom import header as dataset
 from router.rules.engine import wanted_tags
 from router.rules.ruleset import LoadedConfig
@@ -57,6 +58,25 @@ def collects(loaded: LoadedConfig) -> bool:
         isinstance(a, NotifyAction) or (isinstance(a, ForwardAction) and a.forward.collect)
         for a in actions
     )
+
+
+def collection_notes(actions: Sequence[Action], studies: Studies) -> list[str]:
+    """What `explain` says of the actions that wait for a series or study to complete."""
+    when = f"quiet {studies.quiet:g} s, max_wait {studies.max_wait:g} s" + (
+        ", or the association's release" if studies.on_release else ""
+    )
+    notes = []
+    for action in actions:
+        if isinstance(action, ForwardAction) and action.forward.collect:
+            notes.append(
+                f"forward:{action.forward.to} collected per {action.forward.collect},"
+                f" sent when complete ({when})"
+            )
+        elif isinstance(action, NotifyAction):
+            notes.append(
+                f"notify:{action.notify.to} one POST per {action.notify.on} when complete ({when})"
+            )
+    return notes
 
 
 def action_names(actions: Sequence[Action]) -> tuple[str, ...]:

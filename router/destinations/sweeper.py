@@ -16,7 +16,7 @@ import time
 from router.config.studies import Studies
 from router.observe import metrics
 from router.spool.database import Spool
-from router.spool.studies import Unit
+from router.spool.studies import COMPLETE, FORCING, Unit
 
 log = logging.getLogger("router.studies")
 
@@ -60,7 +60,12 @@ class Sweeper:
         studies = self.studies
         due = self.spool.units.due(studies.quiet, studies.max_wait)
         for unit in due:
-            reason = "max_wait" if unit.last_at > _now() - studies.quiet else "quiet"
+            if unit.state == FORCING:
+                reason = "forced"
+            elif unit.last_at > _now() - studies.quiet:
+                reason = "max_wait"
+            else:
+                reason = "quiet"
             complete_unit(self.spool, unit, reason, studies)
         return len(due)
 
@@ -94,13 +99,17 @@ def complete_unit(spool: Spool, unit: Unit, reason: str, studies: Studies) -> in
     return released
 
 
-def force_complete(spool: Spool, uid: str, studies: Studies) -> tuple[int, int]:
-    """`studies complete UID`: the study and its series, or the series, completed now
-    (reason forced), held late instances too; (units, deliveries released)."""
-    units = [u for u in spool.units.of(uid) if u.state != "complete" or u.held]
+def force_complete(spool: Spool, uid: str) -> list[Unit]:
+    """`studies complete UID`: the study and its series, or the series, marked for the
+    sweeper to complete at its next tick (reason forced), held late instances too.
+
+    The forwarder completes them, so its log and metrics show it; the units marked.
+    """
+    units = [u for u in spool.units.of(uid) if u.state != COMPLETE or u.held]
     if any(u.level == "series" and u.uid == uid for u in units):
         units = [u for u in units if u.uid == uid]  # a series: not its whole study
-    return len(units), sum(complete_unit(spool, u, "forced", studies) for u in units)
+    spool.units.force(units)
+    return units
 
 
 def released(spool: Spool, seen: set[tuple[str, str]], studies: Studies) -> int:
@@ -108,7 +117,7 @@ def released(spool: Spool, seen: set[tuple[str, str]], studies: Studies) -> int:
     done = 0
     for level, uid in sorted(seen):
         unit = spool.units.unit(level, uid)
-        if unit is not None and unit.state == "collecting":
+        if unit is not None and unit.state != COMPLETE:
             complete_unit(spool, unit, "released", studies)
             done += 1
     return done

@@ -24,6 +24,7 @@ from pathlib import Path
 from router.spool.db import Databases
 
 COLLECTING = "collecting"
+FORCING = "forcing"  # `studies complete` asked; the sweeper completes it (reason forced)
 COMPLETE = "complete"
 HELD = "held"  # a delivery's state until its unit is complete (router.spool.queue)
 LEVELS = ("series", "study")
@@ -97,10 +98,11 @@ def record_arrival(db: sqlite3.Connection, arrival: Arrival, now: float, late: s
 
 
 def due_units(db: sqlite3.Connection, quiet: float, max_wait: float, now: float) -> list[Unit]:
-    """Collecting units whose quiet time or max_wait has passed."""
+    """Collecting units whose quiet time or max_wait has passed, and those forced."""
     rows = db.execute(
-        f"SELECT {_COLUMNS} FROM received_units WHERE state=? AND (last_at<=? OR first_at<=?)",
-        (COLLECTING, now - quiet, now - max_wait),
+        f"SELECT {_COLUMNS} FROM received_units WHERE (state=? AND (last_at<=? OR first_at<=?))"
+        " OR state=?",
+        (COLLECTING, now - quiet, now - max_wait, FORCING),
     ).fetchall()
     return [Unit(*r) for r in rows]
 
@@ -224,6 +226,14 @@ class Units:
                 else []
             )
             return complete(db, level, uid, reason, now(), again)
+
+    def force(self, units: Iterable[Unit]) -> None:
+        """Ask the sweeper to complete these units at its next tick (reason forced)."""
+        with self._db.queue() as db:
+            db.executemany(
+                "UPDATE received_units SET state=? WHERE level=? AND uid=?",
+                [(FORCING, u.level, u.uid) for u in units],
+            )
 
     def of(self, uid: str) -> list[Unit]:
         """A study and its series, or one series."""
