@@ -21,7 +21,7 @@ from pydicom.uid import generate_uid
 
 from tests.daemon import DICOM_ROUTER, RouterDaemon
 from tests.dicomgen import make_ct
-from tests.peers import LOOPBACK, StoreSCP, WebhookReceiver, free_port, storescu
+from tests.peers import LOOPBACK, DicomWebOrthanc, StoreSCP, WebhookReceiver, free_port, storescu
 from tests.prom import scrape, value, wait_value
 
 pytestmark = pytest.mark.interop
@@ -363,3 +363,30 @@ def test_explain_says_collected_per_series_sent_when_complete(
     assert "actions forward:ai(series), notify:orch(study)" in shown
     assert "collect forward:ai collected per series, sent when complete (quiet 1 s" in shown
     assert "collect notify:orch one POST per study when complete" in shown
+
+
+def test_a_collected_study_goes_to_orthanc_dicomweb_in_one_stow_request(
+    tmp_path: Path, router: Router, web_orthanc: DicomWebOrthanc
+) -> None:
+    """collect: study to a STOW-RS destination: one POST carries the whole study."""
+    port = free_port()
+    study = make_study(tmp_path / "study", sizes=(4, 3, 3))
+    config = f"""\
+version: 1
+listen: {{ae_title: DICOM_ROUTER, host: 127.0.0.1, port: {{port}}, workers: 2}}
+spool: spool
+spool_min_free: 1MiB
+metrics: {{port: {port}}}
+studies: {{quiet: 1s}}
+destinations:
+  web: {{url: "{web_orthanc.stow_url}", auth: {{type: basic, username: {web_orthanc.user},
+         password_env: WEB_PW}}, batch: {{max_instances: 2}}, retry: {FAST_RETRY}}}
+rules: []
+default:
+  - forward: {{to: web, collect: study}}
+"""
+    daemon = router(config, env={"WEB_PW": web_orthanc.password})
+    send_at_once(daemon.port, split(study))
+    web_orthanc.wait_count(len(study.files))
+    wait_value(port, M + "delivery_duration_seconds_count", lambda v: v >= 1, destination="web")
+    assert value(scrape(port), M + "delivery_duration_seconds_count", destination="web") == 1

@@ -71,7 +71,8 @@ class ForwardSpec(Strict):
     collect: Level | None = Field(
         None,
         description="series or study: held in the spool until the series or study is "
-        "complete (see studies:), then sent whole over one association; absent: per instance",
+        "complete (see studies:), then sent whole: over one association (DICOM) or in one "
+        "request (STOW-RS); absent: per instance",
     )
 
     _check_to = field_validator("to")(_ref("dicom", "DICOM destination"))
@@ -85,10 +86,6 @@ class ForwardSpec(Strict):
             )
         if self.collect and self.mode == "sync":
             raise ValueError("collect holds instances in the spool: it needs mode: queued")
-        if self.collect and self.to in context(info, "stow"):
-            raise ValueError(
-                f"{self.to!r} is a STOW-RS destination: collect is for DICOM destinations"
-            )
         return self
 
 
