@@ -89,8 +89,9 @@ class Spool:
         return self.queue.depth()
 
     def prune(self, before: float) -> None:
-        """Forget deliveries and decisions finished before `before` (epoch seconds)."""
+        """Forget deliveries, completed units and decisions older than `before` (epoch s)."""
         self.queue.prune(before)
+        self.units.prune(before)
         self.decisions.prune(before)
 
     def record_many(self, recs: Sequence[DecisionRecord]) -> None:

@@ -70,8 +70,6 @@ CREATE TABLE received_units (
     PRIMARY KEY (level, uid)
 );
 CREATE INDEX received_units_state ON received_units (state, last_at);
-CREATE INDEX objects_series ON objects (series_uid);
-CREATE INDEX objects_study ON objects (study_uid);
 CREATE INDEX deliveries_batch ON deliveries (batch) WHERE batch IS NOT NULL;
 CREATE INDEX deliveries_held ON deliveries (collect, state) WHERE state = 'held';
 """

@@ -59,6 +59,13 @@ class Arrival:
     levels: frozenset[str]
 
 
+# The held deliveries of one unit (collect level, UID), found through the partial index
+# deliveries_held: the state is written out so that SQLite can use it, and objects are
+# looked up by their key (no index on objects' study or series UID on the hot path).
+_HELD_OF = (
+    "state = 'held' AND collect=? AND (SELECT {column} FROM objects WHERE id=object_id)=?"
+)
+
 _COLUMNS = (
     "level, uid, study_uid, calling_ae, first_at, last_at, count, late, state, reason, completed_at"
 )
@@ -113,8 +120,8 @@ def delivered_of(db: sqlite3.Connection, level: str, uid: str) -> list[tuple[int
     return [
         (int(r[0]), str(r[1]))
         for r in db.execute(
-            "SELECT id, object_id FROM deliveries WHERE collect=? AND state='delivered' AND"
-            f" object_id IN (SELECT id FROM objects WHERE {column}=?)",
+            "SELECT id, object_id FROM deliveries WHERE batch IS NOT NULL AND collect=?"
+            f" AND state='delivered' AND (SELECT {column} FROM objects WHERE id=object_id)=?",
             (level, uid),
         )
     ]
@@ -143,9 +150,8 @@ def complete(
         batch = db.execute("SELECT COALESCE(MAX(batch), 0) + 1 FROM deliveries").fetchone()[0]
         released = db.execute(
             "UPDATE deliveries SET state='pending', batch=?, next_attempt_at=?, updated_at=?"
-            " WHERE collect=? AND state=? AND object_id IN"
-            f" (SELECT id FROM objects WHERE {column}=?)",
-            (batch, now, now, level, HELD, uid),
+            f" WHERE {_HELD_OF.format(column=column)}",
+            (batch, now, now, level, uid),
         ).rowcount
         for delivery_id in again:
             released += db.execute(
@@ -183,9 +189,8 @@ def listing(db: sqlite3.Connection, states: Iterable[str] = (COLLECTING,)) -> li
 def _with_held(db: sqlite3.Connection, unit: Unit) -> Unit:
     column = "series_uid" if unit.level == "series" else "study_uid"
     held = db.execute(
-        "SELECT COUNT(*) FROM deliveries WHERE state=? AND collect=? AND object_id IN"
-        f" (SELECT id FROM objects WHERE {column}=?)",
-        (HELD, unit.level, unit.uid),
+        f"SELECT COUNT(*) FROM deliveries WHERE {_HELD_OF.format(column=column)}",
+        (unit.level, unit.uid),
     ).fetchone()[0]
     return replace(unit, held=int(held))
 
@@ -233,6 +238,17 @@ class Units:
             db.executemany(
                 "UPDATE received_units SET state=? WHERE level=? AND uid=?",
                 [(FORCING, u.level, u.uid) for u in units],
+            )
+
+    def prune(self, before: float) -> None:
+        """Forget the units completed before `before` that hold nothing any more."""
+        with self._db.queue() as db:
+            db.execute(
+                "DELETE FROM received_units WHERE state=? AND completed_at<? AND NOT EXISTS"
+                " (SELECT 1 FROM deliveries WHERE state = 'held' AND collect=level AND"
+                " (SELECT CASE level WHEN 'series' THEN series_uid ELSE study_uid END"
+                " FROM objects WHERE id=object_id)=uid)",
+                (COMPLETE, before),
             )
 
     def of(self, uid: str) -> list[Unit]:
