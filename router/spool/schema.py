@@ -74,7 +74,17 @@ CREATE INDEX deliveries_batch ON deliveries (batch) WHERE batch IS NOT NULL;
 CREATE INDEX deliveries_held ON deliveries (collect, state) WHERE state = 'held';
 """
 
-QUEUE_MIGRATIONS: tuple[str, ...] = (_QUEUE_1, _QUEUE_2)
+# queue.db, migration 3: `queue retry` (another process) asks the forwarder to end a
+# destination's pause now; '*' for every destination (issue 21's kick). IF NOT EXISTS: a
+# spool of a build that created it with the first schema keeps it.
+_QUEUE_3 = """
+CREATE TABLE IF NOT EXISTS kicks (
+    destination TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
+"""
+
+QUEUE_MIGRATIONS: tuple[str, ...] = (_QUEUE_1, _QUEUE_2, _QUEUE_3)
 
 DECISION_MIGRATIONS: tuple[str, ...] = (
     """
