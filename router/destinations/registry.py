@@ -108,7 +108,9 @@ class Forwarder:
                 if name not in wanted:
                     log.info("destination %s removed: its queue waits until it is back", name)
         for name, dest in wanted.items():
-            if name not in self.workers:
+            if name in self.workers:
+                self.workers[name].config_changed(loaded)
+            else:
                 self.workers[name] = build_workers(name, dest, loaded, self.spool)
                 self.workers[name].start()
 

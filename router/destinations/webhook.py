@@ -104,6 +104,10 @@ class WebhookWorkers(QueueWorkers[WebhookDestination, WebhookChannel]):
         self.base_dir = loaded.base_dir
         self.includes = _includes(loaded, name)
 
+    def config_changed(self, loaded: LoadedConfig) -> None:
+        """A reload: the rules' `include` lists may have changed."""
+        self.includes = _includes(loaded, self.name)
+
     def open_channel(self) -> WebhookChannel:
         """A channel whose client is made at its first POST."""
         return WebhookChannel(self.dest, self.base_dir)

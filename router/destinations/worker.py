@@ -104,6 +104,10 @@ class QueueWorkers(ABC, Generic[D, C]):
     def close_if_idle(self, channel: C) -> None:
         """Close the channel when it has had no work for idle_timeout."""
 
+    def config_changed(self, loaded: LoadedConfig) -> None:
+        """A reload that keeps this destination as it is: a kind reading the rules
+        (a webhook's `include`) refreshes what it took from them."""
+
     def fit(self, due: list[Delivery]) -> list[Delivery]:
         """The part of `due` one batch takes (all of it, unless the kind limits bytes)."""
         return due

@@ -62,9 +62,7 @@ class Arrival:
 # The held deliveries of one unit (collect level, UID), found through the partial index
 # deliveries_held: the state is written out so that SQLite can use it, and objects are
 # looked up by their key (no index on objects' study or series UID on the hot path).
-_HELD_OF = (
-    "state = 'held' AND collect=? AND (SELECT {column} FROM objects WHERE id=object_id)=?"
-)
+_HELD_OF = "state = 'held' AND collect=? AND (SELECT {column} FROM objects WHERE id=object_id)=?"
 
 _COLUMNS = (
     "level, uid, study_uid, calling_ae, first_at, last_at, count, late, state, reason, completed_at"
