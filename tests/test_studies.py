@@ -7,6 +7,8 @@ destination, and an http.server in this process is the webhook.
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import subprocess
 import threading
@@ -390,3 +392,19 @@ default:
     web_orthanc.wait_count(len(study.files))
     wait_value(port, M + "delivery_duration_seconds_count", lambda v: v >= 1, destination="web")
     assert value(scrape(port), M + "delivery_duration_seconds_count", destination="web") == 1
+
+
+def test_a_forwarder_killed_mid_collection_is_restarted_and_completes_the_study(
+    tmp_path: Path, router: Router, store_scp: StoreSCP, webhook: WebhookReceiver
+) -> None:
+    """kill -9 of the forwarder (the sweeper's process): its successor completes the study."""
+    study = make_study(tmp_path / "study", sizes=(2, 2))
+    daemon = router(rules(store_scp, webhook.url, collect="study").replace("1s", "5s"))
+    storescu(daemon.port, study.files)
+    (forwarder,) = daemon.forwarders()
+    os.kill(forwarder, signal.SIGKILL)
+    assert store_scp.count() == 0  # killed within the quiet time
+    store_scp.wait_count(len(study.files))
+    assert associations(store_scp) == 1
+    assert daemon.forwarders() != [forwarder]
+    webhook.wait_posts(1)
