@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -408,3 +409,22 @@ def test_a_forwarder_killed_mid_collection_is_restarted_and_completes_the_study(
     assert associations(store_scp) == 1
     assert daemon.forwarders() != [forwarder]
     webhook.wait_posts(1)
+
+
+def test_on_release_completes_at_most_256_units_the_rest_after_their_quiet_time(
+    tmp_path: Path, router: Router, store_scp: StoreSCP, webhook: WebhookReceiver
+) -> None:
+    """300 series on one association: the release completes 256 units (the study and 255
+    series); the other 45 series complete by their quiet time, none is lost."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    study = generate_uid()
+    files = [folder / f"{i:03d}.dcm" for i in range(300)]
+    for i, path in enumerate(files):
+        make_ct(path, 0, study_uid=study, SeriesNumber=i + 1, InstanceNumber=1)
+    config = rules(store_scp, webhook.url, studies=", on_release: true").replace("1s", "5s")
+    daemon = router(config)
+    assert storescu(daemon.port, files).ok
+    store_scp.wait_count(300, timeout=120)
+    reasons = Counter(reason for _, _, reason, _, _ in units(daemon))
+    assert reasons == {"released": 256, "quiet": 45}

@@ -44,6 +44,9 @@ from router.spool.journal import Journal
 
 log = logging.getLogger("router.scp")
 REJECT_SENT_WAIT = 1.0  # seconds an A-ASSOCIATE-RJ may take to be sent before the close
+# Series and studies one association's release may complete (studies.on_release): a
+# sender's memory here is bounded; those beyond complete after their quiet time.
+RELEASE_UNITS_MAX = 256
 
 
 def _reject(assoc: Any, reason: tuple[int, int, int]) -> None:
@@ -244,7 +247,9 @@ class StorageSCP:
         self._log_store(received, outcome)
         if outcome.collected:  # what on_release completes when this association is released
             seen: set[tuple[str, str]] = getattr(assoc, "router_units", set())
-            seen.update({("series", outcome.series_uid), ("study", outcome.study_uid)})
+            for unit in (("study", outcome.study_uid), ("series", outcome.series_uid)):
+                if len(seen) < RELEASE_UNITS_MAX:
+                    seen.add(unit)
             assoc.router_units = seen  # type: ignore[attr-defined]
         if not (outcome.comment and outcome.status):
             return outcome.status  # pynetdicom takes a bare status: no Dataset to build
