@@ -80,6 +80,11 @@ _ABOUT_COMMANDS = {
         "where did a study, series or instance go?",
         "Print the decision log's lines and the deliveries for a UID.",
     ),
+    "studies": (
+        "series and studies being collected; complete one now",
+        "List the series and studies that `collect` and `notify` actions are collecting, "
+        "or complete one now (the running daemon sends it within a second).",
+    ),
 }
 
 
@@ -152,15 +157,25 @@ def _parser() -> argparse.ArgumentParser:
     trace = _command(sub, "trace")
     trace.add_argument("file", type=Path, nargs="?", metavar="FILE", help=_RAN_WITH)
     trace.add_argument("uid", metavar="UID", help="a Study, Series or SOP Instance UID")
+    studies = _command(sub, "studies")
+    studies.add_argument(
+        "words",
+        nargs="*",
+        metavar="[FILE] [list | complete UID]",
+        help="FILE: " + _RAN_WITH + "; list: what is being collected (default); "
+        "complete UID: complete that Study or Series now",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command line and return its exit code (called by `router.__main__`)."""
     args = _parser().parse_args(argv)
-    if args.command == "queue":
-        _queue_positionals(args)
     try:
+        if args.command == "queue":
+            _queue_positionals(args)
+        elif args.command == "studies":
+            _studies_positionals(args)
         return int(_COMMANDS[args.command](args))
     except BrokenPipeError:
         # The reader went away (`dicom-router schema | head`): not an error of ours. Point
@@ -206,6 +221,16 @@ def load_for_run(path: Path | None) -> LoadedConfig:
         base_dir=Path.cwd(),
         text=embedded.read_text(encoding="utf-8"),
     )
+
+
+def _studies_positionals(args: argparse.Namespace) -> None:
+    """`studies [FILE] [list | complete UID]`: FILE is the word that is no action."""
+    words = list(args.words)
+    args.file = Path(words.pop(0)) if words and words[0] not in ("list", "complete") else None
+    args.action = words.pop(0) if words else "list"
+    args.uid = words.pop(0) if args.action == "complete" and words else None
+    if words:
+        raise UsageError(f"studies: unexpected {' '.join(words)!r}")
 
 
 def _queue_positionals(args: argparse.Namespace) -> None:
@@ -313,6 +338,7 @@ def _trace(args: argparse.Namespace) -> int:
             f"[{rec.actions or '-'}] status {hex_code(rec.status)} config {rec.config_version}"
             + (f" ({rec.comment})" if rec.comment else "")
         )
+    _trace_units(spool, args.uid)
     for d in deliveries:
         print(
             f"  -> {d.destination}: {d.sop_instance_uid} {d.state} after {d.attempts} "
@@ -322,6 +348,48 @@ def _trace(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _studies(args: argparse.Namespace) -> int:
+    from router.destinations.sweeper import force_complete
+
+    spool = _spool(args.file)
+    if args.action == "complete":
+        if not args.uid:
+            raise UsageError("studies complete needs the Study or Series Instance UID")
+        units = force_complete(spool, args.uid)
+        if not units:
+            print(f"{args.uid}: no study or series to complete in the spool")
+            return EXIT_INVALID
+        print(
+            f"{args.uid}: {len(units)} series/studies to complete (forced); the running"
+            " daemon sends them within a second"
+        )
+        return EXIT_OK
+    now = time.time()
+    print(f"{'level':<7} {'UID':<64} {'calling AE':<16} {'count':>5} {'held':>5} {'age':>6} quiet")
+    for u in spool.units.listing():
+        print(
+            f"{u.level:<7} {u.uid:<64} {u.calling_ae:<16} {u.count:>5} {u.held:>5} "
+            f"{_age(now - u.first_at):>6} {_age(now - u.last_at)}"
+        )
+    return EXIT_OK
+
+
+def _trace_units(spool: Spool, uid: str) -> None:
+    """The collection state of the study or series `uid` (trace)."""
+    for u in spool.units.of(uid):
+        when = (
+            f"complete ({u.reason}) at "
+            + datetime.fromtimestamp(u.completed_at or 0).isoformat(sep=" ", timespec="seconds")
+            if u.state == "complete"
+            else u.state
+        )
+        print(
+            f"  {u.level} {u.uid}: {u.count} instance(s) from {u.calling_ae}, {when}"
+            + (f", {u.late} late" if u.late else "")
+            + (f", {u.held} deliveries held" if u.held else "")
+        )
+
+
 _COMMANDS = {
     "run": _run,
     "check": check,
@@ -329,4 +397,5 @@ _COMMANDS = {
     "schema": schema,
     "queue": _queue,
     "trace": _trace,
+    "studies": _studies,
 }

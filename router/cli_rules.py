@@ -15,7 +15,7 @@ from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
 from router.actions.pipeline import Pipeline, Received
-from router.actions.plan import action_names
+from router.actions.plan import action_names, collection_notes
 from router.config.destinations import FilesystemDestination
 from router.config.model import Config
 from router.dicom.header import tag_values
@@ -127,6 +127,8 @@ def explain(args: argparse.Namespace) -> int:
         if shadowed:
             print(f"  shadows {', '.join(shadowed)} (would also match; the first match wins)")
         print(f"  actions {', '.join(action_names(decision.actions))}")
+        for note in collection_notes(decision.actions, loaded.config.studies):
+            print(f"  collect {note}")
         print(f"  status  {hex_code(decision.status)}")
     return worst
 

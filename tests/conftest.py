@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.daemon import RouterDaemon
-from tests.peers import DicomWebOrthanc, Orthanc, ScriptedSCP, StoreSCP
+from tests.peers import DicomWebOrthanc, Orthanc, ScriptedSCP, StoreSCP, WebhookReceiver
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -86,3 +86,13 @@ def router(tmp_path: Path) -> Iterator[Callable[..., RouterDaemon]]:
     finally:
         for daemon in started:
             daemon.stop()
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    """A webhook receiver (http.server) on a free loopback port; closed after."""
+    hook = WebhookReceiver()
+    try:
+        yield hook
+    finally:
+        hook.close()

@@ -6,6 +6,7 @@ fixture starts the console script, waits until it listens, and stops it by PID a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -91,6 +92,15 @@ class RouterDaemon:
                 continue
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         return total
+
+    def forwarders(self) -> list[int]:
+        """PIDs of the daemon's forwarder processes (named dr-forwarder)."""
+        found = []
+        for child, _ in _descendants(self.proc.pid) if self.proc else []:
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{child}/comm").read_text().strip() == "dr-forwarder":
+                    found.append(child)
+        return found
 
     def kill9(self) -> None:
         """SIGKILL the daemon and its forwarder, as a power cut would."""

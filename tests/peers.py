@@ -26,6 +26,7 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -1261,3 +1262,47 @@ class ScriptedSCP:
     def accepted(self, uid: str) -> int:
         """How many times `uid` was answered 0x0000."""
         return self.answered(uid).count(0x0000)
+
+
+class WebhookReceiver:
+    """A real HTTP server on 127.0.0.1 recording each POST's headers and JSON body."""
+
+    def __init__(self, answers: Sequence[int] = ()) -> None:
+        """`answers`: the HTTP statuses of the first POSTs (then 204)."""
+        posts: list[tuple[dict[str, str], Any]] = []
+        self.posts = posts  # the POSTs answered 2xx
+        self.tries = 0
+        scripted = deque(answers)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                outer.tries += 1
+                status = scripted.popleft() if scripted else 204
+                if status < 300:
+                    posts.append((dict(self.headers), json.loads(body)))
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self.url = f"http://{LOOPBACK}:{self.server.server_address[1]}/hook"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def wait_posts(self, n: int, timeout: float = 30.0, settle: float = 2.0) -> list[Any]:
+        """Wait for `n` POSTs, then `settle` s more to see no other comes; return them all."""
+        deadline = time.monotonic() + timeout
+        while len(self.posts) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(settle)
+        assert len(self.posts) == n, self.posts
+        return list(self.posts)
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()

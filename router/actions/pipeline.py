@@ -14,7 +14,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +29,7 @@ from router.config.actions import (
     DiscardAction,
     ForwardAction,
     ModifyAction,
+    NotifyAction,
     RejectAction,
     StoreAction,
     WarnAction,
@@ -84,15 +85,23 @@ class Outcome:
     study_uid: str = ""
     series_uid: str = ""
     forwards: tuple[str, ...] = ()
+    collected: bool = False  # held for its series or study (collect, notify)
 
 
 class Forwarding(Protocol):
     """The seam to the spool and forwarders."""
 
     def enqueue(
-        self, file: Path, destinations: Sequence[str], received: Received, identity: Dataset
+        self,
+        file: Path,
+        destinations: Sequence[str],
+        received: Received,
+        identity: Dataset,
+        held: Mapping[str, str] | None = None,
+        rule: str = "",
     ) -> None:
-        """Durably queue `file` for each destination before returning."""
+        """Durably queue `file` for each destination before returning; `held` ones (the
+        destination's collect level) wait for their series or study to complete."""
 
     def send_now(self, destination: str, file: Path, identity: Dataset) -> tuple[int, str | None]:
         """Send `file` and return the destination's status and comment (sync mode)."""
@@ -137,6 +146,7 @@ class Pipeline:
         header: Dataset | None = None
         decision: Decision | None = None
         early: Future[None] | None = None
+        collected = False
         try:
             # Backpressure before anything else: below spool_min_free every new instance
             # gets 0xA700, whatever a rule would do with it.
@@ -146,8 +156,9 @@ class Pipeline:
             early = self._syncers.submit(store.fsync_file, received.path)
             plan = self._plan(loaded)
             decision, header = self._evaluate(plan, loaded, received)
-            work = _Work(received, plan, decision.status, header, early)
+            work = _Work(received, plan, decision.status, header, early, rule=decision.rule)
             status, comment = self._run(work, decision.actions)
+            collected = any(q.held for q in work.queued.values())
         except ActionError as exc:
             status, comment = exc.status, str(exc)
         except Exception as exc:  # a bug: answer 0xC211 and keep serving
@@ -167,6 +178,7 @@ class Pipeline:
             study_uid=str(header.get("StudyInstanceUID", "")) if header else "",
             series_uid=str(header.get("SeriesInstanceUID", "")) if header else "",
             forwards=tuple(decision.forwards) if decision else (),
+            collected=collected,
         )
         if self._journal is not None:
             self._record(self._journal, received, outcome)
@@ -244,7 +256,14 @@ class Pipeline:
             if work.queued:
                 forwarding = self._forwarder()
                 for file, queued in work.queued.items():
-                    forwarding.enqueue(file, queued.destinations, work.received, queued.identity)
+                    forwarding.enqueue(
+                        file,
+                        queued.destinations,
+                        work.received,
+                        queued.identity,
+                        queued.held,
+                        work.rule,
+                    )
             return work.status, work.comment
         finally:
             for temp in work.temps:
@@ -281,11 +300,14 @@ class Pipeline:
                 work.status = got
                 return is_warning(got)  # a failure ends the run
             return True
-        queued = work.queued.get(work.file)
-        if queued is None:
-            work.queued[work.file] = _Queued(work.header, [spec.to])
-        else:  # one enqueue for every queued forward of the same file
-            queued.destinations.append(spec.to)
+        work.queue(spec.to, spec.collect)
+        return True
+
+    def _notify(self, work: _Work, action: NotifyAction) -> bool:
+        """A webhook told when the unit completes: a delivery held with the instance."""
+        work.make_durable()
+        self._forwarder()
+        work.queue(action.notify.to, action.notify.on)
         return True
 
     def _no_work(self, _work: _Work, _action: object) -> bool:
@@ -304,6 +326,7 @@ class _Queued:
 
     identity: Dataset
     destinations: list[str]
+    held: dict[str, str] = field(default_factory=dict)  # destination -> collect level
 
 
 @dataclass(slots=True)
@@ -320,9 +343,19 @@ class _Work:
     synced: bool = False
     temps: list[Path] = field(default_factory=list)
     queued: dict[Path, _Queued] = field(default_factory=dict)
+    rule: str = ""
 
     def __post_init__(self) -> None:
         self.file = self.received.path
+
+    def queue(self, destination: str, collect: str | None) -> None:
+        """Owe a queued delivery of `file` (held until its unit completes with `collect`)."""
+        queued = self.queued.get(self.file)
+        if queued is None:
+            queued = self.queued[self.file] = _Queued(self.header, [])
+        queued.destinations.append(destination)  # one enqueue for all of a file's forwards
+        if collect:
+            queued.held[destination] = collect
 
     def make_durable(self) -> None:
         """fsync `file` before a store or a forward relies on it (once per file)."""
@@ -336,6 +369,7 @@ _HANDLERS: dict[type, Callable[[Pipeline, _Work, Any], bool]] = {
     ModifyAction: Pipeline._modify,
     StoreAction: Pipeline._store,
     ForwardAction: Pipeline._forward,
+    NotifyAction: Pipeline._notify,
     RejectAction: Pipeline._no_work,  # always a rule's only action (config check)
     WarnAction: Pipeline._no_work,
     DiscardAction: Pipeline._no_work,

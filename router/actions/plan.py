@@ -14,8 +14,9 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
 from router.actions.templates import Template, template_fields
-from router.config.actions import Action
+from router.config.actions import Action, ForwardAction, NotifyAction
 from router.config.destinations import FilesystemDestination
+from router.config.studies import Studies
 from router.dicom import header as dataset
 from router.rules.engine import wanted_tags
 from router.rules.ruleset import LoadedConfig
@@ -40,9 +41,42 @@ def make_plan(loaded: LoadedConfig) -> Plan:
         if isinstance(dest, FilesystemDestination):
             keywords.update(template_fields(dest.path))
             templates[name] = (Template(loaded.base_dir, dest.path), dest.on_exists)
+    if collects(loaded):
+        keywords.update(ORDER_KEYWORDS)
     names = {rule.name: action_names(rule.actions) for rule in loaded.config.rules}
     names["default"] = action_names(loaded.config.default)
     return Plan(frozenset(keywords), tags, templates, names)
+
+
+ORDER_KEYWORDS = ("SeriesNumber", "InstanceNumber")  # the order a collected unit is sent in
+
+
+def collects(loaded: LoadedConfig) -> bool:
+    """Whether any action holds instances for their series or study (collect, notify)."""
+    actions = [*loaded.config.default, *(a for r in loaded.config.rules for a in r.actions)]
+    return any(
+        isinstance(a, NotifyAction) or (isinstance(a, ForwardAction) and a.forward.collect)
+        for a in actions
+    )
+
+
+def collection_notes(actions: Sequence[Action], studies: Studies) -> list[str]:
+    """What `explain` says of the actions that wait for a series or study to complete."""
+    when = f"quiet {studies.quiet:g} s, max_wait {studies.max_wait:g} s" + (
+        ", or the association's release" if studies.on_release else ""
+    )
+    notes = []
+    for action in actions:
+        if isinstance(action, ForwardAction) and action.forward.collect:
+            notes.append(
+                f"forward:{action.forward.to} collected per {action.forward.collect},"
+                f" sent when complete ({when})"
+            )
+        elif isinstance(action, NotifyAction):
+            notes.append(
+                f"notify:{action.notify.to} one POST per {action.notify.on} when complete ({when})"
+            )
+    return notes
 
 
 def action_names(actions: Sequence[Action]) -> tuple[str, ...]:
@@ -52,7 +86,9 @@ def action_names(actions: Sequence[Action]) -> tuple[str, ...]:
         ((kind, spec),) = action.model_dump(exclude_none=True).items()
         if isinstance(spec, dict) and "to" in spec:
             mode = spec.get("mode")
-            out.append(f"{kind}:{spec['to']}" + (f"({mode})" if mode == "sync" else ""))
+            unit = spec.get("collect") or spec.get("on")
+            shown = f"({mode})" if mode == "sync" else f"({unit})" if unit else ""
+            out.append(f"{kind}:{spec['to']}{shown}")
         elif isinstance(spec, int) and not isinstance(spec, bool):
             out.append(f"{kind}:0x{spec:04X}")
         else:

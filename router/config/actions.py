@@ -1,4 +1,5 @@
-"""A rule's `actions`: store, forward, reject, warn, modify, discard, and their combinations."""
+"""A rule's `actions`: store, forward, notify, reject, warn, modify, discard, and their
+combinations."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pydantic import (
 from router.config.base import Strict, context
 from router.config.destinations import OnExists
 from router.config.fields import FailureStatus, Keyword, Text, WarningStatus
+from router.config.studies import Level
 from router.errors import did_you_mean
 
 
@@ -57,13 +59,20 @@ class StoreSpec(Strict):
 
 
 class ForwardSpec(Strict):
-    """`forward: NAME` or `forward: {to: NAME, mode: queued|sync}`."""
+    """`forward: NAME` or `forward: {to: NAME, mode: queued|sync, collect: series|study}`."""
 
     to: str = Field(description="the DICOM or STOW-RS destination to send to")
     mode: Literal["queued", "sync"] = Field(
         "queued",
         description="queued: spooled and delivered in the background; sync: the sender waits "
         "for the destination's answer (DICOM only)",
+    )
+
+    collect: Level | None = Field(
+        None,
+        description="series or study: held in the spool until the series or study is "
+        "complete (see studies:), then sent whole: over one association (DICOM) or in one "
+        "request (STOW-RS); absent: per instance",
     )
 
     _check_to = field_validator("to")(_ref("dicom", "DICOM destination"))
@@ -75,7 +84,30 @@ class ForwardSpec(Strict):
                 f"{self.to!r} is a STOW-RS destination: forward to it with mode: queued "
                 "(sync forwarding is DICOM only)"
             )
+        if self.collect and self.mode == "sync":
+            raise ValueError("collect holds instances in the spool: it needs mode: queued")
         return self
+
+
+class NotifySpec(Strict):
+    """`notify: {to: WEBHOOK, on: series|study, include: [...]}`."""
+
+    to: str = Field(description="the webhook destination told when the unit is complete")
+    on: Level = Field(description="series or study: one POST per completed series or study")
+    include: list[Literal["PatientID", "AccessionNumber"]] = Field(
+        default_factory=list,
+        description="patient data added to the JSON body; none by default",
+    )
+
+    _check_to = field_validator("to")(_ref("webhook", "webhook destination"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        # YAML 1.1 reads a bare `on` key as the boolean true: it means `on` here.
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
 
 
 class ModifySpec(Strict):
@@ -112,6 +144,12 @@ class ForwardAction(Strict):
     )
 
 
+class NotifyAction(Strict):
+    """Tell a webhook, once, that the instance's series or study is complete."""
+
+    notify: NotifySpec = Field(description="{to: WEBHOOK, on: series|study, include: [...]}")
+
+
 class RejectAction(Strict):
     """Answer a failure status and keep nothing."""
 
@@ -136,7 +174,7 @@ class DiscardAction(Strict):
     discard: Literal[True] = Field(True, description="written as the bare word discard")
 
 
-ACTION_KINDS = ("store", "forward", "reject", "warn", "modify", "discard")
+ACTION_KINDS = ("store", "forward", "notify", "reject", "warn", "modify", "discard")
 
 
 def _action_kind(value: Any) -> str | None:
@@ -163,6 +201,7 @@ def _bare_discard(value: Any) -> Any:
 Action = Annotated[
     Annotated[StoreAction, Tag("store")]
     | Annotated[ForwardAction, Tag("forward")]
+    | Annotated[NotifyAction, Tag("notify")]
     | Annotated[RejectAction, Tag("reject")]
     | Annotated[WarnAction, Tag("warn")]
     | Annotated[ModifyAction, Tag("modify")]
@@ -170,7 +209,7 @@ Action = Annotated[
     Discriminator(
         _action_kind,
         custom_error_type="unknown_action",
-        custom_error_message="an action is one of: store, forward, reject, warn, modify, discard",
+        custom_error_message="an action is one of: " + ", ".join(ACTION_KINDS),
     ),
     BeforeValidator(_bare_discard),
 ]

@@ -130,6 +130,10 @@ class BaseDestination(Strict):
         """What `check` warns about in this destination, without refusing it."""
         return []
 
+    def secret_files(self) -> list[tuple[tuple[str, ...], str]]:
+        """(key path, file) of the secrets it reads, relative to the rule file's folder."""
+        return []
+
 
 class QueuedDestination(BaseDestination):
     """A destination delivered to from a queue: a DICOM node or a STOW-RS service."""
@@ -273,6 +277,10 @@ class StowDestination(QueuedDestination):
         parts.append(f"batches of {self.batch.max_instances} / {self.batch.max_bytes} bytes")
         return f"STOW-RS {self.url}/studies ({'; '.join(parts)})"
 
+    def secret_files(self) -> list[tuple[tuple[str, ...], str]]:
+        """Its auth's token or password file."""
+        return http.secret_files(self.auth, ("auth",))
+
     def cautions(self) -> list[Caution]:
         """A secret sent over plain http to another machine."""
         if self.auth and http.cleartext(self.url):
@@ -323,8 +331,55 @@ class FilesystemDestination(BaseDestination):
         return []
 
 
+class WebhookSpec(Strict):
+    """Where a webhook POSTs its JSON, and how it authenticates."""
+
+    url: Annotated[str, AfterValidator(http.url)] = Field(
+        description="the URL each completed series or study is POSTed to"
+    )
+    auth: http.HttpAuth | None = Field(
+        None, description="basic or bearer auth, the secret read from a file; none when absent"
+    )
+    headers: Annotated[dict[str, str], AfterValidator(http.headers)] = Field(
+        default_factory=dict, description="extra HTTP headers sent with every request"
+    )
+    ca_certificates: str | None = Field(
+        None, description="CA bundle (PEM) to check an https server against; default: system CAs"
+    )
+    timeout: Seconds = Field(30.0, gt=0, description="a duration: the longest wait for the answer")
+
+
+class WebhookDestination(QueuedDestination):
+    """An HTTP endpoint told, by one JSON POST, that a series or study is complete."""
+
+    webhook: WebhookSpec = Field(description="{url: ..., auth: {type: bearer, token_file: ...}}")
+
+    @property
+    def parallel(self) -> int:
+        """One request at a time."""
+        return 1
+
+    def describe(self) -> str:
+        """Endpoint and auth; never a secret."""
+        auth = self.webhook.auth.describe() if self.webhook.auth else "no auth"
+        tls = "; TLS verified" if self.webhook.url.startswith("https:") else ""
+        return f"webhook POST {self.webhook.url} ({auth}{tls})"
+
+    def secret_files(self) -> list[tuple[tuple[str, ...], str]]:
+        """Its auth's token or password file."""
+        return http.secret_files(self.webhook.auth, ("webhook", "auth"))
+
+    def cautions(self) -> list[Caution]:
+        """A secret sent over plain http to another machine."""
+        if self.webhook.auth and http.cleartext(self.webhook.url):
+            return [(("webhook", "url"), "auth over plain http sends the secret unencrypted")]
+        return []
+
+
 def destination_kind(value: Any) -> str:
-    """dicom, stow or filesystem, for raw data (by its keys) or a model."""
+    """dicom, stow, webhook or filesystem, for raw data (by its keys) or a model."""
+    if (isinstance(value, dict) and "webhook" in value) or isinstance(value, WebhookDestination):
+        return "webhook"
     if (isinstance(value, dict) and "url" in value) or isinstance(value, StowDestination):
         return "stow"
     if (isinstance(value, dict) and "path" in value) or isinstance(value, FilesystemDestination):
@@ -335,6 +390,7 @@ def destination_kind(value: Any) -> str:
 Destination = Annotated[
     Annotated[DicomDestination, Tag("dicom")]
     | Annotated[FilesystemDestination, Tag("filesystem")]
-    | Annotated[StowDestination, Tag("stow")],
+    | Annotated[StowDestination, Tag("stow")]
+    | Annotated[WebhookDestination, Tag("webhook")],
     Discriminator(destination_kind),
 ]

@@ -79,3 +79,12 @@ class BearerAuth(Strict):
 
 
 HttpAuth = Annotated[BasicAuth | BearerAuth, Field(discriminator="type")]
+
+
+def secret_files(auth: HttpAuth | None, at: tuple[str, ...]) -> list[tuple[tuple[str, ...], str]]:
+    """(key path, file) of an auth's secret file, if it has one."""
+    if isinstance(auth, BearerAuth):
+        return [((*at, "token_file"), auth.token_file)]
+    if isinstance(auth, BasicAuth) and auth.password_file:
+        return [((*at, "password_file"), auth.password_file)]
+    return []

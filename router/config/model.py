@@ -21,6 +21,7 @@ from router.config.destinations import Destination, destination_kind
 from router.config.fields import AETitle, ByteSize, Keyword, Name, Status, Text, one_or_many
 from router.config.listen import Caller, Listen, Metrics
 from router.config.match import GroupMembers, Match, sop_classes
+from router.config.studies import Studies
 from router.dicom import sopclass
 
 __all__ = ["Config", "Expect", "Fixture", "FixtureInstance", "Rule", "validation_context"]
@@ -107,6 +108,9 @@ class Config(Strict):
     )
     callers: list[Caller] | None = Field(None, description="when present, only these may associate")
     metrics: Metrics | None = Field(None, description="Prometheus /metrics; off when absent")
+    studies: Studies = Field(
+        Studies(), description="when a collected series or study is complete (collect, notify)"
+    )
     destinations: dict[Name, Destination] = Field(
         default_factory=dict,
         description="name -> DICOM node (ae_title), STOW-RS service (url) or folder (path)",
@@ -140,7 +144,13 @@ class Config(Strict):
 
 def validation_context(data: Any) -> dict[str, Any]:
     """Names that fields refer to, taken from raw data before validation."""
-    ctx: dict[str, Any] = {"filesystem": set(), "dicom": set(), "stow": set(), "groups": {}}
+    ctx: dict[str, Any] = {
+        "filesystem": set(),
+        "dicom": set(),
+        "stow": set(),
+        "webhook": set(),
+        "groups": {},
+    }
     if not isinstance(data, dict):
         return ctx
     dests = data.get("destinations")

@@ -7,6 +7,7 @@ out unreachable, when the rest of the batch waits for it.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from router.config.destinations import DicomDestination
@@ -17,6 +18,8 @@ from router.observe import metrics
 from router.rules.ruleset import LoadedConfig
 from router.spool.database import Spool
 from router.spool.queue import Delivery
+
+log = logging.getLogger("router.forward")
 
 BATCH = 16  # due deliveries claimed at once by one thread
 
@@ -40,7 +43,35 @@ class DicomWorkers(QueueWorkers[DicomDestination, Sender]):
         return BATCH
 
     def send_batch(self, channel: Sender, batch: list[Delivery]) -> None:
-        """C-STORE each instance; once the destination is unreachable, the rest wait."""
+        """C-STORE each instance; once the destination is unreachable, the rest wait.
+
+        A completed series or study (`batch` set) goes over an association of its own.
+        """
+        if batch[0].batch is None:
+            self._send_each(channel, batch)
+            return
+        channel.close()
+        try:
+            # Every (class, syntax) of the unit proposed at once: one association for all.
+            channel.ensure({(d.sop_class_uid, d.transfer_syntax) for d in batch})
+        except Unreachable as exc:
+            self.postpone(batch, str(exc))
+            return
+        except ForwardError:
+            pass  # a context refused: each instance then gets its own outcome below
+        try:
+            self._send_each(channel, batch)
+        finally:
+            channel.close()
+        log.info(
+            "sent collected unit %d to %s: %d instances on one association",
+            batch[0].batch,
+            self.name,
+            len(batch),
+            extra={"event": "unit_sent", "destination": self.name, "instances": len(batch)},
+        )
+
+    def _send_each(self, channel: Sender, batch: list[Delivery]) -> None:
         for i, d in enumerate(batch):
             if self.stopping:
                 return

@@ -13,9 +13,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from router.config.destinations import DicomDestination, QueuedDestination, StowDestination
+from router.config.destinations import (
+    DicomDestination,
+    QueuedDestination,
+    StowDestination,
+    WebhookDestination,
+)
 from router.destinations.dicom_worker import DicomWorkers
 from router.destinations.stow_worker import StowWorkers
+from router.destinations.sweeper import Sweeper
+from router.destinations.webhook import WebhookWorkers
 from router.destinations.worker import QueueWorkers
 from router.rules.ruleset import LoadedConfig
 from router.spool.database import Spool
@@ -51,6 +58,7 @@ def _describe_stow(dest: StowDestination) -> str:
 KINDS: Mapping[type, Kind] = {
     DicomDestination: Kind(DicomWorkers, _describe_dicom),
     StowDestination: Kind(StowWorkers, _describe_stow),
+    WebhookDestination: Kind(WebhookWorkers, WebhookDestination.describe),
 }
 
 
@@ -81,11 +89,17 @@ class Forwarder:
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
         self.workers: dict[str, QueueWorkers[Any, Any]] = {}
+        self.sweeper: Sweeper | None = None  # completes collected units: one per daemon
 
     def apply(self, loaded: LoadedConfig) -> None:
         """Start, restart or stop destinations so they match `loaded`."""
         calling = loaded.config.listen.ae_title
         wanted = queued(loaded.config.destinations)
+        if self.sweeper is None:
+            self.sweeper = Sweeper(self.spool, loaded.config.studies)
+            self.sweeper.start()
+        else:
+            self.sweeper.apply(loaded.config.studies)
         for name in list(self.workers):
             current = self.workers[name]
             if wanted.get(name) != current.dest or current.calling_ae != calling:
@@ -94,12 +108,16 @@ class Forwarder:
                 if name not in wanted:
                     log.info("destination %s removed: its queue waits until it is back", name)
         for name, dest in wanted.items():
-            if name not in self.workers:
+            if name in self.workers:
+                self.workers[name].config_changed(loaded)
+            else:
                 self.workers[name] = build_workers(name, dest, loaded, self.spool)
                 self.workers[name].start()
 
     def stop(self, timeout: float) -> None:
         """Stop every destination, each finishing the instance in hand."""
+        if self.sweeper is not None:
+            self.sweeper.stop()
         for workers in self.workers.values():
             workers.request_stop()
         for workers in self.workers.values():

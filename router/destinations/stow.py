@@ -19,11 +19,9 @@ Listed failures carry their FailureReason (0008,1197), which goes through `on_st
 
 from __future__ import annotations
 
-import base64
 import email.utils
 import json
 import logging
-import os
 import ssl
 import time
 import uuid
@@ -35,8 +33,8 @@ from typing import Any
 import httpx
 
 from router.config.destinations import StowDestination
-from router.config.http import BasicAuth, BearerAuth
 from router.destinations.dicom import Sent
+from router.destinations.httpauth import Authorizer
 from router.dicom.status import PROCESSING_FAILURE  # a failed item without a FailureReason
 from router.errors import (
     AuthFailed,
@@ -69,29 +67,6 @@ class Part:
 
 
 Result = Sent | ForwardError
-
-
-class _Secret:
-    """A secret file's text, read again whenever the file changes (rotation)."""
-
-    def __init__(self, path: Path, what: str) -> None:
-        self.path = path
-        self.what = what
-        self._stamp: tuple[int, int, int] | None = None
-        self._value = ""
-
-    def get(self) -> str:
-        try:
-            st = self.path.stat()
-            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-            if stamp != self._stamp:
-                self._value = self.path.read_text(encoding="utf-8").strip()
-                self._stamp = stamp
-        except (OSError, UnicodeDecodeError) as exc:
-            raise AuthFailed(f"cannot read the {self.what} {self.path}: {exc}") from None
-        if not self._value:
-            raise AuthFailed(f"the {self.what} {self.path} is empty")
-        return self._value
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -150,12 +125,7 @@ class StowSender:
         self.dest = dest
         self.endpoint = f"{dest.url}/studies"
         self.last_used = 0.0
-        auth = dest.auth
-        self._secret = None
-        if isinstance(auth, BearerAuth):
-            self._secret = _Secret(base_dir / auth.token_file, "token file")
-        elif isinstance(auth, BasicAuth) and auth.password_file:
-            self._secret = _Secret(base_dir / auth.password_file, "password file")
+        self._auth = Authorizer(dest.auth, base_dir)
         self._ca = base_dir / dest.ca_certificates if dest.ca_certificates else None
         self._http: httpx.Client | None = None
 
@@ -182,22 +152,6 @@ class StowSender:
             follow_redirects=False,  # a streamed body cannot be sent twice
         )
 
-    def _authorization(self) -> str | None:
-        auth = self.dest.auth
-        if isinstance(auth, BearerAuth):
-            assert self._secret is not None
-            return f"Bearer {self._secret.get()}"
-        if isinstance(auth, BasicAuth):
-            if self._secret is not None:
-                password = self._secret.get()
-            else:
-                password = os.environ.get(auth.password_env or "", "")
-                if not password:
-                    raise AuthFailed(f"environment variable {auth.password_env} is not set")
-            pair = base64.b64encode(f"{auth.username}:{password}".encode()).decode()
-            return f"Basic {pair}"
-        return None
-
     def send(self, parts: list[Part]) -> list[Result]:
         """POST one batch; per part, the destination's answer or why it has none.
 
@@ -217,7 +171,7 @@ class StowSender:
             "Content-Length": str(length),
             "Accept": "application/dicom+json",
         }
-        if (authorization := self._authorization()) is not None:
+        if (authorization := self._auth.header()) is not None:
             headers["Authorization"] = authorization
         started = time.monotonic()
         client = self.client

@@ -37,7 +37,10 @@ class StowWorkers(QueueWorkers[StowDestination, StowSender]):
         return self.dest.batch.max_instances
 
     def fit(self, due: list[Delivery]) -> list[Delivery]:
-        """The first instances within `batch.max_bytes` (at least one)."""
+        """The first instances within `batch.max_bytes` (at least one); a completed series
+        or study whole, in one request (streamed from the spool, whatever its size)."""
+        if due and due[0].batch is not None:
+            return due
         batch: list[Delivery] = []
         total = 0
         for d in due:

@@ -111,6 +111,10 @@ class QueueWorkers(ABC, Generic[D, C]):
         """True when the unreachable destination answers again (kinds without a probe: False)."""
         return False
 
+    def config_changed(self, loaded: LoadedConfig) -> None:
+        """A reload that keeps this destination as it is: a kind reading the rules
+        (a webhook's `include`) refreshes what it took from them."""
+
     def fit(self, due: list[Delivery]) -> list[Delivery]:
         """The part of `due` one batch takes (all of it, unless the kind limits bytes)."""
         return due
@@ -169,9 +173,16 @@ class QueueWorkers(ABC, Generic[D, C]):
     def _claim(self) -> list[Delivery]:
         with self._lock:
             due = self.spool.due(self.name, self.claim_limit(), exclude=sorted(self._inflight))
-            batch = self.fit(due)  # the rest stays due for the next batch (or another thread)
+            batch = self.fit(self._unit_or_singles(due))  # the rest stays due for the next
             self._inflight.update(d.id for d in batch)
         return batch
+
+    def _unit_or_singles(self, due: list[Delivery]) -> list[Delivery]:
+        """A completed unit's due deliveries all together (`unit_batch`), else the
+        per-instance ones: a claim never mixes the two (called under the lock)."""
+        if due and due[0].batch is not None:
+            return self.spool.queue.unit_batch(self.name, due[0].batch, sorted(self._inflight))
+        return [d for d in due if d.batch is None]
 
     def _release(self, batch: Sequence[Delivery]) -> None:
         with self._lock:

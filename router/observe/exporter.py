@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -26,7 +27,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from router.errors import StartupError
 from router.observe.instruments import PREFIX, queued_destinations
 from router.rules.ruleset import LoadedConfig
-from router.spool.stats import QueueStats, queue_stats
+from router.spool.stats import QueueStats, queue_stats, studies_stats
 
 log = logging.getLogger("router.exporter")
 
@@ -161,6 +162,26 @@ def _spool_metrics(loaded: LoadedConfig) -> Iterable[Any]:
         age = max(0.0, now - q.oldest_pending) if q.oldest_pending is not None else 0.0
         families["age"].add_metric([name], age)
     yield from families.values()
+    yield from _studies_metrics(root, now)
+
+
+def _studies_metrics(root: Path, now: float) -> Iterable[Any]:
+    """Studies being collected (collect, notify) and the oldest one's age."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    try:
+        collecting, first = studies_stats(root)
+    except Exception as exc:  # a scrape reports what it can
+        log.warning("cannot read the studies for /metrics: %s", exc)
+        return
+    yield GaugeMetricFamily(
+        PREFIX + "studies_collecting", "Studies whose instances are being collected", collecting
+    )
+    yield GaugeMetricFamily(
+        PREFIX + "studies_oldest_collecting_age_seconds",
+        "Time since the first instance of the oldest study still collecting; 0 when none",
+        max(0.0, now - first) if first is not None else 0.0,
+    )
 
 
 def readiness(daemon: Monitored) -> str | None:
@@ -302,4 +323,3 @@ class Exporter:
         if self._thread.is_alive():
             self.server.shutdown()
         self.server.server_close()
-

@@ -106,6 +106,12 @@ _TABLE: dict[str, tuple[str, str, str, tuple[str, ...], Any]] = {
     "suppressed": ("counter", "log_lines_suppressed",
                    "Repeated warnings held back by the rate limit (summed up once per interval)",
                    ("logger",), None),
+    "units_completed": ("counter", "units_completed",
+                        "Collected series and studies completed, by reason (quiet, released, "
+                        "max_wait, forced)", ("level", "reason"), None),
+    "late_instances": ("counter", "late_instances",
+                       "Instances of a series or study already complete, by the late: policy "
+                       "applied", ("level", "policy"), None),
 }
 
 
@@ -140,6 +146,8 @@ class Instruments:
     evicted: Any
     unassociated_peak: Any
     suppressed: Any
+    units_completed: Any
+    late_instances: Any
 
     def __init__(self) -> None:
         for attribute, spec in _TABLE.items():

@@ -197,3 +197,20 @@ def destination_unreachable(destination: str) -> None:
     if m is not None:
         m.unreachable.labels(destination).inc()
         m.up.labels(destination).set(0)
+
+
+# --- collected series and studies ---------------------------------------------------------
+
+
+def unit_completed(level: str, reason: str) -> None:
+    """A collected series or study was completed (quiet, released, max_wait, forced)."""
+    m = instruments.active
+    if m is not None:
+        m.units_completed.labels(level, reason).inc()
+
+
+def late_instance(level: str, policy: str) -> None:
+    """An instance arrived for a series or study already complete; `policy` applied."""
+    m = instruments.active
+    if m is not None:
+        m.late_instances.labels(level, policy).inc()

@@ -46,6 +46,9 @@ from router.spool.journal import Journal
 log = logging.getLogger("router.scp")
 _repeats = RateLimitedLog(log)
 REJECT_SENT_WAIT = 1.0  # seconds an A-ASSOCIATE-RJ may take to be sent before the close
+# Series and studies one association's release may complete (studies.on_release): a
+# sender's memory here is bounded; those beyond complete after their quiet time.
+RELEASE_UNITS_MAX = 256
 
 
 def _reject(assoc: Any, reason: tuple[int, int, int]) -> None:
@@ -110,8 +113,10 @@ class StorageSCP:
         *,
         reuse_port: bool = False,
         budget: Budget | None = None,
+        on_release: Callable[[set[tuple[str, str]]], None] | None = None,
     ) -> None:
         self._pipeline = pipeline
+        self._on_release = on_release  # studies.on_release: the units a released assoc sent
         self._journal = journal
         self._budget = budget
         self._current = current
@@ -130,6 +135,7 @@ class StorageSCP:
             (evt.EVT_CONN_CLOSE, _log_close),
             (evt.EVT_ACCEPTED, _on_accepted),
             (evt.EVT_REJECTED, _on_rejected),
+            (evt.EVT_RELEASED, self._on_released),
         ]
         try:
             server = self.ae.make_server(
@@ -259,12 +265,24 @@ class StorageSCP:
         )
         outcome = self._pipeline.process(received)
         self._log_store(received, outcome)
+        if outcome.collected:  # what on_release completes when this association is released
+            seen: set[tuple[str, str]] = getattr(assoc, "router_units", set())
+            for unit in (("study", outcome.study_uid), ("series", outcome.series_uid)):
+                if len(seen) < RELEASE_UNITS_MAX:
+                    seen.add(unit)
+            assoc.router_units = seen  # type: ignore[attr-defined]
         if not (outcome.comment and outcome.status):
             return outcome.status  # pynetdicom takes a bare status: no Dataset to build
         rsp = Dataset()
         rsp.Status = outcome.status
         rsp.ErrorComment = outcome.comment[:64]
         return rsp
+
+    def _on_released(self, event: Event) -> None:
+        """A released (not aborted) association: its collected units may be complete."""
+        seen = getattr(event.assoc, "router_units", None)
+        if seen and self._on_release is not None:
+            self._on_release(seen)
 
     def _log_store(self, received: Received, outcome: Outcome) -> None:
         """The C-STORE's log line, stamped now and written after the response."""

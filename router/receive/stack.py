@@ -65,6 +65,7 @@ class ReceiveStack:
                 self.journal,
                 reuse_port=port is not None,
                 budget=budget,
+                on_release=self.forwarding.released,
             )
         except BaseException:
             self._close()

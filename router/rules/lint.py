@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from router.config.actions import Action, ForwardAction, StoreAction
+from router.config.actions import Action, ForwardAction, NotifyAction, StoreAction
 from router.config.match import Match, TagCondition, TagTest
 from router.config.model import Config
 from router.config.source import key_path
@@ -196,6 +196,8 @@ def _destinations(actions: Sequence[Action]) -> set[str]:
             used.add(action.store.to)
         elif isinstance(action, ForwardAction):
             used.add(action.forward.to)
+        elif isinstance(action, NotifyAction):
+            used.add(action.notify.to)
     return used
 
 

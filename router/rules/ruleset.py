@@ -83,7 +83,9 @@ def load(path: Path, *, base_dir: Path | None = None, text: str | None = None) -
         text=text,
         version=config_version(text),
         base_dir=base_dir if base_dir is not None else path.resolve().parent,
-        warnings=_warnings(source, config),
+        warnings=_warnings(
+            source, config, base_dir if base_dir is not None else path.resolve().parent
+        ),
         fixtures=results,
         fixture_failures=_fixture_failures(source, results),
     )
@@ -135,9 +137,28 @@ def _fixture_failures(source: Source, results: list[FixtureResult]) -> list[Loca
     ]
 
 
-def _warnings(source: Source, config: Config) -> list[Located]:
+def _secret_files(source: Source, config: Config, base_dir: Path) -> list[Located]:
+    """HTTP auth secret files (STOW-RS, webhook) that cannot be read now."""
+    out = []
+    for dname, dest in config.destinations.items():
+        for keys, file in dest.secret_files():
+            path = base_dir / file
+            try:
+                empty = not path.read_text(encoding="utf-8").strip()
+                problem = "is empty" if empty else ""
+            except OSError as exc:
+                problem = f"cannot be read ({exc.strerror or exc})"
+            except UnicodeDecodeError:
+                problem = "is not UTF-8 text"
+            if problem:
+                where = ".".join(("destinations", dname, *keys))
+                out.append(source.at(["destinations", dname, *keys], f"{where}: {path} {problem}"))
+    return out
+
+
+def _warnings(source: Source, config: Config, base_dir: Path) -> list[Located]:
     """Things `check` points out without refusing the file."""
-    out: list[Located] = []
+    out: list[Located] = _secret_files(source, config, base_dir)
     for i, rule in enumerate(config.rules):
         for uid in rule.match.sop_class or ():
             if not sopclass.is_storage_class(uid):

@@ -16,6 +16,7 @@ from router.spool.db import Databases
 from router.spool.decisions import DecisionLog, DecisionRecord, trace
 from router.spool.layout import OBJECTS
 from router.spool.queue import DEAD_LETTER, PENDING, Delivery, Instance, Queue
+from router.spool.studies import Units
 
 __all__ = ["Spool"]
 
@@ -33,6 +34,7 @@ class Spool:
             raise OutOfResources(f"spool {root} unusable: {exc}") from exc
         self.queue = Queue(self._db, self.objects)
         self.decisions = DecisionLog(self._db)
+        self.units = Units(self._db, self.queue.path_of)
 
     def close(self) -> None:
         """Close the idle connections; borrowed ones close when given back."""
@@ -99,8 +101,9 @@ class Spool:
         return self.queue.depth()
 
     def prune(self, before: float) -> None:
-        """Forget deliveries and decisions finished before `before` (epoch seconds)."""
+        """Forget deliveries, completed units and decisions older than `before` (epoch s)."""
         self.queue.prune(before)
+        self.units.prune(before)
         self.decisions.prune(before)
 
     def record_many(self, recs: Sequence[DecisionRecord]) -> None:

@@ -1,8 +1,9 @@
-"""The spool's two SQLite databases: their schemas and a small pool of connections.
+"""The spool's two SQLite databases: their connections, schemas migrated on opening.
 
 queue.db (WAL, synchronous=FULL by default) holds the objects and their deliveries
 (`router.spool.queue`); decisions.db (WAL, synchronous=NORMAL) the decision log
 (`router.spool.decisions`). A lost log line on power loss is acceptable; a queue row is not.
+The schemas and their migrations are in `router.spool.schema`.
 """
 
 from __future__ import annotations
@@ -13,64 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from router.spool.schema import DECISION_MIGRATIONS, QUEUE_MIGRATIONS, migrate
+
 QUEUE_DB = "queue.db"
 DECISIONS_DB = "decisions.db"
 IDLE_CONNECTIONS = 4  # per database: enough for the SCP's and the forwarder's threads
-
-QUEUE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS objects (
-    id TEXT PRIMARY KEY,
-    sop_instance_uid TEXT NOT NULL,
-    sop_class_uid TEXT NOT NULL,
-    transfer_syntax TEXT NOT NULL,
-    study_uid TEXT NOT NULL DEFAULT '',
-    series_uid TEXT NOT NULL DEFAULT '',
-    calling_ae TEXT NOT NULL DEFAULT '',
-    received_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY,
-    object_id TEXT NOT NULL REFERENCES objects(id),
-    destination TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',   -- pending | delivered | dead (a dead letter)
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    last_status INTEGER,
-    last_error TEXT,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (destination, state, next_attempt_at);
--- `queue retry` (another process) asks the forwarder to end a destination's pause now;
--- '*' for every destination. The forwarder reads it only while a destination is paused.
-CREATE TABLE IF NOT EXISTS kicks (
-    destination TEXT PRIMARY KEY,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deliveries_object ON deliveries (object_id);
-CREATE INDEX IF NOT EXISTS objects_uid ON objects (sop_instance_uid);
-"""
-
-DECISION_SCHEMA = """
-CREATE TABLE IF NOT EXISTS decisions (
-    id INTEGER PRIMARY KEY,
-    at REAL NOT NULL,
-    sop_instance_uid TEXT NOT NULL,
-    series_uid TEXT NOT NULL,
-    study_uid TEXT NOT NULL,
-    sop_class_uid TEXT NOT NULL,
-    calling_ae TEXT NOT NULL,
-    called_ae TEXT NOT NULL,
-    peer TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    actions TEXT NOT NULL,
-    status INTEGER NOT NULL,
-    comment TEXT,
-    config_version TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS decisions_sop ON decisions (sop_instance_uid);
-CREATE INDEX IF NOT EXISTS decisions_series ON decisions (series_uid);
-CREATE INDEX IF NOT EXISTS decisions_study ON decisions (study_uid);
-"""
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -96,9 +44,9 @@ class Databases:
         self._idle: dict[str, list[sqlite3.Connection]] = {}
         self._closed = False
         with self.queue() as db:
-            db.executescript(QUEUE_SCHEMA)
+            migrate(db, root / QUEUE_DB, QUEUE_MIGRATIONS)
         with self.decisions() as db:
-            db.executescript(DECISION_SCHEMA)
+            migrate(db, root / DECISIONS_DB, DECISION_MIGRATIONS)
 
     @contextmanager
     def queue(self) -> Iterator[sqlite3.Connection]:

@@ -23,13 +23,13 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from router.errors import OutOfResources
-from router.spool import durable
+from router.spool import durable, studies
 from router.spool.db import Databases
 
 PENDING = "pending"
@@ -47,6 +47,9 @@ class Instance:
     study_uid: str = ""
     series_uid: str = ""
     calling_ae: str = ""
+    series_number: int | None = None  # the order a collected unit is sent in
+    instance_number: int | None = None
+    rule: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,13 @@ class Delivery:
     sop_class_uid: str
     transfer_syntax: str
     received_at: float
+    batch: int | None = None  # a completed unit's deliveries share one: sent together
 
 
 _SELECT = (
     "SELECT d.id, d.object_id, d.destination, d.state, d.attempts, d.next_attempt_at,"
     " d.last_status, d.last_error, o.sop_instance_uid, o.sop_class_uid, o.transfer_syntax,"
-    " o.received_at FROM deliveries d JOIN objects o ON o.id = d.object_id"
+    " o.received_at, d.batch FROM deliveries d JOIN objects o ON o.id = d.object_id"
 )
 
 
@@ -81,6 +85,8 @@ class Queue:
     def __init__(self, db: Databases, objects: Path) -> None:
         self._db = db
         self.objects = objects
+        # late: resend sends a completed unit again: its files stay until `prune`.
+        self.keep_collected = False
 
     def path_of(self, object_id: str) -> Path:
         """The spooled file of an object."""
@@ -88,6 +94,22 @@ class Queue:
 
     def enqueue(self, source: Path, destinations: Sequence[str], instance: Instance) -> str:
         """Durably spool `source` (already fsync'd) for each destination; return its id."""
+        return self.enqueue_held(source, destinations, instance, {})[0]
+
+    def enqueue_held(
+        self,
+        source: Path,
+        destinations: Sequence[str],
+        instance: Instance,
+        held: Mapping[str, str],
+        late: str = "send",
+    ) -> tuple[str, set[str]]:
+        """`enqueue`, some deliveries held; the object's id and the levels it came late to.
+
+        `held` maps destinations to the level (series, study) they are collected at: those
+        deliveries wait for their unit (`router.spool.studies`), counted in the same
+        transaction; `late` says what an instance of a completed unit does.
+        """
         object_id = uuid.uuid4().hex
         target = self.path_of(object_id)
         now = time.time()
@@ -99,8 +121,11 @@ class Queue:
             with self._db.queue() as db:
                 db.execute("BEGIN IMMEDIATE")
                 try:
+                    states, late_levels = self._states(db, instance, held, late, now)
                     db.execute(
-                        "INSERT INTO objects VALUES (?,?,?,?,?,?,?,?)",
+                        "INSERT INTO objects (id, sop_instance_uid, sop_class_uid,"
+                        " transfer_syntax, study_uid, series_uid, calling_ae, received_at,"
+                        " series_number, instance_number, rule) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                         (
                             object_id,
                             instance.sop_instance_uid,
@@ -110,12 +135,18 @@ class Queue:
                             instance.series_uid,
                             instance.calling_ae,
                             now,
+                            instance.series_number,
+                            instance.instance_number,
+                            instance.rule,
                         ),
                     )
                     db.executemany(
                         "INSERT INTO deliveries (object_id, destination, next_attempt_at,"
-                        " updated_at) VALUES (?,?,?,?)",
-                        [(object_id, name, now, now) for name in destinations],
+                        " updated_at, state, collect) VALUES (?,?,?,?,?,?)",
+                        [
+                            (object_id, name, now, now, states.get(name, PENDING), held.get(name))
+                            for name in destinations
+                        ],
                     )
                     db.execute("COMMIT")
                 except BaseException:
@@ -124,7 +155,46 @@ class Queue:
         except (OSError, sqlite3.Error) as exc:
             target.unlink(missing_ok=True)
             raise OutOfResources(f"cannot spool the instance: {exc}") from exc
-        return object_id
+        return object_id, late_levels
+
+    @staticmethod
+    def _states(
+        db: sqlite3.Connection,
+        instance: Instance,
+        held: Mapping[str, str],
+        late: str,
+        now: float,
+    ) -> tuple[dict[str, str], set[str]]:
+        """Each collected destination's first state (held, or pending when late: send),
+        and the levels whose unit was already complete."""
+        if not held:
+            return {}, set()
+        arrival = studies.Arrival(
+            instance.study_uid, instance.series_uid, instance.calling_ae, frozenset(held.values())
+        )
+        late_levels = studies.record_arrival(db, arrival, now, late)
+        sent_alone = late == "send"
+        return {
+            name: PENDING if level in late_levels and sent_alone else studies.HELD
+            for name, level in held.items()
+        }, late_levels
+
+    def unit_batch(
+        self, destination: str, batch: int, exclude: Sequence[int] = ()
+    ) -> list[Delivery]:
+        """The pending deliveries of one released unit, in SeriesNumber/InstanceNumber
+        order: once one is due, the whole unit goes again together (one association or
+        request), its retried instances' own times notwithstanding."""
+        marks = ",".join("?" * len(exclude))
+        with self._db.queue() as db:
+            rows = db.execute(
+                f"{_SELECT} WHERE d.batch=? AND d.destination=? AND d.state=?"
+                + (f" AND d.id NOT IN ({marks})" if exclude else "")
+                + " ORDER BY o.series_number IS NULL, o.series_number, o.series_uid,"
+                " o.instance_number IS NULL, o.instance_number, o.received_at",
+                (batch, destination, PENDING, *exclude),
+            ).fetchall()
+        return [self._delivery(r) for r in rows]
 
     def due(self, destination: str, limit: int, exclude: Sequence[int] = ()) -> list[Delivery]:
         """Pending deliveries of `destination` whose time has come, oldest first."""
@@ -191,9 +261,10 @@ class Queue:
                 self._drop_if_done(db, delivery_id)
 
     def _drop_if_done(self, db: sqlite3.Connection, delivery_id: int) -> None:
+        keep = " AND deliveries.collect IS NULL" if self.keep_collected else ""
         row = db.execute(
             "SELECT object_id FROM deliveries WHERE id=? AND NOT EXISTS (SELECT 1 FROM deliveries"
-            " e WHERE e.object_id=deliveries.object_id AND e.state!=?)",
+            f" e WHERE e.object_id=deliveries.object_id AND e.state!=?){keep}",
             (delivery_id, DELIVERED),
         ).fetchone()
         if row:
@@ -295,7 +366,7 @@ class Queue:
         return {r[0]: (int(r[1] or 0), int(r[2] or 0)) for r in rows}
 
     def _delivery(self, row: Any) -> Delivery:
-        (did, oid, dest, state, attempts, nxt, status, error, sop, cls, ts, received) = row
+        (did, oid, dest, state, attempts, nxt, status, error, sop, cls, ts, received, batch) = row
         return Delivery(
             did,
             oid,
@@ -310,6 +381,7 @@ class Queue:
             cls,
             ts,
             received,
+            batch,
         )
 
 

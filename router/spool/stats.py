@@ -59,3 +59,19 @@ def queue_stats(root: Path, destinations: Sequence[str]) -> dict[str, QueueStats
         dead_letters = counts.get((name, DEAD_LETTER), (0, 0))[0]
         out[name] = QueueStats(pending, dead_letters, received.get(first))
     return out
+
+
+def studies_stats(root: Path) -> tuple[int, float | None]:
+    """Studies collecting and the first arrival (epoch s) of the oldest; a read-only look."""
+    path = root / QUEUE_DB
+    if not path.exists():
+        return 0, None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+    try:
+        count, first = conn.execute(
+            "SELECT COUNT(*), MIN(first_at) FROM received_units"
+            " WHERE state='collecting' AND level='study'"
+        ).fetchone()
+    finally:
+        conn.close()
+    return int(count), first
