@@ -1063,8 +1063,11 @@ def pyn_store(
     contexts: Sequence[PresentationContext] | None = None,
     max_pdu: int = 262144,
     timeout: float = 60.0,
+    source: str | None = None,
 ) -> list[int]:
     """Send files with pynetdicom on one association, streamed from disk; return statuses.
+
+    `source`: the local address to connect from (e.g. 127.0.0.2; default: the kernel's).
 
     Default contexts: each file's (SOP class, exact transfer syntax), as chunked sending
     requires. Sets pynetdicom's process-global STORE_SEND_CHUNKED_DATASET and logging off.
@@ -1092,6 +1095,7 @@ def pyn_store(
         ae_title=called,
         max_pdu=max_pdu,
         evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)],
+        bind_address=(source, 0) if source else None,
     )
     try:
         if assoc.is_rejected:

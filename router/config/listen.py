@@ -23,6 +23,17 @@ class TLS(Strict):
     )
 
 
+class ProxyProtocol(Strict):
+    """The PROXY protocol (v1 or v2) from TCP load balancers such as HAProxy."""
+
+    trusted: list[IPvAnyNetwork] = Field(
+        min_length=1,
+        description="IPs or CIDRs of the balancers: only they may send a PROXY header, and "
+        "from them it is required; the client address it carries is the one `callers`, "
+        "logs, metrics and trace use",
+    )
+
+
 class Listen(Strict):
     """Where and as whom the router accepts associations (changes apply on restart)."""
 
@@ -43,6 +54,11 @@ class Listen(Strict):
         description="a duration: a sender silent this long (idle or mid-transfer) is dropped",
     )
     tls: TLS | None = Field(None, description="TLS for the listener; plain TCP when absent")
+    proxy_protocol: ProxyProtocol | None = Field(
+        None,
+        description="accept PROXY protocol headers (v1, v2) from these balancers; "
+        "absent: none is accepted from anyone",
+    )
     workers: int | None = Field(
         None,
         ge=1,

@@ -149,6 +149,8 @@ class StorageSCP:
         self.server = server
         self.server.stall_timeout = listen.network_timeout
         self.server.tls = tls
+        if listen.proxy_protocol is not None:
+            self.server.proxy_trusted = tuple(listen.proxy_protocol.trusted)
         # The accept loop checks for shutdown every 0.1 s (socketserver: 0.5 s), so SIGTERM
         # stops accepting at once; ten idle selects a second cost nothing measurable.
         self._thread = threading.Thread(

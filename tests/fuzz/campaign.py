@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from tests.daemon import RouterDaemon
 from tests.fuzz.cases import Case, contexts, make_case
 from tests.fuzz.pdus import IN_MUTATIONS, RQ_MUTATIONS
+from tests.fuzz.proxy import PROXY_MUTATIONS, PROXY_STALLS, TRUSTED
 from tests.fuzz.ul import (
     ABORT,
     ASSOCIATE_AC,
@@ -50,7 +51,7 @@ CLOSE_GRACE = NETWORK_TIMEOUT + 3.0  # after our EOF, the router must close by t
 RULE_FILE = """\
 version: 1
 listen: {ae_title: DICOM_ROUTER, host: 127.0.0.1, port: {port}, network_timeout: 1s,
-         max_associations: 64}
+         max_associations: 64, proxy_protocol: {trusted: [127.0.0.2/32]}}
 spool_min_free: 1MiB
 destinations:
   archive: {path: "archive/{SOPInstanceUID}.dcm"}
@@ -205,6 +206,27 @@ def run_rq(case: Case, session: Session) -> Result:
     return result
 
 
+def run_proxy(case: Case, session: Session) -> Result:
+    """A fresh connection opened with a (mutated) PROXY header, then an A-ASSOCIATE-RQ."""
+    result = Result(case.name, case.family, case.kind, "closed")
+    untrusted = case.kind == "proxy-untrusted"
+    conn = Connection(session.port, source="127.0.0.1" if untrusted else TRUSTED)
+    data = PROXY_MUTATIONS[case.kind](case.rng)
+    if case.kind in PROXY_STALLS:
+        conn.send(data)
+        result.outcome, result.violation = wait_dropped(conn)
+        return result
+    if conn.send(data):
+        reply = conn.read_pdu(ANSWER)
+        result.outcome = reply_class(reply)
+        if result.outcome == "accepted":
+            if untrusted:
+                result.violation = "untrusted-proxy-accepted"
+            conn.send(release_rq())
+    result.violation = result.violation or finish(conn)
+    return result
+
+
 def run_in(case: Case, session: Session) -> Result:
     """One broken PDU on an established association, then a C-ECHO probe."""
     result = Result(case.name, case.family, case.kind, "closed")
@@ -270,7 +292,7 @@ def run_dataset(case: Case, session: Session) -> Result:
 
 
 RUNNERS: dict[str, Callable[[Case, Session], Result]] = {
-    "rq": run_rq, "in": run_in, "dataset": run_dataset,
+    "rq": run_rq, "proxy": run_proxy, "in": run_in, "dataset": run_dataset,
 }
 
 

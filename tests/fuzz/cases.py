@@ -23,6 +23,7 @@ from tests.fuzz.datasets import (
 )
 from tests.fuzz.oracle import DEFLATED_LE, invalid_reason
 from tests.fuzz.pdus import IN_MUTATIONS, RQ_MUTATIONS
+from tests.fuzz.proxy import PROXY_MUTATIONS
 
 # Relative weights; the rest weigh 1. Valid controls prove the harness can succeed.
 # Deep nesting and stalls (a client waits up to network_timeout) are costly, so rarer.
@@ -30,9 +31,9 @@ from tests.fuzz.pdus import IN_MUTATIONS, RQ_MUTATIONS
 # dataset case (1 in CI).
 WEIGHTS = {"rq-valid": 0.3, "pdata-valid": 0.3, "valid": 1.5, "deflate-valid": 0.5,
            "deflate-bomb": 0.0, "deep-nesting": 0.3, "deep-nesting-unclosed": 0.3,
-           "rq-stall": 0.5, "pdata-stall": 0.5}
+           "rq-stall": 0.5, "pdata-stall": 0.5, "proxy-stall": 0.3}
 BOMB_EVERY = 1000
-PDU_KINDS = [*RQ_MUTATIONS, *IN_MUTATIONS]
+PDU_KINDS = [*RQ_MUTATIONS, *PROXY_MUTATIONS, *IN_MUTATIONS]
 DATASET_KINDS = [*MUTATIONS, *DEFLATE_KINDS, MISLABELLED]
 
 
@@ -41,7 +42,7 @@ class Case:
     """One fuzz case: its name, mutation kind and, for datasets, what is sent."""
 
     name: str
-    family: str  # "rq", "in" or "dataset"
+    family: str  # "rq", "proxy", "in" or "dataset"
     kind: str
     rng: random.Random
     base: Base | None = None
@@ -61,7 +62,8 @@ def make_case(name: str) -> Case:
     rng = random.Random(name)
     if family == "pdu":
         kind = _choose(rng, PDU_KINDS)
-        return Case(name, "rq" if kind in RQ_MUTATIONS else "in", kind, rng)
+        family = "rq" if kind in RQ_MUTATIONS else "proxy" if kind in PROXY_MUTATIONS else "in"
+        return Case(name, family, kind, rng)
     if family != "dataset":
         raise ValueError(f"unknown case family in {name!r}")
     kind = _choose(rng, DATASET_KINDS)

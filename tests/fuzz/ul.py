@@ -154,8 +154,10 @@ class Reply:
 class Connection:
     """One TCP connection to the router, speaking raw PDUs."""
 
-    def __init__(self, port: int, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection((LOOPBACK, port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 5.0, source: str | None = None) -> None:
+        self.sock = socket.create_connection(
+            (LOOPBACK, port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.max_pdu = 16384
         self.accepted: dict[int, str] = {}  # context ID -> transfer syntax

@@ -4,7 +4,8 @@ Written for pynetdicom 3.0.4 (`PYNETDICOM_VERSION`): `install()` refuses any oth
 version, and tests/test_netlayer.py pins the source of every upstream function replaced
 here, so that an upgrade fails loudly instead of silently running half-patched code.
 Line numbers are pynetdicom v3.0.4's. The changes live in `dul.py` (1-3, 10, 12), `dimse.py`
-(4-5, 9, 12), `association.py` (6-7, 11, 13) and `unassociated.py` (13) beside this file;
+(4-5, 9, 12), `association.py` (6-7, 11, 13, 14), `unassociated.py` (13) and `proxied.py`
+(14) beside this file;
 `packing.py` holds the messages packed and unpacked with `struct`, `pducheck.py` the checks
 of received PDUs (12), `limits.py` every limit.
 Each change, why, and what it replaces:
@@ -110,6 +111,16 @@ Each change, why, and what it replaces:
    before an A-ASSOCIATE-RQ wakes the association's wait for one at once (upstream waited
    out the ACSE timeout, 10 s). The repeated warnings of the netlayer (`limits.warn`) are
    rate limited by cause (`router.observe.ratelimit`).
+14. The PROXY protocol (`proxied.py`; the parser is `router.net.proxyproto`, pure):
+   `RouterServer.process_request_thread` (replaces `transport.py:1078-1089` in part), for a
+   connection from an address of `listen.proxy_protocol.trusted` only, reads one v1 or v2
+   header before TLS and before the A-ASSOCIATE-RQ (MSG_PEEK, so not a byte past it), within
+   `min(PDU_DEADLINE, network_timeout)` of the accept; the client address it carries is the
+   `client_address` handed to pynetdicom (`RequestHandler.remote` -> `requestor.address`),
+   so `callers`, logs, metrics and the decision log see the modality, and the unassociated
+   count (13) charges it, not the balancer. Missing, malformed or late: connection closed,
+   one log line. Upstream has no PROXY protocol. From any other address nothing is read; a
+   PROXY header from one is an unknown PDU type to `RouterDUL._read_pdu_data`, which says so.
 """
 
 from __future__ import annotations

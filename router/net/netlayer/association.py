@@ -8,6 +8,7 @@ import socket
 import socketserver
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -16,7 +17,8 @@ from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from router.net.netlayer import limits
+from router.errors import ProtocolError
+from router.net.netlayer import limits, proxied
 from router.net.netlayer.dimse import RouterDIMSE
 from router.net.netlayer.unassociated import Unassociated
 
@@ -202,6 +204,8 @@ class RouterServer(ThreadedAssociationServer):
     stall_timeout: float = 60.0
     tls: ssl.SSLContext | None = None
     reuse_port = False
+    # listen.proxy_protocol.trusted; None (the default) costs one attribute test per accept
+    proxy_trusted: tuple[proxied.Network, ...] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("request_handler", RouterRequestHandler)
@@ -231,8 +235,14 @@ class RouterServer(ThreadedAssociationServer):
         super().process_request(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        """Set socket options and do the TLS handshake, then hand over to pynetdicom."""
+        """Socket options, a PROXY header, the TLS handshake; then hand over to pynetdicom."""
         try:
+            if self.proxy_trusted is not None and proxied.trusted(
+                client_address[0], self.proxy_trusted
+            ):
+                client_address = self._proxied(request, client_address)
+                if client_address is None:
+                    return
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             request.settimeout(self.stall_timeout)
             if self.tls is not None:
@@ -253,6 +263,29 @@ class RouterServer(ThreadedAssociationServer):
             super().process_request_thread(request, client_address)
         finally:
             self.unassociated.leave_unattached(request)
+
+    def _proxied(self, request: socket.socket, balancer: Any) -> Any:
+        """The client's address from a trusted balancer's PROXY header (change 14).
+
+        LOCAL and UNKNOWN keep the balancer's. None when the header is missing, malformed
+        or late: the connection is closed with one log line.
+        """
+        limit = min(limits.PDU_DEADLINE, self.stall_timeout)
+        try:
+            header = proxied.read_header(request, time.monotonic() + limit, limit)
+        except (ProtocolError, OSError) as exc:  # TimeoutError is an OSError
+            if self.unassociated.leave_unattached(request):  # else evicted: that was its line
+                limits.warn_from(
+                    balancer[0],
+                    "connection from %s (listen.proxy_protocol.trusted) closed: %s",
+                    limits.escaped(str(exc), limits.MAX_REASON),
+                )
+            self.shutdown_request(request)
+            return None
+        if header.source is None:
+            return balancer
+        self.unassociated.readdress(request, header.source[0])
+        return header.source
 
     def shutdown(self) -> None:
         """Stop serve_forever (pynetdicom's own also unregisters from the AE: it never was)."""

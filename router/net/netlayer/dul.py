@@ -1,6 +1,6 @@
 """The DUL (upper layer) with limits, deadlines, event-driven wake-ups and backpressure.
 
-Changes 1, 2, 3, 10, 12 and 13 of router.net.netlayer (see its docstring).
+Changes 1, 2, 3, 10, 12, 13 and 14 of router.net.netlayer (see its docstring).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import TRANSITION_TABLE
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 
+from router.net import proxyproto
 from router.net.netlayer import limits, pducheck
 from router.net.netlayer.packing import encode_p_data
 
@@ -283,6 +284,12 @@ class RouterDUL(DULServiceProvider):
                 return
             pdu_type, _, length = struct.unpack(">BBL", header)
             if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+                if proxyproto.is_prefix(header):  # change 14: tested only on this error path
+                    self._reject_pdu(
+                        "PROXY protocol header refused: the address is not in "
+                        "listen.proxy_protocol.trusted"
+                    )
+                    return
                 # As upstream: Evt19, the state machine's A-ABORT (AA-1/AA-8), then close.
                 self._say("association with %s aborted: %s", f"unknown PDU type 0x{pdu_type:02X}")
                 self.event_queue.put("Evt19")

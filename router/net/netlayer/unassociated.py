@@ -78,6 +78,13 @@ class Unassociated:
         busiest = max(counts, key=counts.__getitem__)  # the first seen among equals
         return next(w for w in self._waiting.values() if w.address == busiest)
 
+    def readdress(self, sock: socket.socket, address: str) -> None:
+        """A PROXY header named the client: evictions count it by its own address."""
+        with self._lock:
+            entry = self._waiting.get(sock)
+            if entry is not None:
+                entry.address = address
+
     def rewrap(self, old: socket.socket, new: socket.socket) -> bool:
         """TLS: from now on the connection is read through `new`; False if it was evicted."""
         with self._lock:
