@@ -61,7 +61,7 @@ Each change, why, and what it replaces:
    counts only associations whose A-ASSOCIATE-RQ arrived: connections that never
    associate cannot lock senders out. `RouterServer` (replaces `transport.py:930-1089` in
    part): accepts only in the accept thread (TLS handshakes run in the connection's thread),
-   sets TCP_NODELAY, caps connections that have not associated (change 12),
+   sets TCP_NODELAY, caps connections that have not associated (change 13),
    listens with a `socket.SOMAXCONN` backlog (socketserver's default is 5), optionally
    binds with SO_REUSEPORT, and its `shutdown` does not call `ae._servers.remove`
    (`transport.py:1040`, which raised because `make_server` never registered it).
