@@ -6,7 +6,7 @@ belong to their action's class. `load()` (in `router.rules.ruleset`) adds FILE:L
 every error. The JSON Schema (`dicom-router schema`) is generated from these models.
 
 This module holds the root (`Config`), its rules and fixtures; the sections live beside it
-(`base`, `listen`, `destinations`, `http`, `match`, `actions`).
+(`base`, `listen`, `destinations`, `http`, `match`, `actions`, `fleet`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from router.config.actions import Actions
 from router.config.base import Strict, context
 from router.config.destinations import Destination, destination_kind
 from router.config.fields import AETitle, ByteSize, Keyword, Name, Status, Text, one_or_many
+from router.config.fleet import Fleet
 from router.config.listen import Caller, Listen, Metrics
 from router.config.match import GroupMembers, Match, sop_classes
 from router.dicom import sopclass
@@ -107,6 +108,9 @@ class Config(Strict):
     )
     callers: list[Caller] | None = Field(None, description="when present, only these may associate")
     metrics: Metrics | None = Field(None, description="Prometheus /metrics; off when absent")
+    fleet: Fleet | None = Field(
+        None, description="mirror decisions and queues to PostgreSQL for the fleet view"
+    )
     destinations: dict[Name, Destination] = Field(
         default_factory=dict,
         description="name -> DICOM node (ae_title), STOW-RS service (url) or folder (path)",
