@@ -1,12 +1,14 @@
 """Several modalities at once: K storescu processes, each with its own study, into each peer.
 
-    .venv/bin/python bench/concurrency.py [-n 100] [-k 1 4 8] [--rounds 3] [--workers N]
+    .venv/bin/python bench/concurrency.py [-n 100] [-k 1 4 8] [--rounds 3] [--workers N] [--fleet]
 
 For each K, the peers run interleaved in one round: DCMTK storescp --fork (no fsync),
 Orthanc with SyncStorageArea (fsync per instance: the durable peer) and dicom-router
 (store rule; `listen.workers` as given, default the daemon's own default). Prints the
 aggregate inst/s (median of the rounds), the router's ratios to both peers and its CPU
-per instance (all its processes). Targets on 2 cores: K=1 router >= 1.5 x Orthanc and
+per instance (all its processes). --fleet: the router mirrors to a throwaway PostgreSQL
+(`fleet:`, tests/postgres.py) and the mirror's highest lag while senders send is printed.
+Targets on 2 cores: K=1 router >= 1.5 x Orthanc and
 >= 0.35 x storescp; K=8 router >= 1.0 x Orthanc and never below its own K=1 rate.
 """
 
@@ -17,6 +19,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -145,15 +148,20 @@ def orthanc_sync(base: Path) -> Iterator[tuple[int, list[int]]]:
         proc.stop(timeout=5)
 
 
-def router_factory(workers: int | None) -> Callable[[Path], Iterator[tuple[int, list[int]]]]:
-    """dicom-router with the store rule (and `listen.workers` when given)."""
+def router_factory(
+    workers: int | None, fleet_dsn: str | None = None
+) -> Callable[[Path], Iterator[tuple[int, list[int]]]]:
+    """dicom-router with the store rule (and `listen.workers`, `fleet:` when given)."""
     config = CONFIG
     if workers is not None:
         config = config.replace("port: {port}}", f"port: {{port}}, workers: {workers}}}")
 
     @contextmanager
     def run(base: Path) -> Iterator[tuple[int, list[int]]]:
-        daemon = RouterDaemon(base, config).start()
+        text = config
+        if fleet_dsn is not None:  # a node name per run: each run has a fresh spool
+            text += f'fleet: {{postgresql: "{fleet_dsn}", node: "{base.name}"}}\n'
+        daemon = RouterDaemon(base, text).start()
         assert daemon.proc is not None
         try:
             time.sleep(0.5)  # every worker listening
@@ -172,14 +180,55 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="the median of this many counts")
     parser.add_argument("--workers", type=int, default=None, help="listen.workers for the router")
     parser.add_argument("--keep", action="store_true", help="keep bench/out/concurrency-*")
+    parser.add_argument("--fleet", action="store_true", help="the router mirrors to PostgreSQL")
     args = parser.parse_args()
+    postgres = None
+    if args.fleet:
+        from tests.postgres import PostgreSQL
+
+        postgres = PostgreSQL().start()
+    try:
+        _bench(args, postgres.dsn if postgres else None)
+    finally:
+        if postgres is not None:
+            postgres.remove()
+
+
+class LagWatch:
+    """The mirror's highest lag (rows, seconds) seen in SPOOL/fleet-mirror.json, polled."""
+
+    def __init__(self, spool: Path) -> None:
+        self.file = spool / "fleet-mirror.json"
+        self.rows, self.seconds = 0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                state = json.loads(self.file.read_text())
+            except (OSError, ValueError):
+                continue
+            self.rows = max(self.rows, state["lag_rows"])
+            self.seconds = max(self.seconds, state["lag_seconds"])
+
+    def stop(self) -> tuple[int, float]:
+        """Stop polling; the highest (rows, seconds)."""
+        self._stop.set()
+        self._thread.join()
+        return self.rows, self.seconds
+
+
+def _bench(args: argparse.Namespace, fleet_dsn: str | None) -> None:
     base = workdir("concurrency")
     data = studies(base.parent / "concurrency-data", max(args.k), args.n)
     peers: dict[str, tuple[str, Callable[[Path], Any]]] = {
         "storescp --fork": ("STORESCP", storescp_fork),
         "Orthanc (SyncStorageArea)": ("ORTHANC", orthanc_sync),
-        "dicom-router": ("ROUTER", router_factory(args.workers)),
+        "dicom-router": ("ROUTER", router_factory(args.workers, fleet_dsn)),
     }
+    lags: dict[int, list[tuple[int, float]]] = {}
     results: dict[tuple[str, int], list[float]] = {}
     router_cpu: dict[int, list[float]] = {}
     for k in args.k:
@@ -188,8 +237,12 @@ def main() -> None:
                 with start(base / f"{name.split()[0]}-{k}-{round_}") as (port, pids):
                     send_all(port, called, [batch[:5] for batch in data[:k]])  # warm-up
                     before = cpu(pids)
+                    where = base / f"{name.split()[0]}-{k}-{round_}" / "spool"
+                    watch = LagWatch(where) if fleet_dsn and name == "dicom-router" else None
                     took = send_all(port, called, data[:k])
                     used = cpu(pids) - before
+                    if watch is not None:
+                        lags.setdefault(k, []).append(watch.stop())
                 results.setdefault((name, k), []).append(k * args.n / took)
                 if name == "dicom-router":
                     router_cpu.setdefault(k, []).append(used / (k * args.n) * 1000)
@@ -209,6 +262,9 @@ def main() -> None:
             + f"  {router / rates['storescp --fork']:>15.2f}"
             + f"  {median(router_cpu[k]):>18.2f}"
         )
+    for k, seen in lags.items():
+        print(f"K={k}: the fleet mirror's highest lag while sending, per round:"
+              f" {', '.join(f'{rows} rows / {secs:.1f} s' for rows, secs in seen)}")
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
 

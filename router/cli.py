@@ -24,6 +24,8 @@ from router.dicom.sopclass import sop_class_name
 from router.dicom.status import hex_code
 from router.errors import ConfigError, RouterError, UsageError, did_you_mean
 from router.observe import logs
+from router.observe.fleet import view as fleet
+from router.observe.fleet.view import age_text as _age
 from router.rules.ruleset import LoadedConfig, load
 from router.spool.database import Spool
 
@@ -50,6 +52,7 @@ _RAN_WITH = (
     "the embedded config, whose spool is in the current folder)"
 )
 
+_FLEET = "every node, from the PostgreSQL of the rule file's `fleet:` section (list only)"
 
 # Each command: its line in `dicom-router --help`, and the description atop its own --help.
 _ABOUT_COMMANDS = {
@@ -154,9 +157,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="purge: pending deliveries too (e.g. of a removed destination)",
     )
+    q.add_argument("--fleet", action="store_true", help=_FLEET)
     trace = _command(sub, "trace")
     trace.add_argument("file", type=Path, nargs="?", metavar="FILE", help=_RAN_WITH)
     trace.add_argument("uid", metavar="UID", help="a Study, Series or SOP Instance UID")
+    trace.add_argument("--fleet", action="store_true", help=_FLEET)
     studies = _command(sub, "studies")
     studies.add_argument(
         "words",
@@ -274,14 +279,24 @@ def _spool(path: Path | None) -> Spool:
     return Spool(folder)
 
 
-def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
+def _fleet_lines(args: argparse.Namespace) -> list[str]:
+    """`trace --fleet` / `queue --fleet`: read every node from the fleet's PostgreSQL."""
+    loaded = load_for_run(args.file)
+    cfg = loaded.config.fleet
+    if cfg is None:
+        raise UsageError(f"{loaded.path}: --fleet needs a `fleet:` section")
+    with fleet.connect(cfg, loaded.base_dir) as conn:
+        if args.command == "trace":
+            return fleet.trace_lines(conn, args.uid, cfg.stale_after)
+        return fleet.queue_lines(conn, args.destination, cfg.stale_after)
 
 
 def _queue(args: argparse.Namespace) -> int:
+    if args.fleet:
+        if args.action != "list":
+            raise UsageError(f"queue {args.action}: --fleet lists only (act on the node)")
+        print("\n".join(_fleet_lines(args)))
+        return EXIT_OK
     spool = _spool(args.file)
     if args.all and args.action != "purge":
         raise UsageError(f"queue {args.action}: --all applies to purge only")
@@ -325,6 +340,10 @@ def _known_destination(name: str, file: Path | None, spool: Spool) -> None:
 
 
 def _trace(args: argparse.Namespace) -> int:
+    if args.fleet:
+        lines = _fleet_lines(args)
+        print("\n".join(lines) if lines else f"{args.uid}: on no node of the fleet")
+        return EXIT_OK if lines else EXIT_INVALID
     spool = _spool(args.file)
     decisions, deliveries = spool.trace(args.uid)
     if not decisions and not deliveries:

@@ -6,7 +6,7 @@ belong to their action's class. `load()` (in `router.rules.ruleset`) adds FILE:L
 every error. The JSON Schema (`dicom-router schema`) is generated from these models.
 
 This module holds the root (`Config`), its rules and fixtures; the sections live beside it
-(`base`, `listen`, `destinations`, `http`, `match`, `actions`).
+(`base`, `listen`, `destinations`, `http`, `match`, `actions`, `fleet`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from router.config.actions import Actions
 from router.config.base import Strict, context
 from router.config.destinations import Destination, destination_kind
 from router.config.fields import AETitle, ByteSize, Keyword, Name, Status, Text, one_or_many
+from router.config.fleet import Fleet
 from router.config.listen import Caller, Listen, Metrics
 from router.config.match import GroupMembers, Match, sop_classes
 from router.config.studies import Studies
@@ -110,6 +111,9 @@ class Config(Strict):
     metrics: Metrics | None = Field(None, description="Prometheus /metrics; off when absent")
     studies: Studies = Field(
         Studies(), description="when a collected series or study is complete (collect, notify)"
+    )
+    fleet: Fleet | None = Field(
+        None, description="mirror decisions and queues to PostgreSQL for the fleet view"
     )
     destinations: dict[Name, Destination] = Field(
         default_factory=dict,

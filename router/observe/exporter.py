@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from router.errors import StartupError
+from router.observe.fleet import status as fleet_status
 from router.observe.instruments import PREFIX, queued_destinations
 from router.rules.ruleset import LoadedConfig
 from router.spool.stats import QueueStats, queue_stats, studies_stats
@@ -246,9 +247,12 @@ def _app(daemon: Monitored) -> Callable[..., list[bytes]]:
             return text(start, "200 OK", "ok")
         if path == "/readyz":
             why = readiness(daemon)
+            # The fleet mirror is a detail, never a reason: PostgreSQL is not in the C-STORE path.
+            loaded = daemon.current()
+            more = f"\n{fleet_status.detail(loaded.spool)}" if loaded.config.fleet else ""
             if why:
-                return text(start, "503 Service Unavailable", f"not ready: {why}")
-            return text(start, "200 OK", "ready")
+                return text(start, "503 Service Unavailable", f"not ready: {why}{more}")
+            return text(start, "200 OK", f"ready{more}")
         return text(start, "404 Not Found", "try /metrics, /healthz or /readyz")
 
     return app

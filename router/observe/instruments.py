@@ -112,6 +112,18 @@ _TABLE: dict[str, tuple[str, str, str, tuple[str, ...], Any]] = {
     "late_instances": ("counter", "late_instances",
                        "Instances of a series or study already complete, by the late: policy "
                        "applied", ("level", "policy"), None),
+    # The fleet mirror runs in the forwarder alone; a dead forwarder's values are dropped.
+    "fleet_lag_rows": ("gauge", "fleet_mirror_lag_rows",
+                       "Rows of the spool not yet mirrored to the fleet's PostgreSQL",
+                       (), "livemostrecent"),
+    "fleet_lag_seconds": ("gauge", "fleet_mirror_lag_seconds",
+                          "Age of the oldest row not yet mirrored; 0 when the mirror is current",
+                          (), "livemostrecent"),
+    "fleet_last_success": ("gauge", "fleet_mirror_last_success_timestamp_seconds",
+                           "When the mirror last reached PostgreSQL (Unix time)", (), "max"),
+    "fleet_failures": ("counter", "fleet_mirror_failures",
+                       "Mirror rounds that failed (PostgreSQL slow, down or unreachable)",
+                       (), None),
 }
 
 
@@ -148,6 +160,10 @@ class Instruments:
     suppressed: Any
     units_completed: Any
     late_instances: Any
+    fleet_lag_rows: Any
+    fleet_lag_seconds: Any
+    fleet_last_success: Any
+    fleet_failures: Any
 
     def __init__(self) -> None:
         for attribute, spec in _TABLE.items():

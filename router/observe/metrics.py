@@ -214,3 +214,19 @@ def late_instance(level: str, policy: str) -> None:
     m = instruments.active
     if m is not None:
         m.late_instances.labels(level, policy).inc()
+
+
+# --- fleet mirror ----------------------------------------------------------------------
+
+
+def fleet_mirrored(lag_rows: int, lag_seconds: float, ok: bool) -> None:
+    """A mirror round ended: how far behind it is, and whether PostgreSQL was reached."""
+    m = instruments.active
+    if m is None:
+        return
+    m.fleet_lag_rows.set(lag_rows)
+    m.fleet_lag_seconds.set(lag_seconds)
+    if ok:
+        m.fleet_last_success.set(time.time())
+    else:
+        m.fleet_failures.inc()

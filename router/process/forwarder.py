@@ -12,6 +12,7 @@ import logging
 import time
 
 from router.net.setup import configure_pynetdicom
+from router.observe.fleet.mirror import FleetMirror
 from router.process.children import ChildProcess, Launch, Settings, enter
 from router.rules.ruleset import load_shipped
 from router.spool.database import Spool
@@ -42,12 +43,18 @@ def forwarder_main(launch: Launch[None]) -> None:
     from router.destinations.registry import Forwarder
 
     forwarder = Forwarder(spool)
-    forwarder.apply(load_shipped(launch.config))
+    loaded = load_shipped(launch.config)
+    forwarder.apply(loaded)
+    mirror = FleetMirror()  # `fleet:`: a thread of this process (router.observe.fleet.mirror)
+    mirror.apply(loaded)
     last_prune = 0.0
     for config in orders.configs(every=0.2):
         if config is not None:
-            forwarder.apply(load_shipped(config))
+            loaded = load_shipped(config)
+            forwarder.apply(loaded)
+            mirror.apply(loaded)
         if time.time() - last_prune > 3600:
             spool.prune(time.time() - PRUNE_AFTER)
             last_prune = time.time()
+    mirror.stop()  # first: at most a couple of seconds, it finishes nothing for anyone
     forwarder.stop(timeout=15)

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 from pydantic import ValidationError
 
+from router.config.fleet import cautions as fleet_cautions
 from router.config.model import Config, validation_context
 from router.config.source import Source, key_path, parse
 from router.dicom import sopclass
@@ -77,15 +78,14 @@ def load(path: Path, *, base_dir: Path | None = None, text: str | None = None) -
     source = parse(str(path), text)
     config = _validate(source)
     results = run_all(config)
+    base_dir = base_dir if base_dir is not None else path.resolve().parent
     return LoadedConfig(
         config=config,
         path=path,
         text=text,
         version=config_version(text),
-        base_dir=base_dir if base_dir is not None else path.resolve().parent,
-        warnings=_warnings(
-            source, config, base_dir if base_dir is not None else path.resolve().parent
-        ),
+        base_dir=base_dir,
+        warnings=_warnings(source, config, base_dir),
         fixtures=results,
         fixture_failures=_fixture_failures(source, results),
     )
@@ -174,6 +174,8 @@ def _warnings(source: Source, config: Config, base_dir: Path) -> list[Located]:
         for keys, message in dest.cautions():
             where = ".".join(("destinations", dname, *keys))
             out.append(source.at(["destinations", dname, *keys], f"{where}: {message}"))
+    for key, message in fleet_cautions(config.fleet, base_dir) if config.fleet else ():
+        out.append(source.at(["fleet", key], f"fleet.{key}: {message}"))
 
     def line_of(loc: lint.Loc) -> int:
         return source.at(list(loc), "").line
