@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -422,9 +423,13 @@ def test_on_release_completes_at_most_256_units_the_rest_after_their_quiet_time(
     files = [folder / f"{i:03d}.dcm" for i in range(300)]
     for i, path in enumerate(files):
         make_ct(path, 0, study_uid=study, SeriesNumber=i + 1, InstanceNumber=1)
-    config = rules(store_scp, webhook.url, studies=", on_release: true").replace("1s", "5s")
+    # A quiet time far longer than the send (about 3 s; 30 s leaves room for a loaded box),
+    # so that only the release or the quiet time after it completes a unit.
+    config = rules(store_scp, webhook.url, studies=", on_release: true").replace("1s", "30s")
     daemon = router(config)
+    started = time.monotonic()
     assert storescu(daemon.port, files).ok
-    store_scp.wait_count(300, timeout=120)
+    assert time.monotonic() - started < 30, "the send outlasted the quiet time"
+    store_scp.wait_count(300, timeout=150)
     reasons = Counter(reason for _, _, reason, _, _ in units(daemon))
     assert reasons == {"released": 256, "quiet": 45}
