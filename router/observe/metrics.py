@@ -214,3 +214,10 @@ def late_instance(level: str, policy: str) -> None:
     m = instruments.active
     if m is not None:
         m.late_instances.labels(level, policy).inc()
+
+
+def deid_withheld(profile: str) -> None:
+    """A deidentify profile withheld an image that has or may have burned-in text."""
+    m = instruments.active
+    if m is not None:
+        m.deid_withheld.labels(profile).inc()
