@@ -23,11 +23,11 @@ import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
+from pydicom._uid_dict import UID_dictionary
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom._uid_dict import UID_dictionary
 
 from router.dicom.deid_table import BASIC_CODE, OPTION_CODES, action, table
 
