@@ -26,9 +26,11 @@ PHI = ("Secret^Patient", "MRN-4711", "19700101", "ACC-99", "Dr^Who")
 @pytest.fixture
 def peers(tmp_path: Path) -> Iterator[tuple[StoreSCP, StoreSCP]]:
     """Two storescp: the PACS and the research archive."""
-    with StoreSCP(tmp_path / "pacs", ae_title="PACS") as pacs:
-        with StoreSCP(tmp_path / "research", ae_title="RESEARCH") as research:
-            yield pacs, research
+    with (
+        StoreSCP(tmp_path / "pacs", ae_title="PACS") as pacs,
+        StoreSCP(tmp_path / "research", ae_title="RESEARCH") as research,
+    ):
+        yield pacs, research
 
 
 def _key(path: Path, content: bytes) -> Path:
@@ -111,14 +113,16 @@ def test_pacs_gets_the_original_and_research_a_deidentified_copy(
 
 def _research_study(router: Router, tmp_path: Path, key: Path, name: str) -> str:
     """The StudyInstanceUID research gets from a fresh daemon for one fixed instance."""
-    with StoreSCP(tmp_path / f"{name}-pacs") as pacs:
-        with StoreSCP(tmp_path / f"{name}-res") as research:
-            d = router(_rules(pacs, research, key))
-            source = _instance(tmp_path / f"{name}.dcm", "1.2.3.4.5.6", InstanceNumber=1)
-            assert send(d, [source]) == [0x0000]
-            research.wait_count(1)
-            d.stop()
-            return str(dcmread(research.files()[0]).StudyInstanceUID)
+    with (
+        StoreSCP(tmp_path / f"{name}-pacs") as pacs,
+        StoreSCP(tmp_path / f"{name}-res") as research,
+    ):
+        d = router(_rules(pacs, research, key))
+        source = _instance(tmp_path / f"{name}.dcm", "1.2.3.4.5.6", InstanceNumber=1)
+        assert send(d, [source]) == [0x0000]
+        research.wait_count(1)
+        d.stop()
+        return str(dcmread(research.files()[0]).StudyInstanceUID)
 
 
 def test_the_same_key_in_another_daemon_gives_the_same_uids_another_key_others(
