@@ -27,7 +27,7 @@ from tests.test_cli_usage import _subparsers
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-SKIPPED = 5
+SKIPPED = 6
 MARKER = re.compile(r"<!-- check: (fragment|skip \(.+\)) -->\n(?:\n)?$")
 # A command line: `dicom-router`, global options, a command and its arguments, up to
 # the end of the code span or line, a redirection or a comment (a pipe: see _argv).

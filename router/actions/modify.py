@@ -41,12 +41,26 @@ TAIL_LIMIT = 16 << 20  # elements after Pixel Data above this take the slow path
 _T = TypeVar("_T")
 
 
+# An edit of a dataset part: the header (True), the elements after Pixel Data (False) or
+# the whole dataset (None); it changes the part in place and says whether it did.
+Edit = Callable[[Dataset, bool | None], bool]
+
+
 def apply_modify(source: Path, spec: ModifySpec, target: Path) -> None:
     """Write `source` with `spec`'s removals and settings applied to `target`."""
+
+    def edit(ds: Dataset, side: bool | None) -> bool:
+        return _apply(ds, spec, below_pixel_data=side)
+
+    rewrite(source, target, edit, streamable=not touches_pixel_data(spec))
+
+
+def rewrite(source: Path, target: Path, edit: Edit, *, streamable: bool = True) -> None:
+    """Write `source` to `target` with `edit` applied, Pixel Data copied raw when `streamable`."""
     try:
         try:
-            if not _streamed(source, spec, target):
-                _whole(source, spec, target)
+            if not (streamable and _streamed(source, edit, target)):
+                _whole(source, edit, target)
         except OSError as exc:
             if _is_read_error(exc, source):
                 raise CannotUnderstand(f"cannot read the instance to modify it: {exc}") from exc
@@ -71,10 +85,8 @@ def _tag(name: str) -> int | None:
     return None if name == "private" else tag_for_keyword(name)
 
 
-def _streamed(source: Path, spec: ModifySpec, target: Path) -> bool:
+def _streamed(source: Path, edit: Edit, target: Path) -> bool:
     """The flat-memory rewrite; False when the slow path must do it instead."""
-    if touches_pixel_data(spec):
-        return False
     with source.open("rb") as fp:
         # Checked first: pydicom would inflate a deflated dataset whole into memory.
         meta = _parsed(lambda: read_file_meta_info(source))
@@ -90,8 +102,8 @@ def _streamed(source: Path, spec: ModifySpec, target: Path) -> bool:
         fp.seek(pixel_end)
         tail_bytes = fp.read()
         tail = _parse_tail(tail_bytes, implicit=implicit, little=little)
-        _apply(header, spec, below_pixel_data=True)
-        tail_changed = _apply(tail, spec, below_pixel_data=False)
+        edit(header, True)
+        tail_changed = edit(tail, False)
         with target.open("wb") as out:
             dcmwrite(out, header, enforce_file_format=True)
             fp.seek(pixel_start)
@@ -219,8 +231,8 @@ def _chunks(src: BinaryIO, count: int) -> Iterator[bytes]:
         yield chunk
 
 
-def _whole(source: Path, spec: ModifySpec, target: Path) -> None:
+def _whole(source: Path, edit: Edit, target: Path) -> None:
     """The slow path: the whole dataset through pydicom (memory grows with the instance)."""
     ds: FileDataset = _parsed(lambda: dcmread(source))
-    _apply(ds, spec)
+    edit(ds, None)
     ds.save_as(target, enforce_file_format=True)

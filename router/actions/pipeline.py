@@ -22,10 +22,11 @@ from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 
-from router.actions import modify
+from router.actions import deidentify, modify
 from router.actions.plan import Plan, lookup, make_plan
 from router.config.actions import (
     Action,
+    DeidentifyAction,
     DiscardAction,
     ForwardAction,
     ModifyAction,
@@ -253,6 +254,8 @@ class Pipeline:
             for action in actions:
                 if not _HANDLERS[type(action)](self, work, action):
                     return work.status, work.comment
+                if work.withheld:
+                    break  # burned-in: nothing after its deidentify gets this instance
             if work.queued:
                 forwarding = self._forwarder()
                 for file, queued in work.queued.items():
@@ -274,6 +277,21 @@ class Pipeline:
         work.temps.append(target)  # removed at the end of the run, whatever happens
         modify.apply_modify(work.file, action.modify, target)
         # What follows acts on the modified copy: not synced yet, its own header.
+        work.file, work.synced, work.early = target, False, None
+        work.header = dataset.read_header(target, work.plan.keywords)
+        return True
+
+    def _deidentify(self, work: _Work, action: DeidentifyAction) -> bool:
+        """Like modify, with the named PS3.15 profile; a burned-in image is withheld."""
+        name = action.deidentify
+        profile = work.plan.deidentify[name]
+        if profile.burned_in == "refuse" and deidentify.may_have_burned_in(work.header):
+            work.withheld = True
+            work.comment = deidentify.withhold(name, work.received)
+            return True
+        target = self._work_dir / f"{uuid.uuid4().hex}.dcm"
+        work.temps.append(target)
+        deidentify.apply(work.file, profile.transform(name), target)
         work.file, work.synced, work.early = target, False, None
         work.header = dataset.read_header(target, work.plan.keywords)
         return True
@@ -344,6 +362,7 @@ class _Work:
     temps: list[Path] = field(default_factory=list)
     queued: dict[Path, _Queued] = field(default_factory=dict)
     rule: str = ""
+    withheld: bool = False  # a deidentify refused it: the actions after it are skipped
 
     def __post_init__(self) -> None:
         self.file = self.received.path
@@ -367,6 +386,7 @@ class _Work:
 # One handler per action kind; each returns False when the run must end there.
 _HANDLERS: dict[type, Callable[[Pipeline, _Work, Any], bool]] = {
     ModifyAction: Pipeline._modify,
+    DeidentifyAction: Pipeline._deidentify,
     StoreAction: Pipeline._store,
     ForwardAction: Pipeline._forward,
     NotifyAction: Pipeline._notify,

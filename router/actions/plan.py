@@ -15,6 +15,7 @@ from pydicom.tag import BaseTag, Tag
 
 from router.actions.templates import Template, template_fields
 from router.config.actions import Action, ForwardAction, NotifyAction
+from router.config.deid import DeidProfile
 from router.config.destinations import FilesystemDestination
 from router.config.studies import Studies
 from router.dicom import header as dataset
@@ -30,6 +31,7 @@ class Plan:
     tags: frozenset[str] = frozenset()  # what the rules' `tags` match on
     templates: Mapping[str, tuple[Template, str]] = field(default_factory=dict)
     names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # rule -> actions
+    deidentify: Mapping[str, DeidProfile] = field(default_factory=dict)  # deidentify:
 
 
 def make_plan(loaded: LoadedConfig) -> Plan:
@@ -43,9 +45,11 @@ def make_plan(loaded: LoadedConfig) -> Plan:
             templates[name] = (Template(loaded.base_dir, dest.path), dest.on_exists)
     if collects(loaded):
         keywords.update(ORDER_KEYWORDS)
+    if loaded.config.deidentify:
+        keywords.add("BurnedInAnnotation")  # burned_in: refuse reads it
     names = {rule.name: action_names(rule.actions) for rule in loaded.config.rules}
     names["default"] = action_names(loaded.config.default)
-    return Plan(frozenset(keywords), tags, templates, names)
+    return Plan(frozenset(keywords), tags, templates, names, loaded.config.deidentify)
 
 
 ORDER_KEYWORDS = ("SeriesNumber", "InstanceNumber")  # the order a collected unit is sent in

@@ -168,13 +168,37 @@ class ModifyAction(Strict):
     modify: ModifySpec = Field(description="{remove: [...], set: {...}}")
 
 
+class DeidentifyAction(Strict):
+    """Replace the instance by its de-identified copy for the actions after this one."""
+
+    deidentify: str = Field(description="the name of a profile under deidentify:")
+
+    @field_validator("deidentify")
+    @classmethod
+    def _known(cls, value: str, info: ValidationInfo) -> str:
+        names: set[str] = context(info, "deidentify")
+        if value not in names:
+            tail = did_you_mean(value, names) or f" (defined: {', '.join(sorted(names)) or 'none'})"
+            raise ValueError(f"no deidentify profile named {value!r}{tail}")
+        return value
+
+
 class DiscardAction(Strict):
     """Accept the instance and keep nothing."""
 
     discard: Literal[True] = Field(True, description="written as the bare word discard")
 
 
-ACTION_KINDS = ("store", "forward", "notify", "reject", "warn", "modify", "discard")
+ACTION_KINDS = (
+    "store",
+    "forward",
+    "notify",
+    "reject",
+    "warn",
+    "modify",
+    "deidentify",
+    "discard",
+)
 
 
 def _action_kind(value: Any) -> str | None:
@@ -205,6 +229,7 @@ Action = Annotated[
     | Annotated[RejectAction, Tag("reject")]
     | Annotated[WarnAction, Tag("warn")]
     | Annotated[ModifyAction, Tag("modify")]
+    | Annotated[DeidentifyAction, Tag("deidentify")]
     | Annotated[DiscardAction, Tag("discard")],
     Discriminator(
         _action_kind,

@@ -17,6 +17,7 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from router.config.actions import Actions
 from router.config.base import Strict, context
+from router.config.deid import DeidProfile
 from router.config.destinations import Destination, destination_kind
 from router.config.fields import AETitle, ByteSize, Keyword, Name, Status, Text, one_or_many
 from router.config.fleet import Fleet
@@ -119,6 +120,10 @@ class Config(Strict):
         default_factory=dict,
         description="name -> DICOM node (ae_title), STOW-RS service (url) or folder (path)",
     )
+    deidentify: dict[Name, DeidProfile] = Field(
+        default_factory=dict,
+        description="name -> de-identification profile, used by deidentify actions",
+    )
     sop_class_groups: dict[Name, GroupMembers] = Field(
         default_factory=dict, description="name -> SOP class names or UIDs, for match.sop_class"
     )
@@ -154,6 +159,7 @@ def validation_context(data: Any) -> dict[str, Any]:
         "stow": set(),
         "webhook": set(),
         "groups": {},
+        "deidentify": set(),
     }
     if not isinstance(data, dict):
         return ctx
@@ -164,6 +170,9 @@ def validation_context(data: Any) -> dict[str, Any]:
             ctx[kind].add(name)
             if kind == "stow":  # forwarded to like a DICOM node
                 ctx["dicom"].add(name)
+    profiles = data.get("deidentify")
+    if isinstance(profiles, dict):
+        ctx["deidentify"].update(str(name) for name in profiles)
     groups = data.get("sop_class_groups")
     if isinstance(groups, dict):
         for name, members in groups.items():

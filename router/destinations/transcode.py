@@ -227,9 +227,7 @@ def _gdcm_loaded() -> None:
     if not pydicom_gdcm.HAVE_GDCM:
         gdcm = lazy_gdcm.load()
         pydicom_gdcm.gdcm = gdcm  # type: ignore[attr-defined]
-        pydicom_gdcm.GDCM_VERSION = tuple(
-            int(x) for x in gdcm.Version.GetVersion().split(".")
-        )
+        pydicom_gdcm.GDCM_VERSION = tuple(int(x) for x in gdcm.Version.GetVersion().split("."))
         pydicom_gdcm.HAVE_GDCM = True
 
 

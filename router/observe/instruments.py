@@ -64,41 +64,102 @@ def _range_label(low: int, high: int) -> str:
 
 # attribute: (kind, name after PREFIX, help, labels, multiprocess_mode or buckets)
 _TABLE: dict[str, tuple[str, str, str, tuple[str, ...], Any]] = {
-    "received": ("counter", "received_instances", "C-STOREs received, by calling AE title",
-                 ("calling_ae",), None),
-    "received_bytes": ("counter", "received_bytes", "Bytes of received instances (as spooled)",
-                       ("calling_ae",), None),
-    "responses": ("counter", "c_store_responses", "C-STORE statuses answered",
-                  ("status_class", "status"), None),
+    "received": (
+        "counter",
+        "received_instances",
+        "C-STOREs received, by calling AE title",
+        ("calling_ae",),
+        None,
+    ),
+    "received_bytes": (
+        "counter",
+        "received_bytes",
+        "Bytes of received instances (as spooled)",
+        ("calling_ae",),
+        None,
+    ),
+    "responses": (
+        "counter",
+        "c_store_responses",
+        "C-STORE statuses answered",
+        ("status_class", "status"),
+        None,
+    ),
     "rule_matches": ("counter", "rule_matches", "C-STOREs decided by each rule", ("rule",), None),
-    "store_seconds": ("histogram", "c_store_duration_seconds",
-                      "Time from a received file to its status (rules, stores, spooling)",
-                      (), STORE_BUCKETS),
-    "accepted": ("counter", "associations_accepted", "Associations accepted, by calling AE",
-                 ("calling_ae",), None),
+    "store_seconds": (
+        "histogram",
+        "c_store_duration_seconds",
+        "Time from a received file to its status (rules, stores, spooling)",
+        (),
+        STORE_BUCKETS,
+    ),
+    "accepted": (
+        "counter",
+        "associations_accepted",
+        "Associations accepted, by calling AE",
+        ("calling_ae",),
+        None,
+    ),
     "rejected": ("counter", "associations_rejected", "Associations rejected", ("reason",), None),
     # A dead worker's associations are gone.
     "active": ("gauge", "associations_active", "Associations open now", (), "livesum"),
-    "deliveries": ("counter", "deliveries", "Queued deliveries finished, by result",
-                   ("destination", "result"), None),
-    "retries": ("counter", "delivery_retries", "Failed delivery attempts scheduled again",
-                ("destination",), None),
-    "unreachable": ("counter", "destination_unreachable", "Attempts to associate that failed",
-                    ("destination",), None),
-    "sent_bytes": ("counter", "sent_bytes", "Bytes of instances sent to a destination",
-                   ("destination",), None),
-    "send_seconds": ("histogram", "delivery_duration_seconds",
-                     "Time of one send to a destination, association set-up included",
-                     ("destination",), SEND_BUCKETS),
+    "deliveries": (
+        "counter",
+        "deliveries",
+        "Queued deliveries finished, by result",
+        ("destination", "result"),
+        None,
+    ),
+    "retries": (
+        "counter",
+        "delivery_retries",
+        "Failed delivery attempts scheduled again",
+        ("destination",),
+        None,
+    ),
+    "unreachable": (
+        "counter",
+        "destination_unreachable",
+        "Attempts to associate that failed",
+        ("destination",),
+        None,
+    ),
+    "sent_bytes": (
+        "counter",
+        "sent_bytes",
+        "Bytes of instances sent to a destination",
+        ("destination",),
+        None,
+    ),
+    "send_seconds": (
+        "histogram",
+        "delivery_duration_seconds",
+        "Time of one send to a destination, association set-up included",
+        ("destination",),
+        SEND_BUCKETS,
+    ),
     # Whichever process saw it last is right.
-    "up": ("gauge", "destination_up", "1 unless the last attempt to reach the destination failed",
-           ("destination",), "mostrecent"),
-    "last_delivery": ("gauge", "destination_last_delivery_timestamp_seconds",
-                      "When the last delivery succeeded (Unix time; 0 = not since start-up)",
-                      ("destination",), "max"),
-    "evicted": ("counter", "connections_evicted",
-                "Connections closed before their A-ASSOCIATE-RQ to make room for a new one",
-                (), None),
+    "up": (
+        "gauge",
+        "destination_up",
+        "1 unless the last attempt to reach the destination failed",
+        ("destination",),
+        "mostrecent",
+    ),
+    "last_delivery": (
+        "gauge",
+        "destination_last_delivery_timestamp_seconds",
+        "When the last delivery succeeded (Unix time; 0 = not since start-up)",
+        ("destination",),
+        "max",
+    ),
+    "evicted": (
+        "counter",
+        "connections_evicted",
+        "Connections closed before their A-ASSOCIATE-RQ to make room for a new one",
+        (),
+        None,
+    ),
     # Per worker (the cap is per worker): the highest any worker has reached.
     "unassociated_peak": ("gauge", "unassociated_connections_peak",
                           "Most connections without an A-ASSOCIATE-RQ held at once, per process",
@@ -124,6 +185,13 @@ _TABLE: dict[str, tuple[str, str, str, tuple[str, ...], Any]] = {
     "fleet_failures": ("counter", "fleet_mirror_failures",
                        "Mirror rounds that failed (PostgreSQL slow, down or unreachable)",
                        (), None),
+    "deid_withheld": (
+        "counter",
+        "deidentify_withheld",
+        "Instances withheld by a deidentify profile (burned_in: refuse), by profile",
+        ("profile",),
+        None,
+    ),
 }
 
 
@@ -164,6 +232,7 @@ class Instruments:
     fleet_lag_seconds: Any
     fleet_last_success: Any
     fleet_failures: Any
+    deid_withheld: Any
 
     def __init__(self) -> None:
         for attribute, spec in _TABLE.items():

@@ -230,3 +230,10 @@ def fleet_mirrored(lag_rows: int, lag_seconds: float, ok: bool) -> None:
         m.fleet_last_success.set(time.time())
     else:
         m.fleet_failures.inc()
+
+
+def deid_withheld(profile: str) -> None:
+    """A deidentify profile withheld an image that has or may have burned-in text."""
+    m = instruments.active
+    if m is not None:
+        m.deid_withheld.labels(profile).inc()
