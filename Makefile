@@ -53,7 +53,7 @@ $(VENV)/.installed: pyproject.toml
 
 # The real peers the tests talk to: DCMTK, Orthanc and its DICOMweb plugin, GDCM,
 # Prometheus and promtool, HAProxy (tests/haproxy.py); systemd-analyze checks the unit.
-DEBS := dcmtk orthanc orthanc-dicomweb libgdcm-tools prometheus systemd python3-venv haproxy
+DEBS := dcmtk orthanc orthanc-dicomweb libgdcm-tools prometheus systemd python3-venv haproxy chromium chromium-driver
 system-deps:
 	@if ! command -v storescu >/dev/null || ! test -x /usr/sbin/Orthanc \
 		|| ! test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so \
