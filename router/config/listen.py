@@ -101,7 +101,7 @@ class Metrics(Strict):
         """The pages show patient data (trace): anything but loopback needs a login."""
         if self.pages and self.users_file is None and not is_loopback(self.host):
             raise ValueError(
-                f"metrics: host {self.host} is not loopback, so the status pages need "
+                f"host {self.host} is not loopback, so the status pages need "
                 "users_file (or pages: false)"
             )
         return self
