@@ -52,16 +52,16 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The real peers the tests talk to: DCMTK, Orthanc and its DICOMweb plugin, GDCM,
-# Prometheus and promtool, HAProxy (tests/haproxy.py), PostgreSQL (tests/postgres.py);
-# systemd-analyze checks the unit.
+# Prometheus and promtool, HAProxy (tests/haproxy.py), PostgreSQL (tests/postgres.py),
+# Chromium and its driver (tests/test_status_page.py); systemd-analyze checks the unit.
 DEBS := dcmtk orthanc orthanc-dicomweb libgdcm-tools prometheus systemd python3-venv haproxy
-DEBS += postgresql
+DEBS += postgresql chromium chromium-driver
 system-deps:
 	@if ! command -v storescu >/dev/null || ! test -x /usr/sbin/Orthanc \
 		|| ! test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so \
 		|| ! command -v gdcmconv >/dev/null || ! command -v promtool >/dev/null \
 		|| ! command -v systemd-analyze >/dev/null || ! command -v haproxy >/dev/null \
-		|| ! $(PYTHON) -c 'import ensurepip' 2>/dev/null \
+		|| ! $(PYTHON) -c 'import ensurepip' 2>/dev/null || ! command -v chromedriver >/dev/null \
 		|| ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEBS) >/dev/null; \

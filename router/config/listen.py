@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, IPvAnyNetwork
+import ipaddress
+from typing import Self
+
+from pydantic import Field, IPvAnyNetwork, model_validator
 
 from router.config.base import Strict
 from router.config.fields import AEPattern, AETitle, Seconds
@@ -77,7 +80,47 @@ class Caller(Strict):
 
 
 class Metrics(Strict):
-    """The Prometheus endpoint: /metrics, /healthz and /readyz on one port."""
+    """The HTTP endpoint: /metrics, /healthz, /readyz and the status pages on one port."""
 
     host: str = Field("127.0.0.1", description="address to serve on; loopback by default")
     port: int = Field(9110, ge=1, le=65535, description="TCP port to serve on")
+    pages: bool | None = Field(
+        None,
+        description="serve the status pages (/, /destinations, /dead-letters, /decisions, "
+        "/trace, /studies); default: on when host is loopback or users_file is set, else "
+        "off (a rule file written before the pages keeps working); false: only /metrics, "
+        "/healthz and /readyz",
+    )
+    users_file: str | None = Field(
+        None,
+        description="who may see the status pages: one 'name:role:bcrypt-hash' a line, role "
+        "'admin' (may retry, purge, force) or 'read'; relative to the rule file's folder. "
+        "Required when the pages are on and host is not loopback",
+    )
+
+    @model_validator(mode="after")
+    def _pages_need_users_off_loopback(self) -> Self:
+        """The pages show patient data (trace): anything but loopback needs a login."""
+        if self.pages and self.users_file is None and not is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host} is not loopback, so the status pages need "
+                "users_file (or pages: false)"
+            )
+        return self
+
+    @property
+    def pages_on(self) -> bool:
+        """Whether the pages are served: as set, else on loopback or with users_file."""
+        if self.pages is not None:
+            return self.pages
+        return self.users_file is not None or is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and 'localhost'."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

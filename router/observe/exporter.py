@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any, Protocol
@@ -46,8 +46,9 @@ class ReloadStats:
     last_success: float = 0.0  # Unix time; start-up counts as a good load
     last_ok: bool = True
     failed_fixtures: int = 0  # fixtures failing in the last refused reload
+    errors: list[str] = field(default_factory=list)  # the last refused reload's (status page)
 
-    def record(self, ok: bool, failed_fixtures: int = 0) -> None:
+    def record(self, ok: bool, failed_fixtures: int = 0, errors: Iterable[str] = ()) -> None:
         """Note one reload attempt."""
         if ok:
             self.succeeded += 1
@@ -56,6 +57,7 @@ class ReloadStats:
         else:
             self.failed += 1
             self.failed_fixtures = failed_fixtures
+        self.errors = list(errors)
         self.last_ok = ok
 
 
@@ -206,7 +208,10 @@ def readiness(daemon: Monitored) -> str | None:
     return None
 
 
-def _app(daemon: Monitored) -> Callable[..., list[bytes]]:
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _app(daemon: Monitored, pages: WSGIApp | None) -> WSGIApp:
     from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess
 
     class Collector(multiprocess.MultiProcessCollector):
@@ -231,7 +236,7 @@ def _app(daemon: Monitored) -> Callable[..., list[bytes]]:
         start(code, [("Content-Type", "text/plain; charset=utf-8")])
         return [body.encode() + b"\n"]
 
-    def app(environ: dict[str, Any], start: Callable[..., Any]) -> list[bytes]:
+    def app(environ: dict[str, Any], start: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
             try:
@@ -253,6 +258,8 @@ def _app(daemon: Monitored) -> Callable[..., list[bytes]]:
             if why:
                 return text(start, "503 Service Unavailable", f"not ready: {why}{more}")
             return text(start, "200 OK", f"ready{more}")
+        if pages is not None:  # the status pages, bounded by their own slots (router.web)
+            return pages(environ, start)
         return text(start, "404 Not Found", "try /metrics, /healthz or /readyz")
 
     return app
@@ -298,14 +305,16 @@ class _Server(ThreadingMixIn, WSGIServer):
 class Exporter:
     """The HTTP server in a daemon thread."""
 
-    def __init__(self, host: str, port: int, daemon: Monitored) -> None:
+    def __init__(
+        self, host: str, port: int, daemon: Monitored, pages: WSGIApp | None = None
+    ) -> None:
         class Server(_Server):
             slots = threading.BoundedSemaphore(MAX_CLIENTS)
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
         try:
             self.server = make_server(
-                host, port, _app(daemon), server_class=Server, handler_class=_Handler
+                host, port, _app(daemon, pages), server_class=Server, handler_class=_Handler
             )
         except OSError as exc:
             raise StartupError(f"metrics: cannot listen on {host}:{port}: {exc}") from exc

@@ -33,6 +33,7 @@ from router.receive.stack import ABORT_SECONDS, DRAIN_SECONDS, ReceiveStack
 from router.rules.ruleset import LoadedConfig, load
 from router.spool import layout
 from router.spool.database import Spool
+from router.web.server import Pages
 
 log = logging.getLogger("router.daemon")
 
@@ -95,7 +96,9 @@ class Daemon:
         if loaded.config.metrics:
             metrics.enable(spool, loaded.config)
             # Bound before the DICOM port: once that listens, /metrics answers too.
-            self.exporter = Exporter(loaded.config.metrics.host, loaded.config.metrics.port, self)
+            self.exporter = Exporter(
+                loaded.config.metrics.host, loaded.config.metrics.port, self, self._pages(loaded)
+            )
         else:
             metrics.disable_children()
         listen = loaded.config.listen
@@ -135,6 +138,17 @@ class Daemon:
         )
         _log_warnings(loaded)
         self.notifier.ready(f"listening on port {port}, config {loaded.version}")
+
+    def _pages(self, loaded: LoadedConfig) -> Pages | None:
+        """The status pages (router.web) when `metrics: pages` is on."""
+        settings = loaded.config.metrics
+        if settings is None or not settings.pages_on:
+            return None
+        users = loaded.resolve(settings.users_file) if settings.users_file else None
+        try:
+            return Pages(self, users, loaded.config.listen.workers or default_workers())
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"metrics: users_file: {exc}") from exc
 
     def _recover_spool(self, spool: Path) -> Spool:
         """Take the spool's lock and clear what a crashed run left that was never acked."""
@@ -238,7 +252,9 @@ class Daemon:
     def _refuse(self, problems: Sequence[object], failed_fixtures: int = 0) -> bool:
         self.failed_reloads += 1
         self._refused = True
-        self.reloads.record(ok=False, failed_fixtures=failed_fixtures)
+        self.reloads.record(
+            ok=False, failed_fixtures=failed_fixtures, errors=[str(p) for p in problems]
+        )
         for problem in problems:
             log.error("%s", problem, extra={"event": "reload-failed"})
         log.error(

@@ -159,6 +159,16 @@ def _secret_files(source: Source, config: Config, base_dir: Path) -> list[Locate
 def _warnings(source: Source, config: Config, base_dir: Path) -> list[Located]:
     """Things `check` points out without refusing the file."""
     out: list[Located] = _secret_files(source, config, base_dir)
+    metrics = config.metrics
+    if metrics is not None and metrics.pages is None and not metrics.pages_on:
+        out.append(
+            source.at(
+                ["metrics", "host"],
+                f"metrics.host: {metrics.host} is not loopback and there is no users_file,"
+                " so the status pages are off (set users_file to serve them with a login,"
+                " or pages: false to say so)",
+            )
+        )
     for i, rule in enumerate(config.rules):
         for uid in rule.match.sop_class or ():
             if not sopclass.is_storage_class(uid):

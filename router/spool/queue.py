@@ -274,6 +274,16 @@ class Queue:
         """Dead letters back to pending with a fresh attempt count; returns how many."""
         return self._make_due((DEAD_LETTER,), destination, "state=?, attempts=0,", [PENDING])
 
+    def requeue_dead_letter(self, delivery_id: int) -> int:
+        """One dead letter back to pending with a fresh attempt count; 1, or 0 if not dead."""
+        now = time.time()
+        with self._db.queue() as db:
+            return db.execute(
+                "UPDATE deliveries SET state=?, attempts=0, next_attempt_at=?, updated_at=?"
+                " WHERE id=? AND state=?",
+                (PENDING, now, now, delivery_id, DEAD_LETTER),
+            ).rowcount
+
     def due_now(self, destination: str | None = None) -> int:
         """Pending deliveries waiting for a later attempt made due now (attempts kept)."""
         return self._make_due((PENDING,), destination, later_only=True)
