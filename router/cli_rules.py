@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from dataclasses import replace
@@ -14,10 +15,15 @@ from pathlib import Path
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
+from router.actions.modify import apply_in_memory
 from router.actions.pipeline import Pipeline, Received
 from router.actions.plan import action_names, collection_notes
+from router.config.actions import Action, DeidentifyAction, ModifyAction
 from router.config.destinations import FilesystemDestination
 from router.config.model import Config
+from router.dicom.deid import Context, deidentify, may_have_burned_in
+from router.dicom.deid_diff import changes
+from router.dicom.deid_table import table
 from router.dicom.header import tag_values
 from router.dicom.sopclass import sop_class_name
 from router.dicom.status import hex_code
@@ -86,6 +92,14 @@ def _print_summary(cfg: Config, loaded: LoadedConfig) -> None:
             f" -> {', '.join(action_names(rule.actions))}"
         )
     print(f"  default   -> {', '.join(action_names(cfg.default))}")
+    t = table()
+    for name, profile in cfg.deidentify.items():
+        key = f"key_file {profile.key_file}" if profile.key_file else "key_credential"
+        print(
+            f"  deid      {name}: PS3.15 {t.edition} Basic Profile (Table E.1-1, {t.rows} rows),"
+            f" options {', '.join(profile.options) or 'none'}, burned_in {profile.burned_in},"
+            f" {key}"
+        )
 
 
 def explain(args: argparse.Namespace) -> int:
@@ -130,7 +144,31 @@ def explain(args: argparse.Namespace) -> int:
         for note in collection_notes(decision.actions, loaded.config.studies):
             print(f"  collect {note}")
         print(f"  status  {hex_code(decision.status)}")
+        if any(isinstance(a, DeidentifyAction) for a in decision.actions):
+            _print_deidentified(loaded, decision.actions, path)
     return worst
+
+
+def _print_deidentified(loaded: LoadedConfig, actions: tuple[Action, ...], path: Path) -> None:
+    """Each attribute a deidentify action changes, before -> after, run on a copy in memory."""
+    ds = dcmread(path, stop_before_pixels=True)  # Pixel Data is never changed
+    for action in actions:
+        if isinstance(action, ModifyAction):
+            apply_in_memory(ds, action.modify)  # what the deidentify after it gets
+        if not isinstance(action, DeidentifyAction):
+            continue
+        name = action.deidentify
+        profile = loaded.config.deidentify[name]
+        if profile.burned_in == "refuse" and may_have_burned_in(ds):
+            print(f"  deid    {name}: withheld (has or may have burned-in annotation)")
+            return  # the actions after it do not get the instance
+        after = copy.deepcopy(ds)
+        deidentify(after, Context.of(profile.transform(name), ds))
+        found = changes(ds, after)
+        print(f"  deid    {name}: {len(found)} attribute(s) changed")
+        for change in found:
+            print(f"    {change.line()}")
+        ds = after
 
 
 def _read_header(path: Path) -> Dataset:

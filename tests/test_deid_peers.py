@@ -14,8 +14,9 @@ from pydicom.uid import generate_uid
 
 from tests.daemon import RouterDaemon
 from tests.dicomgen import make_instance
-from tests.peers import StoreSCP
-from tests.test_forward import dest, send
+from tests.peers import StoreSCP, free_port
+from tests.prom import wait_value
+from tests.test_forward import cli, dest, queue_list, send
 
 pytestmark = pytest.mark.interop
 
@@ -39,11 +40,12 @@ def _key(path: Path, content: bytes) -> Path:
     return path
 
 
-def _rules(pacs: StoreSCP, research: StoreSCP, key: Path) -> str:
+def _rules(pacs: StoreSCP, research: StoreSCP, key: Path, metrics: int | None = None) -> str:
     return f"""\
 version: 1
 listen: {{ae_title: DICOM_ROUTER, host: 127.0.0.1, port: {{port}}, workers: 2}}
 spool: spool
+{f"metrics: {{port: {metrics}}}" if metrics else ""}
 spool_min_free: 1MiB
 deidentify:
   research:
@@ -134,3 +136,46 @@ def test_the_same_key_in_another_daemon_gives_the_same_uids_another_key_others(
     second = _research_study(router, tmp_path, _key(tmp_path / "b.key", secret), "b")
     other = _research_study(router, tmp_path, _key(tmp_path / "c.key", os.urandom(32)), "c")
     assert first == second != other
+
+
+def test_uids_stay_the_same_across_a_restart_with_the_same_key(
+    router: Router, peers: tuple[StoreSCP, StoreSCP], tmp_path: Path
+) -> None:
+    """One daemon, stopped and started again with its key: the study keeps its new UID."""
+    pacs, research = peers
+    d = router(_rules(pacs, research, _key(tmp_path / "deid.key", os.urandom(32))))
+    study = generate_uid()
+    files = [_instance(tmp_path / f"{i}.dcm", study, InstanceNumber=i) for i in (1, 2)]
+    assert send(d, [files[0]]) == [0x0000]
+    research.wait_count(1)
+    d.stop()
+    d.start()
+    assert send(d, [files[1]]) == [0x0000]
+    research.wait_count(2)
+    first, second = (dcmread(f, stop_before_pixels=True) for f in _by_original(research, files))
+    assert first.StudyInstanceUID == second.StudyInstanceUID != study
+    assert first.PatientID == second.PatientID != "MRN-4711"
+
+
+def test_a_burned_in_image_reaches_the_pacs_and_is_withheld_from_research(
+    router: Router, peers: tuple[StoreSCP, StoreSCP], tmp_path: Path
+) -> None:
+    """burned_in: refuse: PACS gets it; research not; trace, one log line, the metric; no
+    dead letter."""
+    pacs, research = peers
+    metrics = free_port()
+    d = router(_rules(pacs, research, _key(tmp_path / "deid.key", os.urandom(32)), metrics))
+    source = _instance(tmp_path / "burned.dcm", generate_uid(), BurnedInAnnotation="YES")
+    uid = str(dcmread(source, stop_before_pixels=True).SOPInstanceUID)
+    assert send(d, [source]) == [0x0000]
+    pacs.wait_count(1)
+    name = "dicom_router_deidentify_withheld_total"
+    assert wait_value(metrics, name, lambda v: v == 1, profile="research") == 1
+    d.wait_log("withheld: it has or may have burned-in annotation")
+    assert d.log().count("withheld: it has or may have burned-in annotation") == 1
+    assert "Traceback" not in d.log()
+    assert "withheld by deidentify research" in cli(d, "trace", str(d.config_path), uid)
+    rows, summary = queue_list(d)
+    assert not [r for r in rows if r.state == "dead"]
+    assert summary.get("research", (0, 0)) == (0, 0)
+    assert research.files() == []

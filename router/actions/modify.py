@@ -55,6 +55,11 @@ def apply_modify(source: Path, spec: ModifySpec, target: Path) -> None:
     rewrite(source, target, edit, streamable=not touches_pixel_data(spec))
 
 
+def apply_in_memory(ds: Dataset, spec: ModifySpec) -> bool:
+    """`spec` applied to a whole dataset in memory (`explain`'s view); True when it changed."""
+    return _apply(ds, spec)
+
+
 def rewrite(source: Path, target: Path, edit: Edit, *, streamable: bool = True) -> None:
     """Write `source` to `target` with `edit` applied, Pixel Data copied raw when `streamable`."""
     try:
