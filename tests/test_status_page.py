@@ -211,6 +211,27 @@ def test_a_post_without_the_csrf_token_is_refused(site: dict[str, Any]) -> None:
     site["daemon"].wait_log("/actions/purge refused for local: missing or wrong CSRF token")
 
 
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ("abc", "'abc' is not a dead letter's number"),
+        ("9" * 30, "is not a dead letter's number"),
+        ("987654", "no dead letter 987654"),
+    ],
+)
+def test_a_retry_of_a_bad_or_unknown_id_answers_400(
+    site: dict[str, Any], given: str, says: str
+) -> None:
+    """Retry with a non-numeric, too long or unknown dead letter id: 400 saying why, one
+    log line, and the pages serve on."""
+    base = f"http://{LOOPBACK}:{site['metrics']}"
+    form = {"csrf": csrf_of(base, "local", ""), "destination": "pacs", "id": given}
+    rsp = httpx.post(f"{base}/actions/retry", data=form)
+    assert rsp.status_code == 400 and says in rsp.text
+    site["daemon"].wait_log(f"/actions/retry refused for local: {rsp.text.strip()}")
+    assert httpx.get(f"{base}/dead-letters").status_code == 200
+
+
 def test_metrics_stays_fast_while_every_page_slot_is_held(site: dict[str, Any]) -> None:
     """Clients trickling page forms hold both page slots: pages answer 503 at once,
     /metrics answers 200 within a second."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from router.errors import BadRequest
 from router.observe.exporter import Monitored
 from router.spool.database import Spool
 from router.web import actions
@@ -128,7 +129,11 @@ class Pages:
         if not user.admin:
             log.warning("status page: %s refused for %s: role read", path, user.name)
             return _text(start, "403 Forbidden", f"{user.name} may only look (role read)")
-        done = actions.ACTIONS[path](self.spool(), form)
+        try:
+            done = actions.ACTIONS[path](self.spool(), form)
+        except BadRequest as exc:
+            log.warning("status page: %s refused for %s: %s", path, user.name, exc)
+            return _text(start, "400 Bad Request", str(exc))
         log.info(
             "status page: %s by %s: %s",
             path,
