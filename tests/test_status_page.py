@@ -7,6 +7,7 @@ local admin); DCMTK's storescp is the destination, storescu the sender.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import socket
 import subprocess
@@ -322,3 +323,53 @@ def csrf_of(base: str, name: str, password: str) -> str:
     text = httpx.get(f"{base}/", headers=basic(name, password)).text
     marker = 'name="csrf-token" content="'
     return text.split(marker, 1)[1].split('"', 1)[0]
+
+
+def token_file(folder: Path) -> Path:
+    """A script's admin token 'admin-token' and a read-only one 'read-token', as sha256."""
+    path = folder / "tokens"
+    rows = [
+        "# name:role:sha256-hex-of-token",
+        f"nightly:admin:{hashlib.sha256(b'admin-token').hexdigest()}",
+        f"grafana:read:{hashlib.sha256(b'read-token').hexdigest()}",
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def bearer(token: str) -> dict[str, str]:
+    """An Authorization: Bearer header."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def token_site(tmp_path: Path) -> Iterator[str]:
+    """A daemon whose pages take the token file's bearer tokens; its pages' base URL."""
+    mport = free_port()
+    config = rule_file(free_port(), f"{{port: {mport}, token_file: {token_file(tmp_path)}}}")
+    daemon = RouterDaemon(tmp_path / "router", config).start()
+    try:
+        yield f"http://{LOOPBACK}:{mport}"
+    finally:
+        daemon.stop()
+
+
+def test_a_bearer_token_opens_the_pages_and_a_wrong_one_is_refused(token_site: str) -> None:
+    """token_file: no header or a wrong token 401 (challenge Bearer); a right token 200."""
+    rsp = httpx.get(f"{token_site}/destinations")
+    assert rsp.status_code == 401 and rsp.headers["WWW-Authenticate"].startswith("Bearer")
+    assert httpx.get(f"{token_site}/", headers=bearer("guess")).status_code == 401
+    page = httpx.get(f"{token_site}/destinations", headers=bearer("read-token"))
+    assert page.status_code == 200 and "grafana (read)" in page.text
+
+
+def test_an_admin_token_acts_without_a_csrf_token_and_a_read_token_may_not(
+    token_site: str,
+) -> None:
+    """A script's POST with the admin token is done (303, no CSRF token needed); with the
+    read token it is refused 403."""
+    url = f"{token_site}/actions/purge"
+    done = httpx.post(url, headers=bearer("admin-token"), data={"destination": "pacs"})
+    assert done.status_code == 303 and "0 dead letters of pacs purged" in done.text
+    refused = httpx.post(url, headers=bearer("read-token"), data={"destination": "pacs"})
+    assert refused.status_code == 403 and "role read" in refused.text

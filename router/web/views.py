@@ -154,7 +154,8 @@ def decisions(ctx: Context, query: Mapping[str, str]) -> dict[str, Any]:
 
 
 def trace(ctx: Context, query: Mapping[str, str]) -> dict[str, Any]:
-    """The timeline of a Study, Series or SOP Instance UID, or an Accession Number."""
+    """The timeline of a Study, Series or SOP Instance UID (the decision log keeps no
+    Accession Number)."""
     uid = query.get("uid", "").strip()
     if not uid:
         return {"uid": "", "decisions": [], "deliveries": [], "units": [], "now": time.time()}
