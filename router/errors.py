@@ -68,6 +68,10 @@ class UsageError(RouterError):
     """Bad command-line input (a missing file, an unreadable DICOM file...)."""
 
 
+class BadRequest(RouterError):
+    """A status page form names nothing we know or is malformed (answered 400)."""
+
+
 class StartupError(RouterError):
     """The daemon could not start (port in use, spool not writable...)."""
 

@@ -7,6 +7,8 @@ local admin); DCMTK's storescp is the destination, storescu the sender.
 from __future__ import annotations
 
 import base64
+import hashlib
+import os
 import socket
 import subprocess
 import time
@@ -31,6 +33,10 @@ pytestmark = pytest.mark.interop
 
 PRIVATE = "1.2.826.0.1.3680043.8.498.999.1"  # storescp without -pm refuses it
 PAGES = ("/", "/destinations", "/dead-letters", "/decisions", "/trace", "/studies")
+DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
+# the browser's window (CSS pixels) for a screenshot: a phone's and a laptop's
+PHONE = (390, 760)
+DESKTOP = (1100, 640)
 
 
 def rule_file(scp_port: int, metrics: str) -> str:
@@ -79,6 +85,28 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where screenshots go: docs/img with UPDATE_SCREENSHOTS=1 (to commit), else a tmp folder."""
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        DOCS_IMG.mkdir(exist_ok=True)
+        return DOCS_IMG
+    return tmp_path_factory.mktemp("screenshots")
+
+
+def snap(
+    driver: webdriver.Chrome, folder: Path, name: str, size: tuple[int, int] = DESKTOP
+) -> None:
+    """Save the page shown as folder/NAME-WIDTH.png, in a window of `size`."""
+    driver.set_window_size(*size)
+    # the window size counts the browser's frame: make the page's own viewport `size`
+    inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
+    driver.set_window_size(2 * size[0] - inner[0], 2 * size[1] - inner[1])
+    path = folder / f"{name}-{size[0]}.png"
+    assert driver.save_screenshot(str(path)), path
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
 def browser() -> Iterator[webdriver.Chrome]:
     """Debian's headless Chromium, console messages kept."""
     options = webdriver.ChromeOptions()
@@ -105,10 +133,17 @@ def severe(driver: webdriver.Chrome) -> list[Any]:
     return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
+def done_message(driver: webdriver.Chrome) -> str:
+    """The sentence the page shows after an action (a click's page load may lag the click)."""
+    wait_until("the action's message", lambda: driver.find_elements(By.ID, "done"))
+    return str(driver.find_element(By.ID, "done").text)
+
+
 def test_each_page_loads_without_console_errors(
-    site: dict[str, Any], browser: webdriver.Chrome
+    site: dict[str, Any], browser: webdriver.Chrome, shots: Path
 ) -> None:
-    """Every page renders with its menu, and the browser logs no error."""
+    """Every page renders with its menu, and the browser logs no error (screenshot each;
+    the overview also at a phone's width)."""
     ct = site["tmp"] / "one.dcm"
     make_ct(ct, 4096)
     assert storescu(site["daemon"].port, [ct]).ok
@@ -116,10 +151,14 @@ def test_each_page_loads_without_console_errors(
         browser.get(f"http://{LOOPBACK}:{site['metrics']}{page}")
         assert browser.find_element(By.CSS_SELECTOR, "header a.here").text
         assert severe(browser) == [], page
+        snap(browser, shots, page.strip("/") or "overview")
+    browser.get(f"http://{LOOPBACK}:{site['metrics']}/")
+    snap(browser, shots, "overview", PHONE)
+    snap(browser, shots, "overview")  # back to the desktop window for the next tests
 
 
 def test_a_dead_letter_retried_from_the_page_is_delivered(
-    site: dict[str, Any], browser: webdriver.Chrome
+    site: dict[str, Any], browser: webdriver.Chrome, shots: Path
 ) -> None:
     """A private instance refused by strict storescp is a dead letter; after storescp -pm
     takes the port, Retry on the page delivers it."""
@@ -128,23 +167,25 @@ def test_a_dead_letter_retried_from_the_page_is_delivered(
     assert storescu(site["daemon"].port, [path]).ok
     base = f"http://{LOOPBACK}:{site['metrics']}"
     wait_until("the dead letter listed", lambda: shows(browser, f"{base}/dead-letters", uid))
+    snap(browser, shots, "dead-letters")
     site["scp"].stop()
     relaxed = StoreSCP(site["tmp"] / "relaxed-scp", port=site["scp"].port).start()
     site["scp"] = relaxed
     row = browser.find_element(By.XPATH, f"//tr[td[text()='{uid}']]")
     row.find_element(By.XPATH, ".//button[text()='Retry']").click()
-    assert "queued again" in browser.find_element(By.ID, "done").text
+    assert "queued again" in done_message(browser)
     relaxed.wait_count(1, timeout=20)
     browser.get(f"{base}/trace?uid={uid}")
     wait_until(
         "delivered in the trace",
         lambda: shows(browser, f"{base}/trace?uid={uid}", '<td class="ok">delivered</td>'),
     )
+    snap(browser, shots, "trace")
     assert severe(browser) == []
 
 
 def test_force_complete_of_a_collecting_study_from_the_page(
-    site: dict[str, Any], browser: webdriver.Chrome
+    site: dict[str, Any], browser: webdriver.Chrome, shots: Path
 ) -> None:
     """A study collecting (quiet 1h) is completed by its button and sent to storescp."""
     path = site["tmp"] / "collect.dcm"
@@ -153,9 +194,10 @@ def test_force_complete_of_a_collecting_study_from_the_page(
     assert storescu(site["daemon"].port, [path], calling="COLLECT").ok
     base = f"http://{LOOPBACK}:{site['metrics']}"
     wait_until("the study listed", lambda: shows(browser, f"{base}/studies", "Complete now"))
+    snap(browser, shots, "studies")
     study = "//tr[td[1][text()='study']]//button[text()='Complete now']"
     browser.find_element(By.XPATH, study).click()
-    assert "complete (forced)" in browser.find_element(By.ID, "done").text
+    assert "complete (forced)" in done_message(browser)
     site["scp"].wait_count(before + 1, timeout=20)
     browser.get(f"{base}/studies")
     assert browser.find_elements(By.ID, "none")
@@ -168,6 +210,27 @@ def test_a_post_without_the_csrf_token_is_refused(site: dict[str, Any]) -> None:
     )
     assert rsp.status_code == 403 and "CSRF" in rsp.text
     site["daemon"].wait_log("/actions/purge refused for local: missing or wrong CSRF token")
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ("abc", "'abc' is not a dead letter's number"),
+        ("9" * 30, "is not a dead letter's number"),
+        ("987654", "no dead letter 987654"),
+    ],
+)
+def test_a_retry_of_a_bad_or_unknown_id_answers_400(
+    site: dict[str, Any], given: str, says: str
+) -> None:
+    """Retry with a non-numeric, too long or unknown dead letter id: 400 saying why, one
+    log line, and the pages serve on."""
+    base = f"http://{LOOPBACK}:{site['metrics']}"
+    form = {"csrf": csrf_of(base, "local", ""), "destination": "pacs", "id": given}
+    rsp = httpx.post(f"{base}/actions/retry", data=form)
+    assert rsp.status_code == 400 and says in rsp.text
+    site["daemon"].wait_log(f"/actions/retry refused for local: {rsp.text.strip()}")
+    assert httpx.get(f"{base}/dead-letters").status_code == 200
 
 
 def test_metrics_stays_fast_while_every_page_slot_is_held(site: dict[str, Any]) -> None:
@@ -260,3 +323,53 @@ def csrf_of(base: str, name: str, password: str) -> str:
     text = httpx.get(f"{base}/", headers=basic(name, password)).text
     marker = 'name="csrf-token" content="'
     return text.split(marker, 1)[1].split('"', 1)[0]
+
+
+def token_file(folder: Path) -> Path:
+    """A script's admin token 'admin-token' and a read-only one 'read-token', as sha256."""
+    path = folder / "tokens"
+    rows = [
+        "# name:role:sha256-hex-of-token",
+        f"nightly:admin:{hashlib.sha256(b'admin-token').hexdigest()}",
+        f"grafana:read:{hashlib.sha256(b'read-token').hexdigest()}",
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def bearer(token: str) -> dict[str, str]:
+    """An Authorization: Bearer header."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def token_site(tmp_path: Path) -> Iterator[str]:
+    """A daemon whose pages take the token file's bearer tokens; its pages' base URL."""
+    mport = free_port()
+    config = rule_file(free_port(), f"{{port: {mport}, token_file: {token_file(tmp_path)}}}")
+    daemon = RouterDaemon(tmp_path / "router", config).start()
+    try:
+        yield f"http://{LOOPBACK}:{mport}"
+    finally:
+        daemon.stop()
+
+
+def test_a_bearer_token_opens_the_pages_and_a_wrong_one_is_refused(token_site: str) -> None:
+    """token_file: no header or a wrong token 401 (challenge Bearer); a right token 200."""
+    rsp = httpx.get(f"{token_site}/destinations")
+    assert rsp.status_code == 401 and rsp.headers["WWW-Authenticate"].startswith("Bearer")
+    assert httpx.get(f"{token_site}/", headers=bearer("guess")).status_code == 401
+    page = httpx.get(f"{token_site}/destinations", headers=bearer("read-token"))
+    assert page.status_code == 200 and "grafana (read)" in page.text
+
+
+def test_an_admin_token_acts_without_a_csrf_token_and_a_read_token_may_not(
+    token_site: str,
+) -> None:
+    """A script's POST with the admin token is done (303, no CSRF token needed); with the
+    read token it is refused 403."""
+    url = f"{token_site}/actions/purge"
+    done = httpx.post(url, headers=bearer("admin-token"), data={"destination": "pacs"})
+    assert done.status_code == 303 and "0 dead letters of pacs purged" in done.text
+    refused = httpx.post(url, headers=bearer("read-token"), data={"destination": "pacs"})
+    assert refused.status_code == 403 and "role read" in refused.text

@@ -87,33 +87,44 @@ class Metrics(Strict):
     pages: bool | None = Field(
         None,
         description="serve the status pages (/, /destinations, /dead-letters, /decisions, "
-        "/trace, /studies); default: on when host is loopback or users_file is set, else "
-        "off (a rule file written before the pages keeps working); false: only /metrics, "
-        "/healthz and /readyz",
+        "/trace, /studies); default: on when host is loopback or users_file or token_file "
+        "is set, else off (a rule file written before the pages keeps working); false: only "
+        "/metrics, /healthz and /readyz",
     )
     users_file: str | None = Field(
         None,
         description="who may see the status pages: one 'name:role:bcrypt-hash' a line, role "
         "'admin' (may retry, purge, force) or 'read'; relative to the rule file's folder. "
-        "Required when the pages are on and host is not loopback",
+        "Required (or token_file) when the pages are on and host is not loopback",
+    )
+    token_file: str | None = Field(
+        None,
+        description="bearer tokens for scripts: one 'name:role:sha256-hex-of-token' a line, "
+        "role 'admin' or 'read'; a request sends 'Authorization: Bearer TOKEN' and needs no "
+        "CSRF token; relative to the rule file's folder. With users_file, either login works",
     )
 
     @model_validator(mode="after")
     def _pages_need_users_off_loopback(self) -> Self:
         """The pages show patient data (trace): anything but loopback needs a login."""
-        if self.pages and self.users_file is None and not is_loopback(self.host):
+        if self.pages and not self.logins and not is_loopback(self.host):
             raise ValueError(
                 f"host {self.host} is not loopback, so the status pages need "
-                "users_file (or pages: false)"
+                "users_file or token_file (or pages: false)"
             )
         return self
 
     @property
     def pages_on(self) -> bool:
-        """Whether the pages are served: as set, else on loopback or with users_file."""
+        """Whether the pages are served: as set, else on loopback or with a login file."""
         if self.pages is not None:
             return self.pages
-        return self.users_file is not None or is_loopback(self.host)
+        return self.logins or is_loopback(self.host)
+
+    @property
+    def logins(self) -> bool:
+        """Whether the pages ask for a login (users_file or token_file set)."""
+        return self.users_file is not None or self.token_file is not None
 
 
 def is_loopback(host: str) -> bool:

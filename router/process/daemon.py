@@ -145,10 +145,11 @@ class Daemon:
         if settings is None or not settings.pages_on:
             return None
         users = loaded.resolve(settings.users_file) if settings.users_file else None
+        tokens = loaded.resolve(settings.token_file) if settings.token_file else None
         try:
-            return Pages(self, users, loaded.config.listen.workers or default_workers())
+            return Pages(self, users, loaded.config.listen.workers or default_workers(), tokens)
         except (OSError, ValueError) as exc:
-            raise StartupError(f"metrics: users_file: {exc}") from exc
+            raise StartupError(f"metrics: users_file/token_file: {exc}") from exc
 
     def _recover_spool(self, spool: Path) -> Spool:
         """Take the spool's lock and clear what a crashed run left that was never acked."""

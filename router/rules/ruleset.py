@@ -164,8 +164,8 @@ def _warnings(source: Source, config: Config, base_dir: Path) -> list[Located]:
         out.append(
             source.at(
                 ["metrics", "host"],
-                f"metrics.host: {metrics.host} is not loopback and there is no users_file,"
-                " so the status pages are off (set users_file to serve them with a login,"
+                f"metrics.host: {metrics.host} is not loopback and there is no users_file"
+                " or token_file, so the status pages are off (set one to serve them with a login,"
                 " or pages: false to say so)",
             )
         )

@@ -2,7 +2,8 @@
 
 The parts, each in its module: the folders and start-up recovery (`layout`), the SQLite
 schemas and connections (`db`), the delivery queue and its states (`queue`), the decision
-log and `trace` (`decisions`), and the monitor's read-only look (`stats`).
+log and `trace` (`decisions`), the monitor's read-only look (`stats`) and the status
+page's look at what the queue did lately (`activity`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from router.errors import OutOfResources
+from router.spool.activity import Activity
 from router.spool.db import Databases
 from router.spool.decisions import DecisionLog, DecisionRecord, trace
 from router.spool.layout import OBJECTS
@@ -34,6 +36,7 @@ class Spool:
             raise OutOfResources(f"spool {root} unusable: {exc}") from exc
         self.queue = Queue(self._db, self.objects)
         self.decisions = DecisionLog(self._db)
+        self.activity = Activity(self._db)
         self.units = Units(self._db, self.queue.path_of)
 
     def close(self) -> None:

@@ -28,6 +28,12 @@ class DecisionRecord:
     config_version: str
 
 
+_COLUMNS = (
+    "at, sop_instance_uid, series_uid, study_uid, sop_class_uid, calling_ae, called_ae, peer,"
+    " rule, actions, status, comment, config_version"
+)  # in DecisionRecord's order
+
+
 class DecisionLog:
     """The decisions table of decisions.db; thread-safe."""
 
@@ -67,10 +73,45 @@ class DecisionLog:
         """The decisions about a study, series or instance UID, oldest first."""
         with self._db.decisions() as db:
             rows = db.execute(
-                "SELECT at, sop_instance_uid, series_uid, study_uid, sop_class_uid, calling_ae,"
-                " called_ae, peer, rule, actions, status, comment, config_version FROM decisions"
+                f"SELECT {_COLUMNS} FROM decisions"
                 " WHERE sop_instance_uid=?1 OR series_uid=?1 OR study_uid=?1 ORDER BY at, id",
                 (uid,),
+            ).fetchall()
+        return [DecisionRecord(*r) for r in rows]
+
+    def received_since(self, since: float, scan: int) -> int:
+        """How many of the newest `scan` C-STOREs came after `since` (epoch s)."""
+        with self._db.decisions() as db:
+            row = db.execute(
+                "SELECT COUNT(*) FROM (SELECT at FROM decisions ORDER BY id DESC LIMIT ?)"
+                " WHERE at>?",
+                (scan, since),
+            ).fetchone()
+        return int(row[0])
+
+    def recent(
+        self,
+        limit: int,
+        scan: int,
+        *,
+        calling_ae: str = "",
+        rule: str = "",
+        status: int | None = None,
+    ) -> list[DecisionRecord]:
+        """The newest `limit` decisions (newest first) among the last `scan`, filtered by
+        calling AE, rule and status when given."""
+        where = ""
+        args: list[object] = [scan]
+        for column, value in (("calling_ae", calling_ae), ("rule", rule), ("status", status)):
+            if value not in ("", None):
+                where += f" AND {column}=?"  # column names from this fixed list only
+                args.append(value)
+        with self._db.decisions() as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM decisions WHERE id >"
+                f" (SELECT COALESCE(MAX(id), 0) FROM decisions) - ?{where}"
+                " ORDER BY id DESC LIMIT ?",
+                (*args, limit),
             ).fetchall()
         return [DecisionRecord(*r) for r in rows]
 

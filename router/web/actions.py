@@ -9,16 +9,21 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from router.destinations.sweeper import force_complete
+from router.errors import BadRequest
 from router.spool.database import Spool
 
 
 def retry(spool: Spool, form: Mapping[str, str]) -> str:
     """One dead letter (`id`) or all of a destination's (or every one's) queued again."""
     destination = form.get("destination") or None
-    if form.get("id"):
-        count = spool.queue.requeue_dead_letter(int(form["id"]))
+    if "id" in form:
+        raw = form["id"]
+        if not raw.isascii() or not raw.isdigit() or len(raw) > 18:  # SQLite's int64
+            raise BadRequest(f"id {raw[:40]!r} is not a dead letter's number")
+        if not spool.queue.requeue_dead_letter(int(raw)):
+            raise BadRequest(f"no dead letter {raw} (retried or purged already?): reload the page")
         spool.kick(destination)
-        return f"dead letter {form['id']} of {destination}: {count} queued again"
+        return f"dead letter {raw} of {destination}: 1 queued again"
     count = spool.requeue_dead_letters(destination)
     due = spool.due_now(destination)
     spool.kick(destination)

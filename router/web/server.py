@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from router.errors import BadRequest
 from router.observe.exporter import Monitored
 from router.spool.database import Spool
 from router.web import actions
@@ -37,10 +38,16 @@ Start = Callable[..., Any]
 class Pages:
     """The WSGI app of the status pages."""
 
-    def __init__(self, daemon: Monitored, users_file: Path | None, workers: int) -> None:
+    def __init__(
+        self,
+        daemon: Monitored,
+        users_file: Path | None,
+        workers: int,
+        token_file: Path | None = None,
+    ) -> None:
         self._daemon = daemon
         self._workers = workers
-        self._users = Users(users_file)
+        self._users = Users(users_file, token_file)
         self._csrf = Csrf()
         self._slots = threading.BoundedSemaphore(PAGE_SLOTS)
         self._env = environment()
@@ -80,7 +87,7 @@ class Pages:
                 "401 Unauthorized",
                 [
                     ("Content-Type", "text/plain; charset=utf-8"),
-                    ("WWW-Authenticate", 'Basic realm="dicom-router"'),
+                    *(("WWW-Authenticate", scheme) for scheme in self._users.schemes),
                 ],
             )
             return [b"login required\n"]
@@ -120,7 +127,9 @@ class Pages:
         if not 0 <= length <= MAX_BODY:
             return _text(start, "413 Content Too Large", f"a form is at most {MAX_BODY} bytes")
         form = dict(parse_qsl(environ["wsgi.input"].read(length).decode("utf-8", "replace")))
-        if not self._csrf.valid(user, form.get("csrf")):
+        # A bearer token is sent by its script alone, never added by a browser on its own,
+        # so a forged cross-site form cannot carry it: CSRF guards the basic logins.
+        if not user.bearer and not self._csrf.valid(user, form.get("csrf")):
             log.warning(
                 "status page: %s refused for %s: missing or wrong CSRF token", path, user.name
             )
@@ -128,7 +137,11 @@ class Pages:
         if not user.admin:
             log.warning("status page: %s refused for %s: role read", path, user.name)
             return _text(start, "403 Forbidden", f"{user.name} may only look (role read)")
-        done = actions.ACTIONS[path](self.spool(), form)
+        try:
+            done = actions.ACTIONS[path](self.spool(), form)
+        except BadRequest as exc:
+            log.warning("status page: %s refused for %s: %s", path, user.name, exc)
+            return _text(start, "400 Bad Request", str(exc))
         log.info(
             "status page: %s by %s: %s",
             path,

@@ -18,7 +18,7 @@ from router.dicom.status import hex_code
 from router.observe.exporter import Monitored
 from router.observe.instruments import queued_destinations
 from router.spool.database import Spool
-from router.spool.queue import DEAD_LETTER, PENDING
+from router.spool.queue import DEAD_LETTER, DELIVERED
 from router.spool.stats import QueueStats, queue_stats
 
 SCAN_ROWS = 100_000  # the newest decisions/deliveries a rate or a filter looks at
@@ -45,11 +45,7 @@ def overview(ctx: Context, _query: Mapping[str, str]) -> dict[str, Any]:
     except OSError:
         free = None
     now = time.time()
-    with ctx.spool._db.decisions() as db:
-        received = db.execute(
-            "SELECT COUNT(*) FROM (SELECT at FROM decisions ORDER BY id DESC LIMIT ?) WHERE at>?",
-            (SCAN_ROWS, now - 60),
-        ).fetchone()[0]
+    received = ctx.spool.decisions.received_since(now - 60, SCAN_ROWS)
     return {
         "node": os.uname().nodename,
         "config_path": str(loaded.path),
@@ -72,25 +68,8 @@ def destinations(ctx: Context, _query: Mapping[str, str]) -> dict[str, Any]:
     names = queued_destinations(loaded.config)
     stats = queue_stats(loaded.spool, names)
     now = time.time()
-    with ctx.spool._db.queue() as db:
-        hour = {
-            (r[0], r[1]): r[2]
-            for r in db.execute(
-                "SELECT destination, state, COUNT(*) FROM deliveries WHERE id >"
-                " (SELECT COALESCE(MAX(id), 0) FROM deliveries) - ? AND updated_at>?"
-                " AND state IN ('delivered', ?) GROUP BY destination, state",
-                (SCAN_ROWS, now - HOUR, DEAD_LETTER),
-            )
-        }
-        failing = {
-            r[0]: (r[1], r[2], r[3])
-            for r in db.execute(
-                "SELECT destination, MIN(updated_at), MAX(next_attempt_at), last_error"
-                " FROM deliveries WHERE state=? AND last_error IS NOT NULL"
-                " GROUP BY destination",
-                (PENDING,),
-            )
-        }
+    hour = ctx.spool.activity.finished_since(now - HOUR, SCAN_ROWS)
+    failing = ctx.spool.activity.failing()
     rows = []
     for name in names:
         q = stats.get(name, QueueStats())
@@ -111,7 +90,7 @@ def destinations(ctx: Context, _query: Mapping[str, str]) -> dict[str, Any]:
                 "dead": q.dead_letters,
                 "oldest": q.oldest_pending,
                 "last_error": error,
-                "delivered_hour": hour.get((name, "delivered"), 0),
+                "delivered_hour": hour.get((name, DELIVERED), 0),
                 "dead_hour": hour.get((name, DEAD_LETTER), 0),
             }
         )
@@ -145,40 +124,29 @@ def dead_letters(ctx: Context, query: Mapping[str, str]) -> dict[str, Any]:
 def decisions(ctx: Context, query: Mapping[str, str]) -> dict[str, Any]:
     """The last RECENT C-STOREs, filtered by calling AE, rule and status (hex)."""
     filters = {k: query.get(k, "").strip() for k in ("calling_ae", "rule", "status")}
-    where: list[str] = []
-    args: list[object] = []
-    for column in ("calling_ae", "rule"):
-        if filters[column]:
-            where.append(f"{column}=?")
-            args.append(filters[column])
+    status: int | None = None
     if filters["status"]:
         try:
-            where.append("status=?")
-            args.append(int(filters["status"], 16))
+            status = int(filters["status"], 16)
         except ValueError:
-            where[-1:] = []
             filters["status_error"] = f"{filters['status']!r} is not a hex status"
-    with ctx.spool._db.decisions() as db:
-        rows = db.execute(
-            "SELECT at, sop_instance_uid, sop_class_uid, calling_ae, peer, rule, status,"
-            " comment FROM decisions WHERE id > (SELECT COALESCE(MAX(id), 0) FROM decisions)"
-            f" - ? {''.join(' AND ' + w for w in where)} ORDER BY id DESC LIMIT ?",
-            (SCAN_ROWS, *args, RECENT),
-        ).fetchall()
+    found = ctx.spool.decisions.recent(
+        RECENT, SCAN_ROWS, calling_ae=filters["calling_ae"], rule=filters["rule"], status=status
+    )
     return {
         "rows": [
             {
-                "at": r[0],
-                "sop": r[1],
-                "sop_class": sop_class_name(r[2]),
-                "calling_ae": r[3],
-                "peer": r[4],
-                "rule": r[5],
-                "status": hex_code(r[6]),
-                "ok": r[6] == 0,
-                "comment": r[7],
+                "at": r.at,
+                "sop": r.sop_instance_uid,
+                "sop_class": sop_class_name(r.sop_class_uid),
+                "calling_ae": r.calling_ae,
+                "peer": r.peer,
+                "rule": r.rule,
+                "status": hex_code(r.status),
+                "ok": r.status == 0,
+                "comment": r.comment,
             }
-            for r in rows
+            for r in found
         ],
         "filters": filters,
         "now": time.time(),
@@ -186,7 +154,8 @@ def decisions(ctx: Context, query: Mapping[str, str]) -> dict[str, Any]:
 
 
 def trace(ctx: Context, query: Mapping[str, str]) -> dict[str, Any]:
-    """The timeline of a Study, Series or SOP Instance UID, or an Accession Number."""
+    """The timeline of a Study, Series or SOP Instance UID (the decision log keeps no
+    Accession Number)."""
     uid = query.get("uid", "").strip()
     if not uid:
         return {"uid": "", "decisions": [], "deliveries": [], "units": [], "now": time.time()}
