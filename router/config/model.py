@@ -17,6 +17,7 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from router.config.actions import Actions
 from router.config.base import Strict, context
+from router.config.commitment import StorageCommitment
 from router.config.destinations import Destination, destination_kind
 from router.config.fields import AETitle, ByteSize, Keyword, Name, Status, Text, one_or_many
 from router.config.listen import Caller, Listen, Metrics
@@ -110,6 +111,9 @@ class Config(Strict):
     metrics: Metrics | None = Field(None, description="Prometheus /metrics; off when absent")
     studies: Studies = Field(
         Studies(), description="when a collected series or study is complete (collect, notify)"
+    )
+    storage_commitment: StorageCommitment | None = Field(
+        None, description="answer Storage Commitment requests; absent: they are refused"
     )
     destinations: dict[Name, Destination] = Field(
         default_factory=dict,

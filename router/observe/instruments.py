@@ -112,6 +112,15 @@ _TABLE: dict[str, tuple[str, str, str, tuple[str, ...], Any]] = {
     "late_instances": ("counter", "late_instances",
                        "Instances of a series or study already complete, by the late: policy "
                        "applied", ("level", "policy"), None),
+    # Set by the forwarder's commitment timer alone.
+    "commitments_pending": ("gauge", "commitments_pending",
+                            "Storage Commitment transactions not yet reported", (), "mostrecent"),
+    "commitments_oldest": ("gauge", "commitments_oldest_seconds",
+                           "Age of the oldest Storage Commitment transaction not yet reported",
+                           (), "mostrecent"),
+    "commitments": ("counter", "commitments",
+                    "Storage Commitment transactions finished, by outcome (committed, failed, "
+                    "abandoned)", ("outcome",), None),
 }
 
 
@@ -148,6 +157,9 @@ class Instruments:
     suppressed: Any
     units_completed: Any
     late_instances: Any
+    commitments_pending: Any
+    commitments_oldest: Any
+    commitments: Any
 
     def __init__(self) -> None:
         for attribute, spec in _TABLE.items():

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from router.errors import OutOfResources
+from router.spool.commitments import Commitments
 from router.spool.db import Databases
 from router.spool.decisions import DecisionLog, DecisionRecord, trace
 from router.spool.layout import OBJECTS
@@ -35,6 +36,7 @@ class Spool:
         self.queue = Queue(self._db, self.objects)
         self.decisions = DecisionLog(self._db)
         self.units = Units(self._db, self.queue.path_of)
+        self.commitments = Commitments(self._db)
 
     def close(self) -> None:
         """Close the idle connections; borrowed ones close when given back."""
