@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from router import __version__
+from router.cli_commitments import print_commitments, trace_commitments
 from router.cli_rules import check, explain, schema
 from router.dicom.sopclass import sop_class_name
 from router.dicom.status import hex_code
@@ -84,6 +85,11 @@ _ABOUT_COMMANDS = {
         "series and studies being collected; complete one now",
         "List the series and studies that `collect` and `notify` actions are collecting, "
         "or complete one now (the running daemon sends it within a second).",
+    ),
+    "commitments": (
+        "storage commitment requests: pending and recent",
+        "List the Storage Commitment transactions in the spool, newest first: items, "
+        "failed items, age and the report's state.",
     ),
 }
 
@@ -165,6 +171,8 @@ def _parser() -> argparse.ArgumentParser:
         help="FILE: " + _RAN_WITH + "; list: what is being collected (default); "
         "complete UID: complete that Study or Series now",
     )
+    commitments = _command(sub, "commitments")
+    commitments.add_argument("file", type=Path, nargs="?", metavar="FILE", help=_RAN_WITH)
     return p
 
 
@@ -339,6 +347,7 @@ def _trace(args: argparse.Namespace) -> int:
             + (f" ({rec.comment})" if rec.comment else "")
         )
     _trace_units(spool, args.uid)
+    trace_commitments(spool, sorted({d.sop_instance_uid for d in decisions} | {args.uid}))
     for d in deliveries:
         print(
             f"  -> {d.destination}: {d.sop_instance_uid} {d.state} after {d.attempts} "
@@ -374,6 +383,11 @@ def _studies(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _commitments(args: argparse.Namespace) -> int:
+    print_commitments(_spool(args.file))
+    return EXIT_OK
+
+
 def _trace_units(spool: Spool, uid: str) -> None:
     """The collection state of the study or series `uid` (trace)."""
     for u in spool.units.of(uid):
@@ -398,4 +412,5 @@ _COMMANDS = {
     "queue": _queue,
     "trace": _trace,
     "studies": _studies,
+    "commitments": _commitments,
 }

@@ -1338,9 +1338,9 @@ class CommitmentModality:
             evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_report)],
         )
 
-    def _on_report(self, event: Event) -> int:
+    def _on_report(self, event: Event) -> tuple[int, None]:
         self.reports.append((int(event.request.EventTypeID), event.event_information))
-        return 0x0000
+        return 0x0000, None
 
     def request(
         self, router_port: int, transaction_uid: str, refs: Sequence[tuple[str, str]]

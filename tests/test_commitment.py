@@ -22,6 +22,7 @@ from tests.peers import (
     StoreSCP,
     storescu,
 )
+from tests.test_studies import cli
 
 RULES = """\
 version: 1
@@ -81,12 +82,12 @@ def send(daemon: RouterDaemon, tmp_path: Path) -> None:
 
 
 def requested(
-    daemon: RouterDaemon, modality: CommitmentModality, tmp_path: Path, count: int
+    daemon: RouterDaemon, modality: CommitmentModality, tmp_path: Path, count: int, uid: str = ""
 ) -> list[tuple[str, str]]:
     """A study of `count` instances sent, then its commitment asked (answered 0x0000)."""
     refs = study(tmp_path, count)
     send(daemon, tmp_path)
-    assert modality.request(daemon.port, generate_uid(), refs).Status == 0x0000
+    assert modality.request(daemon.port, uid or generate_uid(), refs).Status == 0x0000
     return refs
 
 
@@ -273,6 +274,40 @@ def test_pending_transaction_answered_after_kill9(
         ]
     finally:
         daemon.stop()
+
+
+def test_trace_and_commitments_show_the_transaction(
+    tmp_path: Path, routed: RouterDaemon, modality: CommitmentModality
+) -> None:
+    """`trace` shows each instance's commitment, `commitments` the transaction, once reported."""
+    uid = generate_uid()
+    refs = requested(routed, modality, tmp_path, 1, uid)
+    modality.wait_report()
+    routed.wait_log(f"storage commitment {uid} for MODALITY@127.0.0.1 reported")
+    traced = cli(routed, "trace", refs[0][1]).stdout
+    assert f"commitment {uid} asked by MODALITY@127.0.0.1" in traced
+    assert f"{refs[0][1]} committed, report reported" in traced
+    listed = cli(routed, "commitments").stdout
+    assert uid in listed and listed.rstrip().endswith("reported")
+
+
+def test_check_lists_the_callers_that_may_commit(
+    tmp_path: Path, modality: CommitmentModality
+) -> None:
+    """`check` shows which callers may ask for commitment, and their report port."""
+    daemon = RouterDaemon(tmp_path / "router", RULES % {"commit": 1104, "timeout": "4h", "pacs": 1})
+    shown = cli(daemon, "check").stdout
+    assert "MODALITY from any address, storage commitment reports to port 1104" in shown
+    assert "NOCOMMIT from any address\n" in shown
+
+
+def test_relayed_answer_refused_by_check(tmp_path: Path) -> None:
+    """`answer: relayed` is not implemented yet: check fails and says so."""
+    rules = RULES % {"commit": 1104, "timeout": "4h", "pacs": 1}
+    daemon = RouterDaemon(tmp_path / "router", rules.replace("delivered", "relayed"))
+    done = cli(daemon, "check")
+    assert done.returncode != 0
+    assert "answer: relayed is not implemented yet" in done.stdout + done.stderr
 
 
 def test_orthanc_modality_sees_its_study_committed(

@@ -145,6 +145,19 @@ class Commitments:
             ).fetchall()
         return [Item(*r) for r in rows]
 
+    def of_instances(self, sops: Sequence[str]) -> list[tuple[Transaction, Item]]:
+        """The transactions referencing these SOP instances, oldest first (for `trace`)."""
+        marks = ",".join("?" * len(sops))
+        cols = ", ".join(f"c.{c.strip()}" for c in _COLUMNS.split(","))
+        with self._db.queue() as db:
+            rows = db.execute(
+                f"SELECT {cols}, i.sop_class_uid, i.sop_instance_uid, i.failure"
+                " FROM commitment_items i JOIN commitments c USING (transaction_uid)"
+                f" WHERE i.sop_instance_uid IN ({marks}) ORDER BY c.received_at",
+                list(sops),
+            ).fetchall()
+        return [(Transaction(*r[:11]), Item(*r[11:])) for r in rows]
+
     def open_counts(self) -> tuple[int, float | None]:
         """Transactions not yet reported, and the oldest one's request time."""
         with self._db.queue() as db:
@@ -201,8 +214,7 @@ class Commitments:
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.executemany(
-                    "UPDATE commitment_items SET failure=? WHERE transaction_uid=?"
-                    " AND position=?",
+                    "UPDATE commitment_items SET failure=? WHERE transaction_uid=? AND position=?",
                     [(it.failure, transaction_uid, i) for i, it in enumerate(items)],
                 )
                 db.execute(
