@@ -40,7 +40,8 @@ destinations:
     host: 127.0.0.1
     port: %(pacs)d
     retry: {initial_delay: 0.2s, max_delay: 0.5s}
-rules: []
+rules:
+  - {name: drop-mr, match: {sop_class: MRImageStorage}, actions: [discard]}
 default:
   - forward: pacs
 """
@@ -190,6 +191,18 @@ def test_other_sop_class_failed_class_instance_conflict(
     event_type, report = modality.wait_report()
     assert event_type == 2
     assert report.FailedSOPSequence[0].FailureReason == 0x0119
+
+
+def test_discarded_instance_failed_processing_failure(
+    tmp_path: Path, routed: RouterDaemon, modality: CommitmentModality
+) -> None:
+    """An instance a rule discarded (answered 0x0000, kept nowhere): failed 0x0110."""
+    sop = str(make_instance(tmp_path / "mr.dcm", MRImageStorage))
+    assert storescu(routed.port, [tmp_path / "mr.dcm"], calling="STORESCU").returncode == 0
+    assert modality.request(routed.port, generate_uid(), [(MRImageStorage, sop)]).Status == 0
+    event_type, report = modality.wait_report()
+    assert event_type == 2
+    assert report.FailedSOPSequence[0].FailureReason == 0x0110
 
 
 def test_duplicate_transaction_uid_refused(

@@ -26,6 +26,9 @@ ABANDONED = "abandoned"  # the report could not be delivered before its last att
 # An instance neither queued nor in the decision log this long after the request is
 # unknown (0x0112): the decision log is written within a fraction of a second.
 UNKNOWN_GRACE = 5.0
+# Actions (as the decision log writes them) that keep an instance; without one it is
+# withheld: a modality must not delete what the router dropped.
+KEPT_BY = ("store", "forward")
 _UNDECIDED = -1  # a verdict not reached yet (Failure Reasons are positive)
 
 
@@ -196,7 +199,7 @@ class Commitments:
             return _UNDECIDED if row[3] else None
         with self._db.decisions() as db:
             dec = db.execute(
-                "SELECT sop_class_uid, status FROM decisions WHERE sop_instance_uid=?"
+                "SELECT sop_class_uid, status, actions FROM decisions WHERE sop_instance_uid=?"
                 " ORDER BY at DESC LIMIT 1",
                 (item.sop_instance_uid,),
             ).fetchone()
@@ -206,6 +209,8 @@ class Commitments:
             return status.CLASS_INSTANCE_CONFLICT
         if status.category(int(dec[1])) == "failure":
             return status.PROCESSING_FAILURE  # rejected when it was sent
+        if not any(a.startswith(KEPT_BY) for a in str(dec[2]).split(",")):
+            return status.PROCESSING_FAILURE  # discarded (or no action keeps it): withheld
         return None
 
     def decide(self, transaction_uid: str, items: Sequence[Item], event_type: int) -> None:
