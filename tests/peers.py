@@ -1329,6 +1329,7 @@ class CommitmentModality:
 
         self.ae_title = ae_title
         self.reports: list[tuple[int, Any]] = []
+        self.same_association: list[tuple[int, Any]] = []  # reports on the request's own
         self.port = free_port()
         self._ae = AE(ae_title=ae_title)
         self._ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
@@ -1342,12 +1343,23 @@ class CommitmentModality:
         self.reports.append((int(event.request.EventTypeID), event.event_information))
         return 0x0000, None
 
+    def _on_same_association(self, event: Event) -> tuple[int, None]:
+        self.same_association.append((int(event.request.EventTypeID), event.event_information))
+        return 0x0000, None
+
     def request(
-        self, router_port: int, transaction_uid: str, refs: Sequence[tuple[str, str]]
+        self,
+        router_port: int,
+        transaction_uid: str,
+        refs: Sequence[tuple[str, str]],
+        *,
+        keep_open: float = 0.0,
     ) -> Any:
         """Send one N-ACTION (Request Storage Commitment); its response status dataset.
 
-        AssociationFailed when the router accepts no Storage Commitment context.
+        keep_open: wait up to that many seconds on the association for the report (kept in
+        `same_association`) before releasing it. AssociationFailed when the router
+        accepts no Storage Commitment context.
         """
         from pydicom.dataset import Dataset
         from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -1369,7 +1381,12 @@ class CommitmentModality:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
         ae.add_requested_context(StorageCommitmentPushModel)
         ae.add_requested_context(Verification)  # so a refused commitment still associates
-        assoc = ae.associate(LOOPBACK, router_port, ae_title="DICOM_ROUTER")
+        assoc = ae.associate(
+            LOOPBACK,
+            router_port,
+            ae_title="DICOM_ROUTER",
+            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_same_association)],
+        )
         if not assoc.is_established:
             raise AssociationFailed("no association")
         try:
@@ -1380,6 +1397,9 @@ class CommitmentModality:
             status, _ = assoc.send_n_action(
                 ds, 1, StorageCommitmentPushModel, StorageCommitmentPushModelInstance
             )
+            deadline = time.monotonic() + keep_open
+            while not self.same_association and time.monotonic() < deadline:
+                time.sleep(0.05)
             return status
         finally:
             if assoc.is_established:

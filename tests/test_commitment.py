@@ -128,6 +128,22 @@ def test_study_committed_after_delivery(
     assert "FailedSOPSequence" not in report
 
 
+def test_report_on_the_request_association_while_it_is_open(
+    tmp_path: Path, routed: RouterDaemon, modality: CommitmentModality
+) -> None:
+    """A modality that keeps its association open gets the report on it, none on a new one."""
+    refs = study(tmp_path, 2)
+    send(routed, tmp_path)
+    uid = generate_uid()
+    assert modality.request(routed.port, uid, refs, keep_open=30).Status == 0x0000
+    assert len(modality.same_association) == 1
+    event_type, report = modality.same_association[0]
+    assert (event_type, report.TransactionUID) == (1, uid)
+    routed.wait_log(f"storage commitment {uid} for MODALITY@127.0.0.1 reported on its request's")
+    time.sleep(4)  # past the lease: the forwarder must not report it again
+    assert modality.reports == []
+
+
 def test_no_report_until_the_destination_is_back(
     tmp_path: Path, modality: CommitmentModality, pacs_down: StoreSCP
 ) -> None:

@@ -3,7 +3,9 @@
 Each tick it looks at the transactions the receiving processes recorded
 (`router.spool.commitments`): once every referenced instance is decided (committed, or
 failed with its Failure Reason, or still undone at the deadline: 0x0110), the verdicts are
-stored and the N-EVENT-REPORT is sent on a new association to the caller's address and
+stored. While the request's association is open, its receiving process holds a lease on
+the transaction and sends the N-EVENT-REPORT there (`router.receive.commitment`);
+otherwise this timer sends it on a new association to the caller's address and
 `commitment_port`, the router as requestor proposing the SCP role (role selection). A
 report that does not get through is retried with backoff until as long again as
 `timeout` after the deadline, then abandoned (logged). Its state is the spool's: after a
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role
@@ -35,6 +38,9 @@ log = logging.getLogger("router.commitment")
 FIRST_RETRY = 10.0  # seconds before a failed report is tried again, doubling...
 MAX_RETRY = 300.0  # ...up to this
 REPORT_TIMEOUT = 30.0  # association set-up and the N-EVENT-REPORT's response
+# A transaction whose request's association renewed its lease this recently is reported
+# on that association by the receiving process (router.receive.commitment), not here.
+LEASE = 3.0
 
 
 class Committer(Ticker):
@@ -69,23 +75,11 @@ class Committer(Ticker):
         metrics.commitments_open(count, now - oldest if oldest else 0.0)
 
     def _report(self, txn: Transaction, items: Sequence[Item], event_type: int, now: float) -> None:
-        failed = sum(1 for i in items if i.failure is not None)
+        if txn.lease_at is not None and now - txn.lease_at < LEASE:
+            return  # its request's association is open: the receiving process reports there
         error = self._send(txn, items, event_type)
         if error is None:
-            self.spool.commitments.reported(txn.transaction_uid)
-            metrics.commitment_finished("committed" if event_type == 1 else "failed")
-            log.info(
-                "storage commitment %s for %s@%s reported: %d committed, %d failed%s",
-                txn.transaction_uid,
-                txn.calling_ae,
-                txn.peer,
-                len(items) - failed,
-                failed,
-                "".join(
-                    f" {i.sop_instance_uid}=0x{i.failure:04X}" for i in items if i.failure
-                )[:512],
-                extra={"event": "commitment-report", "transaction": txn.transaction_uid},
-            )
+            reported(self.spool, txn, items, event_type, "a new association")
             return
         give_up = txn.deadline + (txn.deadline - txn.received_at)
         delay = min(MAX_RETRY, FIRST_RETRY * 2 ** min(txn.attempts, 10))
@@ -116,19 +110,44 @@ class Committer(Ticker):
         if not assoc.is_established:
             return f"no association with {txn.calling_ae}@{txn.peer}:{port}"
         try:
-            rsp, _ = assoc.send_n_event_report(
-                report_dataset(txn.transaction_uid, items),
-                event_type,
-                StorageCommitmentPushModel,
-                StorageCommitmentPushModelInstance,
-            )
+            return send_report(assoc, txn, items, event_type)
         finally:
             if assoc.is_established:
                 assoc.release()
-        code = getattr(rsp, "Status", None)
-        if code is None:
-            return "no N-EVENT-REPORT response"
-        return None if code == 0 else f"N-EVENT-REPORT status 0x{int(code):04X}"
+
+
+def send_report(assoc: Any, txn: Transaction, items: Sequence[Item], event_type: int) -> str | None:
+    """Send one N-EVENT-REPORT on `assoc`; None when acknowledged with 0x0000, else why not."""
+    rsp, _ = assoc.send_n_event_report(
+        report_dataset(txn.transaction_uid, items),
+        event_type,
+        StorageCommitmentPushModel,
+        StorageCommitmentPushModelInstance,
+    )
+    code = getattr(rsp, "Status", None)
+    if code is None:
+        return "no N-EVENT-REPORT response"
+    return None if code == 0 else f"N-EVENT-REPORT status 0x{int(code):04X}"
+
+
+def reported(
+    spool: Spool, txn: Transaction, items: Sequence[Item], event_type: int, via: str
+) -> None:
+    """Record, count and log a report the modality acknowledged."""
+    spool.commitments.reported(txn.transaction_uid)
+    metrics.commitment_finished("committed" if event_type == 1 else "failed")
+    failed = [f" {i.sop_instance_uid}=0x{i.failure:04X}" for i in items if i.failure]
+    log.info(
+        "storage commitment %s for %s@%s reported on %s: %d committed, %d failed%s",
+        txn.transaction_uid,
+        txn.calling_ae,
+        txn.peer,
+        via,
+        len(items) - len(failed),
+        len(failed),
+        "".join(failed)[:512],
+        extra={"event": "commitment-report", "transaction": txn.transaction_uid},
+    )
 
 
 def report_dataset(transaction_uid: str, items: Sequence[Item]) -> Dataset:

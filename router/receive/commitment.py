@@ -1,10 +1,11 @@
 """The Storage Commitment Push Model SCP side: N-ACTION requests checked, recorded, answered.
 
 The handler answers at once: 0x0000 once the transaction is in queue.db (committed before
-the response), a failure status otherwise, one log line either way. The verdicts and the
-N-EVENT-REPORT come later from the forwarder's timer (`router.destinations.commitment`),
-on a new association to the caller's `commitment_port`, never from this handler: a
-report sent from here would reach the modality before the N-ACTION response.
+the response), a failure status otherwise, one log line either way. The verdicts come
+later from the forwarder's timer (`router.destinations.commitment`); the N-EVENT-REPORT
+from this process's watcher thread on the request's association while it is open, else
+from that timer on a new association to the caller's `commitment_port`; never from this
+handler: a report sent from here would reach the modality before the N-ACTION response.
 
 Bounds a sender cannot pass: the N-ACTION dataset (netlayer's MAX_MEMORY_DATASET, 1 MiB,
 else the association is aborted), MAX_ITEMS referenced instances per request, and
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +30,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from router.config.model import Config
+from router.destinations.commitment import reported, send_report
 from router.dicom import status
 from router.net import netlayer
 from router.observe.ratelimit import RateLimitedLog
@@ -44,6 +47,7 @@ SOP_CLASS = str(StorageCommitmentPushModel)
 MAX_ITEMS = 5000
 MAX_OPEN_PER_CALLER = 64  # transactions not yet reported, per calling AE title
 REQUEST_ACTION_TYPE = 1  # PS3.4 J.3.2: Request Storage Commitment
+WATCH_EVERY = 0.5  # seconds between two looks for the verdicts of an open association
 
 
 class Refused(Exception):
@@ -93,6 +97,7 @@ class CommitmentSCP:
             txn, items = self._parse(event, calling, peer)
             uid = txn.transaction_uid
             self._record(txn, items)
+            _watcher(self._spool, assoc).add(uid)
         except Refused as exc:
             _repeats.warning(
                 f"n-action {calling}@{peer} 0x{exc.code:04X}",
@@ -146,7 +151,9 @@ class CommitmentSCP:
         timeout = config.storage_commitment.timeout if config.storage_commitment else 0.0
         now, called = time.time(), assoc_called(event)
         deadline = now + timeout
-        txn = Transaction(uid[:64], calling, called, peer, now, deadline, "", None, 0, now, None)
+        txn = Transaction(
+            uid[:64], calling, called, peer, now, deadline, "", None, 0, now, None, lease_at=now
+        )
         return txn, items
 
     def _record(self, txn: Transaction, items: list[Item]) -> None:
@@ -175,3 +182,65 @@ def assoc_called(event: Event) -> str:
     """The AE title the modality called the router by."""
     primitive = event.assoc.requestor.primitive
     return primitive.called_ae_title.strip() if primitive else ""
+
+
+class _Watcher:
+    """One thread per association that asked: while it is open, it keeps its transactions'
+    lease (so the forwarder leaves them alone) and sends each decided one's report on it.
+
+    It looks first WATCH_EVERY after the N-ACTION handler returned, so a report can never
+    precede its N-ACTION response. Once the association is gone (or a send fails) the
+    leases are dropped and the forwarder reports on a new association.
+    """
+
+    def __init__(self, spool: Spool, assoc: Any) -> None:
+        self._spool = spool
+        self._assoc = assoc
+        self._lock = threading.Lock()
+        self._uids: list[str] = []
+        threading.Thread(target=self._run, name="commitment-watch", daemon=True).start()
+
+    def add(self, uid: str) -> None:
+        with self._lock:
+            self._uids.append(uid)
+
+    def _run(self) -> None:
+        try:
+            while self._assoc.is_established and self._tick():
+                pass
+        except Exception:  # a bug or a locked database: the forwarder takes over
+            log.exception("storage commitment: reporting on the request's association failed")
+        with self._lock:
+            uids, self._uids = list(self._uids), []
+        if uids:
+            self._spool.commitments.release(uids)
+
+    def _tick(self) -> bool:
+        """Renew the leases and send what is decided; False to stop (a send failed)."""
+        time.sleep(WATCH_EVERY)
+        with self._lock:
+            uids = list(self._uids)
+        if not uids or not self._assoc.is_established:
+            return True
+        for txn in self._spool.commitments.watch(uids, time.time()):
+            items = self._spool.commitments.items(txn.transaction_uid)
+            event_type = txn.event_type or 2
+            if send_report(self._assoc, txn, items, event_type) is not None:
+                return False
+            reported(self._spool, txn, items, event_type, "its request's association")
+            with self._lock:
+                self._uids.remove(txn.transaction_uid)
+        return True
+
+
+_watchers_lock = threading.Lock()
+
+
+def _watcher(spool: Spool, assoc: Any) -> _Watcher:
+    """The association's watcher, started with its first accepted N-ACTION."""
+    with _watchers_lock:
+        watcher: _Watcher | None = getattr(assoc, "router_commitment_watcher", None)
+        if watcher is None:
+            watcher = _Watcher(spool, assoc)
+            assoc.router_commitment_watcher = watcher
+        return watcher

@@ -60,11 +60,12 @@ class Transaction:
     attempts: int
     next_attempt_at: float
     last_error: str | None
+    lease_at: float | None = None  # renewed while the request's association is open
 
 
 _COLUMNS = (
     "transaction_uid, calling_ae, called_ae, peer, received_at, deadline, state, event_type,"
-    " attempts, next_attempt_at, last_error"
+    " attempts, next_attempt_at, last_error, lease_at"
 )
 
 
@@ -91,7 +92,7 @@ class Commitments:
                 if open_now >= max_open:
                     raise OverflowError(open_now)
                 db.execute(
-                    f"INSERT INTO commitments ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO commitments ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         txn.transaction_uid,
                         txn.calling_ae,
@@ -104,6 +105,7 @@ class Commitments:
                         0,
                         txn.received_at,
                         None,
+                        txn.lease_at,
                     ),
                 )
                 db.executemany(
@@ -129,6 +131,31 @@ class Commitments:
                 (PENDING, REPORTING, now),
             ).fetchall()
         return [Transaction(*r) for r in rows]
+
+    def watch(self, uids: Sequence[str], now: float) -> list[Transaction]:
+        """Renew the lease of these transactions (their association is open); those of
+        them decided and waiting for their report."""
+        marks = ",".join("?" * len(uids))
+        with self._db.queue() as db:
+            db.execute(
+                f"UPDATE commitments SET lease_at=? WHERE transaction_uid IN ({marks})",
+                [now, *uids],
+            )
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM commitments WHERE state=? AND transaction_uid IN"
+                f" ({marks})",
+                [REPORTING, *uids],
+            ).fetchall()
+        return [Transaction(*r) for r in rows]
+
+    def release(self, uids: Sequence[str]) -> None:
+        """The association closed: the forwarder reports these on a new one from now."""
+        marks = ",".join("?" * len(uids))
+        with self._db.queue() as db:
+            db.execute(
+                f"UPDATE commitments SET lease_at=NULL WHERE transaction_uid IN ({marks})",
+                list(uids),
+            )
 
     def listing(self, limit: int = 100) -> list[Transaction]:
         """The newest transactions, any state (for `commitments` and the trace)."""
@@ -159,7 +186,7 @@ class Commitments:
                 f" WHERE i.sop_instance_uid IN ({marks}) ORDER BY c.received_at",
                 list(sops),
             ).fetchall()
-        return [(Transaction(*r[:11]), Item(*r[11:])) for r in rows]
+        return [(Transaction(*r[:12]), Item(*r[12:])) for r in rows]
 
     def open_counts(self) -> tuple[int, float | None]:
         """Transactions not yet reported, and the oldest one's request time."""

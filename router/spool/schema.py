@@ -99,7 +99,8 @@ CREATE TABLE commitments (
     attempts INTEGER NOT NULL DEFAULT 0,    -- reports tried
     next_attempt_at REAL NOT NULL,
     last_error TEXT,
-    reported_at REAL
+    reported_at REAL,
+    lease_at REAL                   -- renewed while the request's association is open
 );
 CREATE TABLE commitment_items (
     transaction_uid TEXT NOT NULL REFERENCES commitments(transaction_uid),
