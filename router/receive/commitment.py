@@ -198,6 +198,9 @@ class _Watcher:
         self._assoc = assoc
         self._lock = threading.Lock()
         self._uids: list[str] = []
+        # The forwarder may report on a new association as soon as this one has ended,
+        # not a WATCH_EVERY later.
+        netlayer.when_done(assoc, self._release)
         threading.Thread(target=self._run, name="commitment-watch", daemon=True).start()
 
     def add(self, uid: str) -> None:
@@ -210,8 +213,12 @@ class _Watcher:
                 pass
         except Exception:  # a bug or a locked database: the forwarder takes over
             log.exception("storage commitment: reporting on the request's association failed")
+        self._release()
+
+    def _release(self) -> None:
+        """Drop the leases of the transactions not reported here (twice is harmless)."""
         with self._lock:
-            uids, self._uids = list(self._uids), []
+            uids = list(self._uids)
         if uids:
             self._spool.commitments.release(uids)
 
