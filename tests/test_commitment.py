@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,11 +19,15 @@ from tests.peers import (
     AssociationFailed,
     CommitmentModality,
     Orthanc,
+    ScriptedSCP,
     StoreSCP,
+    free_port,
     storescu,
 )
+from tests.prom import scrape, value, wait_value
 from tests.test_studies import cli
 
+M = "dicom_router_"
 RULES = """\
 version: 1
 listen: {ae_title: DICOM_ROUTER, host: 127.0.0.1, port: {port}, workers: 1}
@@ -58,11 +62,15 @@ def modality() -> Iterator[CommitmentModality]:
 
 
 def start_router(
-    tmp_path: Path, modality: CommitmentModality, pacs: StoreSCP, timeout: str = "4h"
+    tmp_path: Path,
+    modality: CommitmentModality,
+    pacs: StoreSCP | ScriptedSCP,
+    timeout: str = "4h",
+    extra: str = "",
 ) -> RouterDaemon:
     """The router forwarding everything to `pacs`, answering storage commitment."""
     rules = RULES % {"commit": modality.port, "timeout": timeout, "pacs": pacs.port}
-    return RouterDaemon(tmp_path / "router", rules).start()
+    return RouterDaemon(tmp_path / "router", rules + extra).start()
 
 
 def study(tmp_path: Path, count: int = 3) -> list[tuple[str, str]]:
@@ -165,6 +173,24 @@ def test_no_report_until_the_destination_is_back(
         daemon.stop()
 
 
+def test_metrics_show_pending_commitments_then_the_outcome(
+    tmp_path: Path, modality: CommitmentModality, pacs_down: StoreSCP
+) -> None:
+    """/metrics: one transaction pending with its age while the PACS is down, then committed."""
+    port = free_port()
+    daemon = start_router(tmp_path, modality, pacs_down, extra=f"metrics: {{port: {port}}}\n")
+    try:
+        requested(daemon, modality, tmp_path, 1)
+        wait_value(port, M + "commitments_oldest_seconds", lambda v: v >= 1)
+        assert value(scrape(port), M + "commitments_pending") == 1
+        with pacs_down:
+            modality.wait_report()
+            wait_value(port, M + "commitments_pending", lambda v: v == 0)
+        assert value(scrape(port), M + "commitments_total", outcome="committed") == 1
+    finally:
+        daemon.stop()
+
+
 def test_undelivered_at_timeout_reported_failed(
     tmp_path: Path, modality: CommitmentModality, pacs_down: StoreSCP
 ) -> None:
@@ -207,6 +233,21 @@ def test_other_sop_class_failed_class_instance_conflict(
     event_type, report = modality.wait_report()
     assert event_type == 2
     assert report.FailedSOPSequence[0].FailureReason == 0x0119
+
+
+def test_dead_lettered_instance_failed_processing_failure(
+    tmp_path: Path, modality: CommitmentModality, scripted: Callable[..., ScriptedSCP]
+) -> None:
+    """The PACS refuses the instance (0x0124, permanent: a dead letter): failed 0x0110."""
+    daemon = start_router(tmp_path, modality, scripted(status=0x0124))
+    try:
+        refs = requested(daemon, modality, tmp_path, 1)
+        event_type, report = modality.wait_report()
+        assert event_type == 2
+        failed = [(f.ReferencedSOPInstanceUID, f.FailureReason) for f in report.FailedSOPSequence]
+        assert failed == [(refs[0][1], 0x0110)]
+    finally:
+        daemon.stop()
 
 
 def test_discarded_instance_failed_processing_failure(
