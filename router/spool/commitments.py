@@ -198,16 +198,41 @@ class Commitments:
         return int(count), oldest
 
     def verdicts(self, txn: Transaction, now: float) -> list[Item] | None:
-        """Every instance's verdict, or None while one is still undecided before the deadline."""
-        decided: list[Item] = []
-        for item in self.items(txn.transaction_uid):
-            failure = self._verdict(item, txn.received_at, now)
-            if failure is _UNDECIDED:
-                if now < txn.deadline:
-                    return None
-                failure = status.PROCESSING_FAILURE  # the timeout: the modality keeps it
-            decided.append(Item(item.sop_class_uid, item.sop_instance_uid, failure))
-        return decided
+        """Every instance's verdict, or None while one is still undecided before the deadline.
+
+        Verdicts reached are kept (`decided`) as they come: a tick looks again only at the
+        instances from the first undecided one on, so a large transaction waiting for
+        its last delivery costs one query a tick, not one per instance.
+        """
+        with self._db.queue() as db:
+            rows = db.execute(
+                "SELECT position, sop_class_uid, sop_instance_uid, failure, decided"
+                " FROM commitment_items WHERE transaction_uid=? ORDER BY position",
+                (txn.transaction_uid,),
+            ).fetchall()
+        out: list[Item] = []
+        newly: list[tuple[int | None, str, int]] = []
+        for position, sop_class, sop_instance, failure, decided in rows:
+            if not decided:
+                failure = self._verdict(Item(sop_class, sop_instance), txn.received_at, now)
+                if failure == _UNDECIDED:
+                    if now < txn.deadline:
+                        self._keep(txn.transaction_uid, newly)
+                        return None
+                    failure = status.PROCESSING_FAILURE  # the timeout: the modality keeps it
+                newly.append((failure, txn.transaction_uid, position))
+            out.append(Item(sop_class, sop_instance, failure))
+        return out
+
+    def _keep(self, transaction_uid: str, newly: Sequence[tuple[int | None, str, int]]) -> None:
+        """Store the verdicts reached so far (final: a delivered instance stays delivered)."""
+        if newly:
+            with self._db.queue() as db:
+                db.executemany(
+                    "UPDATE commitment_items SET failure=?, decided=1 WHERE transaction_uid=?"
+                    " AND position=?",
+                    newly,
+                )
 
     def _verdict(self, item: Item, received_at: float, now: float) -> int | None:
         """None committed, a Failure Reason, or _UNDECIDED."""
@@ -246,7 +271,8 @@ class Commitments:
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.executemany(
-                    "UPDATE commitment_items SET failure=? WHERE transaction_uid=? AND position=?",
+                    "UPDATE commitment_items SET failure=?, decided=1 WHERE transaction_uid=?"
+                    " AND position=?",
                     [(it.failure, transaction_uid, i) for i, it in enumerate(items)],
                 )
                 db.execute(

@@ -108,6 +108,7 @@ CREATE TABLE commitment_items (
     sop_class_uid TEXT NOT NULL,
     sop_instance_uid TEXT NOT NULL,
     failure INTEGER,                -- once decided: NULL committed, else its Failure Reason
+    decided INTEGER NOT NULL DEFAULT 0,  -- 1 once final: not looked at again
     PRIMARY KEY (transaction_uid, position)
 );
 CREATE INDEX commitments_due ON commitments (state, next_attempt_at);
