@@ -1323,14 +1323,14 @@ class CommitmentModality:
     Each report is kept as (event type, Event Information dataset) in `reports`.
     """
 
-    def __init__(self, ae_title: str = "MODALITY") -> None:
-        """Start listening on a free loopback port."""
+    def __init__(self, ae_title: str = "MODALITY", port: int | None = None) -> None:
+        """Start listening on `port` (default: a free loopback port)."""
         from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
         self.ae_title = ae_title
         self.reports: list[tuple[int, Any]] = []
         self.same_association: list[tuple[int, Any]] = []  # reports on the request's own
-        self.port = free_port()
+        self.port = port or free_port()
         self._ae = AE(ae_title=ae_title)
         self._ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
         self._server = self._ae.start_server(
@@ -1415,5 +1415,7 @@ class CommitmentModality:
         return self.reports.pop(0)
 
     def close(self) -> None:
-        """Stop listening."""
-        self._server.shutdown()
+        """Stop listening (once; again is a no-op)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None

@@ -152,6 +152,22 @@ def test_report_on_the_request_association_while_it_is_open(
     assert modality.reports == []
 
 
+def test_report_retried_until_the_modality_listens(
+    tmp_path: Path, routed: RouterDaemon, modality: CommitmentModality
+) -> None:
+    """The modality's commitment_port closed when the report is due: retried, then delivered."""
+    modality.close()
+    uid = generate_uid()
+    requested(routed, modality, tmp_path, 1, uid)
+    routed.wait_log(f"storage commitment {uid} for MODALITY@127.0.0.1: report not delivered")
+    back = CommitmentModality(port=modality.port)
+    try:
+        event_type, report = back.wait_report(timeout=60)
+        assert (event_type, report.TransactionUID) == (1, uid)
+    finally:
+        back.close()
+
+
 def test_no_report_until_the_destination_is_back(
     tmp_path: Path, modality: CommitmentModality, pacs_down: StoreSCP
 ) -> None:

@@ -38,6 +38,7 @@ log = logging.getLogger("router.commitment")
 FIRST_RETRY = 10.0  # seconds before a failed report is tried again, doubling...
 MAX_RETRY = 300.0  # ...up to this
 REPORT_TIMEOUT = 30.0  # association set-up and the N-EVENT-REPORT's response
+CONNECT_TIMEOUT = 10.0  # the TCP connection to the modality's commitment_port
 # A transaction whose request's association renewed its lease this recently is reported
 # on that association by the receiving process (router.receive.commitment), not here.
 LEASE = 3.0
@@ -104,6 +105,7 @@ class Committer(Ticker):
             return "the caller has no commitment_port in the rule file"
         ae = AE(ae_title=txn.called_ae or self.config.listen.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = REPORT_TIMEOUT
+        ae.connection_timeout = CONNECT_TIMEOUT  # a host that drops SYNs: not the OS's 2 min
         ae.add_requested_context(StorageCommitmentPushModel)
         role = build_role(StorageCommitmentPushModel, scu_role=False, scp_role=True)
         assoc = ae.associate(txn.peer, port, ae_title=txn.calling_ae, ext_neg=[role])
