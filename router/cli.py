@@ -81,6 +81,11 @@ _ABOUT_COMMANDS = {
         "List the series and studies that `collect` and `notify` actions are collecting, "
         "or complete one now (the running daemon sends it within a second).",
     ),
+    "commitments": (
+        "storage commitment requests: pending and recent",
+        "List the Storage Commitment transactions in the spool, newest first: items, "
+        "failed items, age and the report's state.",
+    ),
 }
 
 
@@ -163,6 +168,8 @@ def _parser() -> argparse.ArgumentParser:
         help="FILE: " + _RAN_WITH + "; list: what is being collected (default); "
         "complete UID: complete that Study or Series now",
     )
+    commitments = _command(sub, "commitments")
+    commitments.add_argument("file", type=Path, nargs="?", metavar="FILE", help=_RAN_WITH)
     return p
 
 
@@ -235,4 +242,5 @@ _COMMANDS = {
     "queue": spool_commands.queue,
     "trace": spool_commands.trace,
     "studies": spool_commands.studies,
+    "commitments": spool_commands.commitments,
 }

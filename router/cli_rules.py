@@ -70,7 +70,12 @@ def _print_summary(cfg: Config, loaded: LoadedConfig) -> None:
         print("  callers   any calling AE title, from any address")
     for caller in cfg.callers or ():
         hosts = ", ".join(str(h) for h in caller.hosts) if caller.hosts else "any address"
-        print(f"  callers   {caller.ae_title} from {hosts}")
+        commits = (
+            f", storage commitment reports to port {caller.commitment_port}"
+            if caller.commitment_port and cfg.storage_commitment
+            else ""
+        )
+        print(f"  callers   {caller.ae_title} from {hosts}{commits}")
     if cfg.metrics:
         host = f"[{cfg.metrics.host}]" if ":" in cfg.metrics.host else cfg.metrics.host
         where = f"http://{host}:{cfg.metrics.port}"

@@ -9,6 +9,7 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path
 
+from router.cli_commitments import print_commitments, trace_commitments
 from router.dicom.sopclass import sop_class_name
 from router.dicom.status import hex_code
 from router.errors import UsageError, did_you_mean
@@ -144,6 +145,7 @@ def trace(args: argparse.Namespace) -> int:
             + (f" ({rec.comment})" if rec.comment else "")
         )
     _trace_units(spool, args.uid)
+    trace_commitments(spool, sorted({d.sop_instance_uid for d in decisions} | {args.uid}))
     for d in deliveries:
         print(
             f"  -> {d.destination}: {d.sop_instance_uid} {d.state} after {d.attempts} "
@@ -176,6 +178,12 @@ def studies(args: argparse.Namespace) -> int:
             f"{u.level:<7} {u.uid:<64} {u.calling_ae:<16} {u.count:>5} {u.held:>5} "
             f"{_age(now - u.first_at):>6} {_age(now - u.last_at)}"
         )
+    return EXIT_OK
+
+
+def commitments(args: argparse.Namespace) -> int:
+    """`dicom-router commitments [FILE]`: the storage commitment transactions."""
+    print_commitments(_spool(args.file))
     return EXIT_OK
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "AssociationAborted",
     "AssociationFailed",
     "AssociationRejected",
+    "CommitmentModality",
     "DicomWebOrthanc",
     "FileOutcome",
     "Orthanc",
@@ -1310,3 +1311,111 @@ class WebhookReceiver:
         """Stop serving."""
         self.server.shutdown()
         self.server.server_close()
+
+
+# --------------------------------------------------------------------------- commitment
+
+
+class CommitmentModality:
+    """A modality asking for Storage Commitment (pynetdicom): sends N-ACTIONs to the router
+    and takes the N-EVENT-REPORTs on its own port (its `commitment_port`), SCP role accepted.
+
+    Each report is kept as (event type, Event Information dataset) in `reports`.
+    """
+
+    def __init__(self, ae_title: str = "MODALITY", port: int | None = None) -> None:
+        """Start listening on `port` (default: a free loopback port)."""
+        from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
+
+        self.ae_title = ae_title
+        self.reports: list[tuple[int, Any]] = []
+        self.same_association: list[tuple[int, Any]] = []  # reports on the request's own
+        self.port = port or free_port()
+        self._ae = AE(ae_title=ae_title)
+        self._ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+        self._server = self._ae.start_server(
+            (LOOPBACK, self.port),
+            block=False,
+            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_report)],
+        )
+
+    def _on_report(self, event: Event) -> tuple[int, None]:
+        self.reports.append((int(event.request.EventTypeID), event.event_information))
+        return 0x0000, None
+
+    def _on_same_association(self, event: Event) -> tuple[int, None]:
+        self.same_association.append((int(event.request.EventTypeID), event.event_information))
+        return 0x0000, None
+
+    def request(
+        self,
+        router_port: int,
+        transaction_uid: str,
+        refs: Sequence[tuple[str, str]],
+        *,
+        keep_open: float = 0.0,
+    ) -> Any:
+        """Send one N-ACTION (Request Storage Commitment); its response status dataset.
+
+        keep_open: wait up to that many seconds on the association for the report (kept in
+        `same_association`) before releasing it. AssociationFailed when the router
+        accepts no Storage Commitment context.
+        """
+        from pydicom.dataset import Dataset
+        from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+            StorageCommitmentPushModel,
+            StorageCommitmentPushModelInstance,
+        )
+
+        ds = Dataset()
+        ds.TransactionUID = transaction_uid
+        items = []
+        for sop_class, sop_instance in refs:
+            item = Dataset()
+            item.ReferencedSOPClassUID = sop_class
+            item.ReferencedSOPInstanceUID = sop_instance
+            items.append(item)
+        if items:
+            ds.ReferencedSOPSequence = items
+        ae = AE(ae_title=self.ae_title)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context(StorageCommitmentPushModel)
+        ae.add_requested_context(Verification)  # so a refused commitment still associates
+        assoc = ae.associate(
+            LOOPBACK,
+            router_port,
+            ae_title="DICOM_ROUTER",
+            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_same_association)],
+        )
+        if not assoc.is_established:
+            raise AssociationFailed("no association")
+        try:
+            if not any(
+                c.abstract_syntax == StorageCommitmentPushModel for c in assoc.accepted_contexts
+            ):
+                raise AssociationFailed("storage commitment context rejected")
+            status, _ = assoc.send_n_action(
+                ds, 1, StorageCommitmentPushModel, StorageCommitmentPushModelInstance
+            )
+            deadline = time.monotonic() + keep_open
+            while not self.same_association and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return status
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def wait_report(self, timeout: float = 30.0) -> tuple[int, Any]:
+        """Wait for the next report not yet taken; (event type, dataset)."""
+        deadline = time.monotonic() + timeout
+        while not self.reports:
+            if time.monotonic() > deadline:
+                raise TimeoutError("no N-EVENT-REPORT")
+            time.sleep(0.05)
+        return self.reports.pop(0)
+
+    def close(self) -> None:
+        """Stop listening (once; again is a no-op)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None

@@ -144,3 +144,40 @@ def test_opening_a_newer_spool_in_process_raises_spool_too_new(tmp_path: Path, d
         conn.execute("PRAGMA user_version=99")
     with pytest.raises(SpoolTooNew, match="schema version 99"):
         Spool(tmp_path)
+
+
+def test_a_spool_of_schema_3_gains_the_commitment_tables_and_keeps_its_rows(
+    tmp_path: Path,
+) -> None:
+    """A queue.db at version 3 (frozen): migrated to 4, its unit and delivery kept, commitments
+    recorded afterwards."""
+    from router.spool.commitments import Item, Transaction
+
+    now = time.time()
+    with sqlite3.connect(tmp_path / "queue.db") as db:
+        db.executescript((FROZEN.with_name("spool_v3") / "queue.sql").read_text())
+        db.execute(
+            "INSERT INTO objects (id, sop_instance_uid, sop_class_uid, transfer_syntax,"
+            " received_at) VALUES ('o1', '1.2.3', ?, ?, ?)",
+            (CTImageStorage, ExplicitVRLittleEndian, now),
+        )
+        db.execute(
+            "INSERT INTO deliveries (object_id, destination, next_attempt_at, updated_at)"
+            " VALUES ('o1', 'pacs', ?, ?)",
+            (now, now),
+        )
+        db.execute(
+            "INSERT INTO received_units (level, uid, study_uid, calling_ae, first_at, last_at,"
+            " count) VALUES ('study', '1.2', '1.2', 'CT_1', ?, ?, 1)",
+            (now, now),
+        )
+    assert version(tmp_path / "queue.db") == 3
+    spool = Spool(tmp_path)
+    assert version(tmp_path / "queue.db") == len(QUEUE_MIGRATIONS) == 4
+    assert spool.due("pacs", 10)[0].sop_instance_uid == "1.2.3"
+    assert spool.units.unit("study", "1.2") is not None
+    txn = Transaction("9.9", "CT_1", "DICOM_ROUTER", "127.0.0.1", now, now + 60, "", None, 0,
+                      now, None)  # fmt: skip
+    spool.commitments.record(txn, [Item(CTImageStorage, "1.2.3")], max_open=1)
+    assert spool.commitments.open_counts()[0] == 1
+    spool.close()

@@ -77,6 +77,13 @@ class Caller(Strict):
     hosts: list[IPvAnyNetwork] | None = Field(
         None, description="IPs or CIDRs the AE title may call from; default: any address"
     )
+    commitment_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="where this caller takes Storage Commitment reports on a new association; "
+        "only callers with one may ask for storage commitment",
+    )
 
 
 class Metrics(Strict):

@@ -17,6 +17,7 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from router.config.actions import Actions
 from router.config.base import Strict, context
+from router.config.commitment import StorageCommitment
 from router.config.deid import DeidProfile
 from router.config.destinations import Destination, destination_kind
 from router.config.fields import AETitle, ByteSize, Keyword, Name, Status, Text, one_or_many
@@ -115,6 +116,9 @@ class Config(Strict):
     )
     fleet: Fleet | None = Field(
         None, description="mirror decisions and queues to PostgreSQL for the fleet view"
+    )
+    storage_commitment: StorageCommitment | None = Field(
+        None, description="answer Storage Commitment requests; absent: they are refused"
     )
     destinations: dict[Name, Destination] = Field(
         default_factory=dict,

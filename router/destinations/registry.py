@@ -19,6 +19,7 @@ from router.config.destinations import (
     StowDestination,
     WebhookDestination,
 )
+from router.destinations.commitment import Committer
 from router.destinations.dicom_worker import DicomWorkers
 from router.destinations.stow_worker import StowWorkers
 from router.destinations.sweeper import Sweeper
@@ -90,6 +91,7 @@ class Forwarder:
         self.spool = spool
         self.workers: dict[str, QueueWorkers[Any, Any]] = {}
         self.sweeper: Sweeper | None = None  # completes collected units: one per daemon
+        self.committer: Committer | None = None  # answers storage commitment: one per daemon
 
     def apply(self, loaded: LoadedConfig) -> None:
         """Start, restart or stop destinations so they match `loaded`."""
@@ -100,6 +102,11 @@ class Forwarder:
             self.sweeper.start()
         else:
             self.sweeper.apply(loaded.config.studies)
+        if self.committer is None:
+            self.committer = Committer(self.spool, loaded.config)
+            self.committer.start()
+        else:
+            self.committer.apply(loaded.config)
         for name in list(self.workers):
             current = self.workers[name]
             if wanted.get(name) != current.dest or current.calling_ae != calling:
@@ -118,6 +125,8 @@ class Forwarder:
         """Stop every destination, each finishing the instance in hand."""
         if self.sweeper is not None:
             self.sweeper.stop()
+        if self.committer is not None:
+            self.committer.stop()
         for workers in self.workers.values():
             workers.request_stop()
         for workers in self.workers.values():

@@ -10,10 +10,10 @@ kill -9 it finds the same units and completes them.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from router.config.studies import Studies
+from router.destinations.ticker import Ticker
 from router.observe import metrics
 from router.spool.database import Spool
 from router.spool.studies import COMPLETE, FORCING, Unit
@@ -23,14 +23,13 @@ log = logging.getLogger("router.studies")
 MAX_TICK = 1.0  # seconds between two looks, at most
 
 
-class Sweeper:
+class Sweeper(Ticker):
     """Completes due units every tick; `apply` follows the `studies:` section on reload."""
 
     def __init__(self, spool: Spool, studies: Studies) -> None:
+        super().__init__("studies-sweeper", log)
         self.spool = spool
         self.studies = studies
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="studies-sweeper", daemon=True)
 
     def apply(self, studies: Studies) -> None:
         """Use a reloaded `studies:` section from the next tick."""
@@ -40,20 +39,15 @@ class Sweeper:
     def start(self) -> None:
         """Start the timer thread."""
         self.apply(self.studies)
-        self._thread.start()
+        super().start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop after the tick under way."""
-        self._stop.set()
-        self._thread.join(timeout)
+    def tick(self) -> int:
+        """Complete every due unit; how many."""
+        return self.sweep()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sweep()
-            except Exception:  # a bug or a locked database must not end the timer
-                log.exception("completing collected units failed")
-            self._stop.wait(min(MAX_TICK, self.studies.quiet / 4))
+    def interval(self) -> float:
+        """A quarter of the quiet time, at most MAX_TICK."""
+        return min(MAX_TICK, self.studies.quiet / 4)
 
     def sweep(self) -> int:
         """Complete every due unit; how many."""

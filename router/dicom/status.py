@@ -106,3 +106,16 @@ def listing(codes: Iterable[int], ranges: Iterable[tuple[int, int]] = ()) -> str
     spans = sorted([*spans, *ranges])
     words = [hex_code(lo) if lo == hi else f"{hex_code(lo)}-{hex_code(hi)}" for lo, hi in spans]
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+# --- Storage Commitment (PS3.4 Annex J; PS3.7 C.5) ----------------------------------------
+
+# N-ACTION statuses the router answers to a Storage Commitment request.
+INVALID_ARGUMENT = 0x0115  # a Transaction UID already in use (Failure Reason 0x0131 in kind)
+MISSING_ATTRIBUTE = 0x0120  # no Transaction UID or Referenced SOP Sequence
+MISSING_ATTRIBUTE_VALUE = 0x0121  # an item without its SOP Class or Instance UID
+NO_SUCH_ACTION = 0x0123  # an Action Type ID other than 1
+RESOURCE_LIMITATION = 0x0213  # more items, or open transactions, than the router's limits
+# Failure Reasons (0008,1197) of a Failed SOP Sequence item in the N-EVENT-REPORT.
+NO_SUCH_OBJECT = 0x0112  # never received
+CLASS_INSTANCE_CONFLICT = 0x0119  # received, with another SOP Class
+# PROCESSING_FAILURE (0x0110): rejected, dead-lettered, or not done before the timeout.

@@ -192,6 +192,15 @@ _TABLE: dict[str, tuple[str, str, str, tuple[str, ...], Any]] = {
         ("profile",),
         None,
     ),
+    # Set by the forwarder's commitment timer alone.
+    "commitments_pending": ("gauge", "commitments_pending",
+                            "Storage Commitment transactions not yet reported", (), "mostrecent"),
+    "commitments_oldest": ("gauge", "commitments_oldest_seconds",
+                           "Age of the oldest Storage Commitment transaction not yet reported",
+                           (), "mostrecent"),
+    "commitments": ("counter", "commitments",
+                    "Storage Commitment transactions finished, by outcome (committed, failed, "
+                    "abandoned)", ("outcome",), None),
 }
 
 
@@ -233,6 +242,9 @@ class Instruments:
     fleet_last_success: Any
     fleet_failures: Any
     deid_withheld: Any
+    commitments_pending: Any
+    commitments_oldest: Any
+    commitments: Any
 
     def __init__(self) -> None:
         for attribute, spec in _TABLE.items():

@@ -237,3 +237,21 @@ def deid_withheld(profile: str) -> None:
     m = instruments.active
     if m is not None:
         m.deid_withheld.labels(profile).inc()
+
+
+# --- storage commitment -------------------------------------------------------------------
+
+
+def commitments_open(count: int, oldest_seconds: float) -> None:
+    """The transactions not yet reported, and the oldest one's age (the forwarder's timer)."""
+    m = instruments.active
+    if m is not None:
+        m.commitments_pending.set(count)
+        m.commitments_oldest.set(oldest_seconds)
+
+
+def commitment_finished(outcome: str) -> None:
+    """A transaction's report delivered (committed, failed) or given up (abandoned)."""
+    m = instruments.active
+    if m is not None:
+        m.commitments.labels(outcome).inc()

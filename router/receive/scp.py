@@ -41,6 +41,7 @@ from router.net.admission import (
 )
 from router.observe import metrics
 from router.observe.ratelimit import RateLimitedLog
+from router.receive import commitment as stgcmt
 from router.spool.journal import Journal
 
 log = logging.getLogger("router.scp")
@@ -114,6 +115,7 @@ class StorageSCP:
         reuse_port: bool = False,
         budget: Budget | None = None,
         on_release: Callable[[set[tuple[str, str]]], None] | None = None,
+        commitment: stgcmt.CommitmentSCP | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._on_release = on_release  # studies.on_release: the units a released assoc sent
@@ -137,6 +139,10 @@ class StorageSCP:
             (evt.EVT_REJECTED, _on_rejected),
             (evt.EVT_RELEASED, self._on_released),
         ]
+        if commitment is not None:  # offered to callers with a commitment_port only
+            self.ae.add_supported_context(stgcmt.SOP_CLASS)
+            handlers.append((evt.EVT_N_ACTION, commitment.on_action))
+        self._commitment = commitment
         try:
             server = self.ae.make_server(
                 (listen.host, listen.port),
@@ -249,6 +255,8 @@ class StorageSCP:
                 _reject(event.assoc, REJECT_BUSY)
                 return
             netlayer.when_done(event.assoc, self._budget.give)
+        if self._commitment is not None:
+            stgcmt.admit_context(event.assoc, self._current(), calling, peer)
 
     def _on_store(self, event: Event) -> Dataset | int:
         request = event.request

@@ -15,6 +15,7 @@ from router.actions.pipeline import Pipeline
 from router.net.admission import Budget
 from router.net.setup import configure_pynetdicom
 from router.net.tls import tls_context
+from router.receive.commitment import CommitmentSCP
 from router.receive.scp import StorageSCP
 from router.rules.ruleset import LoadedConfig
 from router.spool.database import Spool
@@ -66,6 +67,7 @@ class ReceiveStack:
                 reuse_port=port is not None,
                 budget=budget,
                 on_release=self.forwarding.released,
+                commitment=CommitmentSCP(spool, lambda: current().config),
             )
         except BaseException:
             self._close()

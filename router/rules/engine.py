@@ -185,6 +185,18 @@ def caller_allowed(config: Config, calling_ae: str, peer: str) -> bool:
     )
 
 
+def commitment_port(config: Config, calling_ae: str, peer: str) -> int | None:
+    """The commitment_port of the first caller entry matching this AE title and address."""
+    if config.storage_commitment is None:
+        return None
+    for caller in config.callers or ():
+        if fnmatchcase(calling_ae, caller.ae_title) and (
+            caller.hosts is None or in_networks(peer, caller.hosts)
+        ):
+            return caller.commitment_port
+    return None
+
+
 def in_networks(peer: str, networks: Sequence[object]) -> bool:
     """True when `peer` (an IP, IPv4-mapped IPv6 too) lies in one of `networks`."""
     try:

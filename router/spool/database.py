@@ -14,6 +14,7 @@ from pathlib import Path
 
 from router.errors import OutOfResources
 from router.spool.activity import Activity
+from router.spool.commitments import Commitments
 from router.spool.db import Databases
 from router.spool.decisions import DecisionLog, DecisionRecord, trace
 from router.spool.layout import OBJECTS
@@ -38,6 +39,7 @@ class Spool:
         self.decisions = DecisionLog(self._db)
         self.activity = Activity(self._db)
         self.units = Units(self._db, self.queue.path_of)
+        self.commitments = Commitments(self._db)
 
     def close(self) -> None:
         """Close the idle connections; borrowed ones close when given back."""

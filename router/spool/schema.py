@@ -84,7 +84,37 @@ CREATE TABLE IF NOT EXISTS kicks (
 );
 """
 
-QUEUE_MIGRATIONS: tuple[str, ...] = (_QUEUE_1, _QUEUE_2, _QUEUE_3)
+# queue.db, migration 4: Storage Commitment transactions (`router.spool.commitments`),
+# recorded before the N-ACTION is answered, and the instances each one references.
+_QUEUE_4 = """
+CREATE TABLE commitments (
+    transaction_uid TEXT PRIMARY KEY,
+    calling_ae TEXT NOT NULL,       -- the modality: called back under this AE title
+    called_ae TEXT NOT NULL,        -- the router's AE title as the modality called it
+    peer TEXT NOT NULL,             -- the modality's address (its commitment_port gets the report)
+    received_at REAL NOT NULL,
+    deadline REAL NOT NULL,         -- received_at + timeout: what is not done then has failed
+    state TEXT NOT NULL DEFAULT 'pending',  -- pending | reporting | reported | abandoned
+    event_type INTEGER,             -- once decided: 1 all committed, 2 some failed
+    attempts INTEGER NOT NULL DEFAULT 0,    -- reports tried
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    reported_at REAL,
+    lease_at REAL                   -- renewed while the request's association is open
+);
+CREATE TABLE commitment_items (
+    transaction_uid TEXT NOT NULL REFERENCES commitments(transaction_uid),
+    position INTEGER NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    failure INTEGER,                -- once decided: NULL committed, else its Failure Reason
+    decided INTEGER NOT NULL DEFAULT 0,  -- 1 once final: not looked at again
+    PRIMARY KEY (transaction_uid, position)
+);
+CREATE INDEX commitments_due ON commitments (state, next_attempt_at);
+"""
+
+QUEUE_MIGRATIONS: tuple[str, ...] = (_QUEUE_1, _QUEUE_2, _QUEUE_3, _QUEUE_4)
 
 DECISION_MIGRATIONS: tuple[str, ...] = (
     """
