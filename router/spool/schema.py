@@ -84,7 +84,17 @@ CREATE TABLE IF NOT EXISTS kicks (
 );
 """
 
-QUEUE_MIGRATIONS: tuple[str, ...] = (_QUEUE_1, _QUEUE_2, _QUEUE_3)
+# queue.db, migration 4: destinations an administrator paused (`queue pause`, the status
+# page): the forwarder sends them nothing until resumed; kept across restarts.
+_QUEUE_4 = """
+CREATE TABLE IF NOT EXISTS paused (
+    destination TEXT PRIMARY KEY,
+    by TEXT NOT NULL,       -- who paused it: a page user, or the login of `queue pause`
+    at REAL NOT NULL
+);
+"""
+
+QUEUE_MIGRATIONS: tuple[str, ...] = (_QUEUE_1, _QUEUE_2, _QUEUE_3, _QUEUE_4)
 
 DECISION_MIGRATIONS: tuple[str, ...] = (
     """
