@@ -28,6 +28,8 @@ from tests.test_status_page import (
     csrf_of,
     done_message,
     rule_file,
+    shots,  # noqa: F401 (where screenshots go, a fixture)
+    snap,
     users_file,
 )
 
@@ -82,6 +84,7 @@ def held(site: dict[str, Any], uid: str, before: int) -> None:
 def test_a_destination_paused_from_the_page_sends_only_once_resumed(
     site: dict[str, Any],
     browser: webdriver.Chrome,  # noqa: F811 (the imported fixture)
+    shots: Path,  # noqa: F811 (the imported fixture)
 ) -> None:
     """Pause on the Destinations page: an instance sent meanwhile stays pending, the page
     says who paused it; Resume delivers it."""
@@ -96,6 +99,7 @@ def test_a_destination_paused_from_the_page_sends_only_once_resumed(
     browser.get(f"{site['base']}/destinations")
     state = browser.find_element(By.XPATH, "//tr[@id='dest-pacs']/td[2]").text
     assert state.startswith("paused (by local, since "), state
+    snap(browser, shots, "destinations-paused")
     browser.find_element(By.XPATH, "//tr[@id='dest-pacs']//button[text()='Resume']").click()
     assert "pacs resumed (paused by local)" in done_message(browser)
     site["scp"].wait_count(before + 1, timeout=5)
