@@ -70,7 +70,8 @@ _ABOUT_COMMANDS = {
     ),
     "queue": (
         "forwarding queues and dead letters",
-        "List, retry or purge the deliveries waiting in the daemon's spool.",
+        "List, retry or purge the deliveries waiting in the daemon's spool; pause or "
+        "resume a destination.",
     ),
     "trace": (
         "where did a study, series or instance go?",
@@ -143,11 +144,12 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("file", type=Path, nargs="?", metavar="FILE", help=_RAN_WITH)
     q.add_argument(
         "action",
-        choices=("list", "retry", "purge"),
+        choices=spool_commands.QUEUE_ACTIONS,
         nargs="?",
         default="list",
         help="list (default): deliveries waiting or dead; retry: queue dead letters again; "
-        "purge: drop dead letters",
+        "purge: drop dead letters; pause / resume --destination NAME: send it nothing "
+        "until resumed (the running daemon sees it within a second)",
     )
     q.add_argument("--destination", default=None, metavar="NAME", help="only this destination")
     q.add_argument(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import time
 from datetime import datetime
@@ -19,6 +20,7 @@ from router.rules.ruleset import LoadedConfig, load
 from router.spool.database import Spool
 
 EXIT_OK, EXIT_INVALID = 0, 1
+QUEUE_ACTIONS = ("list", "retry", "purge", "pause", "resume")
 
 
 def load_for_run(path: Path | None) -> LoadedConfig:
@@ -50,7 +52,7 @@ def studies_positionals(args: argparse.Namespace) -> None:
 def queue_positionals(args: argparse.Namespace) -> None:
     """`queue retry` with no FILE: argparse took the action word for the file."""
     word = str(args.file)
-    if args.action == "list" and word in ("list", "retry", "purge") and not Path(word).exists():
+    if args.action == "list" and word in QUEUE_ACTIONS and not Path(word).exists():
         args.action, args.file = word, None
 
 
@@ -97,6 +99,8 @@ def queue(args: argparse.Namespace) -> int:
         spool.kick(args.destination)
         print(f"{requeued} dead letters queued again, {due} waiting deliveries due now")
         return EXIT_OK
+    if args.action in ("pause", "resume"):
+        return _pause_or_resume(args, spool)
     if args.action == "purge":
         states = ("dead", "pending") if args.all else ("dead",)
         what = "deliveries" if args.all else "dead letters"
@@ -113,9 +117,29 @@ def queue(args: argparse.Namespace) -> int:
             f"{d.sop_instance_uid:<64} {d.destination:<12} {d.state:<8} {d.attempts:>5} "
             f"{_age(now - d.received_at):>6}  {d.last_error or ''}"
         )
+    paused = spool.pauses.listing()
     for name, (pending, dead) in sorted(spool.depth().items()):
         if args.destination in (None, name):
-            print(f"{name}: {pending} pending, {dead} dead letters")
+            pause = paused.get(name)
+            print(
+                f"{name}: {pending} pending, {dead} dead letters"
+                + (f", paused by {pause.by} {_age(now - pause.at)} ago" if pause else "")
+            )
+    return EXIT_OK
+
+
+def _pause_or_resume(args: argparse.Namespace, spool: Spool) -> int:
+    """`queue pause|resume --destination D`: the running forwarder sees it within 1 s."""
+    name = args.destination
+    if name is None:
+        raise UsageError(f"queue {args.action} needs --destination NAME")
+    if args.action == "pause":
+        pause = spool.pause(name, getpass.getuser())
+        print(f"{name} paused by {pause.by}: nothing is sent to it until `queue resume`")
+        return EXIT_OK
+    ended, pending = spool.resume(name)
+    was = f"paused by {ended.by}" if ended else "was not paused"
+    print(f"{name} resumed ({was}): {pending} pending deliveries due now")
     return EXIT_OK
 
 

@@ -173,7 +173,7 @@ def test_a_spool_of_schema_3_gains_the_commitment_tables_and_keeps_its_rows(
         )
     assert version(tmp_path / "queue.db") == 3
     spool = Spool(tmp_path)
-    assert version(tmp_path / "queue.db") == len(QUEUE_MIGRATIONS) == 4
+    assert version(tmp_path / "queue.db") == len(QUEUE_MIGRATIONS)
     assert spool.due("pacs", 10)[0].sop_instance_uid == "1.2.3"
     assert spool.units.unit("study", "1.2") is not None
     txn = Transaction("9.9", "CT_1", "DICOM_ROUTER", "127.0.0.1", now, now + 60, "", None, 0,

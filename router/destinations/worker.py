@@ -6,7 +6,9 @@ Retry-After), hands the batch to its kind (`send_batch`: DICOM in `dicom_worker`
 in `stow_worker`), and closes its connection after `idle_timeout` without work. What the
 destination answered is settled here, once for every kind: the policy's verdict gives
 delivered, dead letter or another attempt after a backoff; an unreachable destination
-blocks as a whole, its instances' attempts not counted.
+blocks as a whole, its instances' attempts not counted. A destination an administrator
+paused (`queue pause`, the status page) is sent nothing until resumed: its workers read the
+spool's pause row at most once a second (`_held`), never per instance.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from router.errors import ForwardError, PermanentError
 from router.observe import metrics
 from router.rules.ruleset import LoadedConfig
 from router.spool.database import Spool
+from router.spool.pauses import Pause
 from router.spool.queue import Delivery
 
 log = logging.getLogger("router.forward")
@@ -35,6 +38,7 @@ log = logging.getLogger("router.forward")
 IDLE_POLL = 0.05  # seconds between queue polls when there is nothing due
 BUG_PAUSE = 1.0  # seconds a worker pauses after an unexpected exception
 PROBE_SECONDS = 10.0  # while unreachable, how often one thread asks whether it is back
+PAUSE_CHECK = 1.0  # seconds between reads of the destination's pause row (another process)
 
 
 class Queued(Protocol):
@@ -83,6 +87,8 @@ class QueueWorkers(ABC, Generic[D, C]):
         self._failures = 0  # consecutive unreachable cycles: the backoff's attempt number
         self._paused_at = 0.0  # when the pause was last set or extended: see _kicked
         self._next_probe = 0.0  # monotonic: see _probed
+        self._pause: Pause | None = None  # an administrator's pause, as last read: see _held
+        self._pause_read = -PAUSE_CHECK  # monotonic: when it was read
         metrics.destination_started(name)
         self._threads = [
             threading.Thread(target=self._work, name=f"forward-{name}-{i}", daemon=True)
@@ -148,6 +154,10 @@ class QueueWorkers(ABC, Generic[D, C]):
         channel = self.open_channel()
         try:
             while not self._stop.is_set():
+                if self._held():
+                    self.close_if_idle(channel)
+                    self._stop.wait(PAUSE_CHECK)
+                    continue
                 wait = self._blocked_until - time.time()
                 if wait > 0 and not self._kicked() and not self._probed(channel):
                     self._stop.wait(min(wait, 1.0))
@@ -301,6 +311,36 @@ class QueueWorkers(ABC, Generic[D, C]):
             extra={"event": "kicked", "destination": self.name},
         )
         return True
+
+    def _held(self) -> bool:
+        """True while an administrator has paused this destination.
+
+        The spool's row is read by one thread at most once every PAUSE_CHECK seconds (the
+        others take the last answer), so a batch costs no query; the change is logged once.
+        """
+        now = time.monotonic()
+        with self._lock:
+            if now < self._pause_read + PAUSE_CHECK:
+                return self._pause is not None
+            self._pause_read = now
+        pause = self.spool.pauses.of(self.name)
+        with self._lock:
+            changed = (pause is None) != (self._pause is None)
+            self._pause = pause
+        if changed and pause is not None:
+            log.info(
+                "destination %s paused by %s: sending nothing until resumed",
+                self.name,
+                pause.by,
+                extra={"event": "paused", "destination": self.name, "user": pause.by},
+            )
+        elif changed:
+            log.info(
+                "destination %s resumed: sending again",
+                self.name,
+                extra={"event": "resumed", "destination": self.name},
+            )
+        return pause is not None
 
     def _probed(self, channel: C) -> bool:
         """While unreachable, one thread asks every PROBE_SECONDS whether it is back.

@@ -2,8 +2,9 @@
 
 The parts, each in its module: the folders and start-up recovery (`layout`), the SQLite
 schemas and connections (`db`), the delivery queue and its states (`queue`), the decision
-log and `trace` (`decisions`), the monitor's read-only look (`stats`) and the status
-page's look at what the queue did lately (`activity`).
+log and `trace` (`decisions`), the monitor's read-only look (`stats`), the status
+page's look at what the queue did lately (`activity`) and the paused destinations
+(`pauses`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from router.spool.commitments import Commitments
 from router.spool.db import Databases
 from router.spool.decisions import DecisionLog, DecisionRecord, trace
 from router.spool.layout import OBJECTS
+from router.spool.pauses import Pause, Pauses
 from router.spool.queue import DEAD_LETTER, PENDING, Delivery, Instance, Queue
 from router.spool.studies import Units
 
@@ -40,6 +42,7 @@ class Spool:
         self.activity = Activity(self._db)
         self.units = Units(self._db, self.queue.path_of)
         self.commitments = Commitments(self._db)
+        self.pauses = Pauses(self._db)
 
     def close(self) -> None:
         """Close the idle connections; borrowed ones close when given back."""
@@ -92,6 +95,18 @@ class Spool:
     def kicked_at(self, destination: str) -> float:
         """When `queue retry` last asked to end this destination's pause (0: never)."""
         return self.queue.kicked_at(destination)
+
+    def pause(self, destination: str, by: str) -> Pause:
+        """Send nothing to `destination` until resumed (the forwarder sees it within 1 s)."""
+        return self.pauses.pause(destination, by)
+
+    def resume(self, destination: str) -> tuple[Pause | None, int]:
+        """End `destination`'s pause: the pause ended (None: none) and its pending
+        deliveries, all due now (a backoff in progress ends too)."""
+        ended = self.pauses.resume(destination)
+        self.queue.due_now(destination)
+        self.queue.kick(destination)
+        return ended, self.queue.depth().get(destination, (0, 0))[0]
 
     def purge(self, destination: str | None = None, states: Sequence[str] = (DEAD_LETTER,)) -> int:
         """Delete deliveries (dead letters by default) and files nobody needs any more."""

@@ -112,9 +112,24 @@ CREATE TABLE commitment_items (
     PRIMARY KEY (transaction_uid, position)
 );
 CREATE INDEX commitments_due ON commitments (state, next_attempt_at);
+
+# queue.db, migration 5: destinations an administrator paused (`queue pause`, the status
+# page): the forwarder sends them nothing until resumed; kept across restarts.
+_QUEUE_5 = """
+CREATE TABLE IF NOT EXISTS paused (
+    destination TEXT PRIMARY KEY,
+    by TEXT NOT NULL,       -- who paused it: a page user, or the login of `queue pause`
+    at REAL NOT NULL
+);
 """
 
-QUEUE_MIGRATIONS: tuple[str, ...] = (_QUEUE_1, _QUEUE_2, _QUEUE_3, _QUEUE_4)
+# queue.db, migration 6: deliveries by the time of their last change, which the fleet
+# mirror (`router.observe.fleet.mirror`) reads each round; without it a full scan.
+_QUEUE_6 = """
+CREATE INDEX IF NOT EXISTS deliveries_changed ON deliveries (updated_at, id);
+"""
+
+QUEUE_MIGRATIONS: tuple[str, ...] = (_QUEUE_1, _QUEUE_2, _QUEUE_3, _QUEUE_4, _QUEUE_5, _QUEUE_6)
 
 DECISION_MIGRATIONS: tuple[str, ...] = (
     """

@@ -138,7 +138,8 @@ class Pages:
             log.warning("status page: %s refused for %s: role read", path, user.name)
             return _text(start, "403 Forbidden", f"{user.name} may only look (role read)")
         try:
-            done = actions.ACTIONS[path](self.spool(), form)
+            ctx = Context(self._daemon, self.spool(), self._workers)
+            done = actions.ACTIONS[path](ctx, form, user.name)
         except BadRequest as exc:
             log.warning("status page: %s refused for %s: %s", path, user.name, exc)
             return _text(start, "400 Bad Request", str(exc))

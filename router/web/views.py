@@ -63,18 +63,23 @@ def overview(ctx: Context, _query: Mapping[str, str]) -> dict[str, Any]:
 
 
 def destinations(ctx: Context, _query: Mapping[str, str]) -> dict[str, Any]:
-    """Per destination: state, queue depth, oldest pending, last error, the last hour."""
+    """Per destination: state (paused, failing, delivering, idle), queue depth, oldest
+    pending, last error, the last hour."""
     loaded = ctx.daemon.current()
     names = queued_destinations(loaded.config)
     stats = queue_stats(loaded.spool, names)
     now = time.time()
     hour = ctx.spool.activity.finished_since(now - HOUR, SCAN_ROWS)
     failing = ctx.spool.activity.failing()
+    paused = ctx.spool.pauses.listing()
     rows = []
     for name in names:
         q = stats.get(name, QueueStats())
         since, next_at, error = failing.get(name, (None, None, None))
-        if since is not None:
+        pause = paused.get(name)
+        if pause is not None:
+            state = "paused"
+        elif since is not None:
             state = "failing"
         elif q.pending:
             state = "delivering"
@@ -85,6 +90,8 @@ def destinations(ctx: Context, _query: Mapping[str, str]) -> dict[str, Any]:
                 "name": name,
                 "state": state,
                 "since": since,
+                "paused_by": pause.by if pause else None,
+                "paused_at": pause.at if pause else None,
                 "next_attempt": next_at,
                 "pending": q.pending,
                 "dead": q.dead_letters,
