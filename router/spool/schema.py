@@ -112,6 +112,7 @@ CREATE TABLE commitment_items (
     PRIMARY KEY (transaction_uid, position)
 );
 CREATE INDEX commitments_due ON commitments (state, next_attempt_at);
+"""
 
 # queue.db, migration 5: destinations an administrator paused (`queue pause`, the status
 # page): the forwarder sends them nothing until resumed; kept across restarts.
