@@ -21,8 +21,6 @@ from pynetdicom import AE, _config, evt
 
 from tests.dicomgen import make_ct, make_instance, make_multiframe, make_series
 from tests.peers import (
-    AssociationFailed,
-    AssociationRejected,
     Orthanc,
     Proc,
     StoreSCP,
@@ -30,6 +28,7 @@ from tests.peers import (
     _descendants,
     echoscu,
     free_port,
+    pyn_rejected,
     pyn_store,
     storescu,
     wait_port,
@@ -275,17 +274,5 @@ def test_pyn_store_raises_on_association_rejection(tmp_path: Path, series: list[
     """A rejected association raises AssociationRejected with the PS3.8 codes."""
     strict = Orthanc(tmp_path / "strict", config={"DicomCheckCalledAet": True})
     with strict:
-        # pynetdicom 3.0.4's requestor races a peer that rejects at once: when its DUL
-        # thread receives the A-ASSOCIATE-RJ and closes before the calling thread checks
-        # `_is_connected` (acse.py:451-457), it aborts as if the connection had failed
-        # (seen on a loaded CPU). Such a lost race is tried again; a wrong answer is not.
-        for _ in range(10):
-            try:
-                pyn_store(strict.dicom_port, series[:1], called="NOT_ORTHANC")
-            except AssociationFailed:
-                continue
-            except AssociationRejected as exc:
-                assert (exc.result, exc.source, exc.reason) == (1, 1, 7)
-                return
-            pytest.fail("Orthanc accepted an association to the wrong called AE title")
-        pytest.fail("10 association requests lost pynetdicom's race")
+        rj = pyn_rejected(strict.dicom_port, series[:1], called="NOT_ORTHANC")
+        assert (rj.result, rj.source, rj.reason) == (1, 1, 7)
