@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
 
 from router.receive.commitment import MAX_ITEMS, MAX_OPEN_PER_CALLER
@@ -129,10 +130,7 @@ def test_study_committed_after_delivery(
     refs = requested(routed, modality, tmp_path, 3)
     event_type, report = modality.wait_report()
     assert store_scp.count() == 3
-    assert event_type == 1
-    assert [r.ReferencedSOPInstanceUID for r in report.ReferencedSOPSequence] == [
-        sop for _, sop in refs
-    ]
+    assert_all_committed(event_type, report, refs)
     assert "FailedSOPSequence" not in report
 
 
@@ -181,10 +179,7 @@ def test_no_report_until_the_destination_is_back(
         with pacs:
             event_type, report = modality.wait_report()
             assert pacs.count() == 2
-        assert event_type == 1
-        assert [r.ReferencedSOPInstanceUID for r in report.ReferencedSOPSequence] == [
-            sop for _, sop in refs
-        ]
+        assert_all_committed(event_type, report, refs)
     finally:
         daemon.stop()
 
@@ -354,10 +349,7 @@ def test_pending_transaction_answered_after_kill9(
         with pacs:
             daemon.start()
             event_type, report = modality.wait_report()
-        assert event_type == 1
-        assert [r.ReferencedSOPInstanceUID for r in report.ReferencedSOPSequence] == [
-            sop for _, sop in refs
-        ]
+        assert_all_committed(event_type, report, refs)
     finally:
         daemon.stop()
 
@@ -396,9 +388,7 @@ def test_relayed_answer_refused_by_check(tmp_path: Path) -> None:
     assert "answer: relayed is not implemented yet" in done.stdout + done.stderr
 
 
-def test_orthanc_modality_sees_its_study_committed(
-    tmp_path: Path, store_scp: StoreSCP
-) -> None:
+def test_orthanc_modality_sees_its_study_committed(tmp_path: Path, store_scp: StoreSCP) -> None:
     """Orthanc as the modality: it stores through the router, asks for commitment, gets Success."""
     orthanc = Orthanc(tmp_path / "orthanc", aet="MODALITY")
     daemon = RouterDaemon(
@@ -439,3 +429,11 @@ def _post(url: str, body: bytes) -> dict[str, str]:
 def _get(url: str) -> dict[str, object]:
     with urllib.request.urlopen(url, timeout=30) as rsp:
         return dict(json.loads(rsp.read()))
+
+
+def assert_all_committed(event_type: int, report: Dataset, refs: list[tuple[str, str]]) -> None:
+    """Event Type 1, and every requested instance in the report's Referenced SOP Sequence."""
+    assert event_type == 1
+    assert [r.ReferencedSOPInstanceUID for r in report.ReferencedSOPSequence] == [
+        sop for _, sop in refs
+    ]
