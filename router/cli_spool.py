@@ -58,6 +58,11 @@ def queue_positionals(args: argparse.Namespace) -> None:
 
 def _spool(path: Path | None) -> Spool:
     """The spool of the rule file the daemon ran with (no FILE: as `run` picks it)."""
+    return _loaded_spool(path)[1]
+
+
+def _loaded_spool(path: Path | None) -> tuple[LoadedConfig, Spool]:
+    """The rule file `run` would use (`_spool`'s rule) and its spool."""
     loaded = load_for_run(path)
     folder = loaded.spool
     if not (folder / "queue.db").exists():
@@ -65,7 +70,7 @@ def _spool(path: Path | None) -> Spool:
             f"{folder}: no spool here yet (has the daemon run with "
             f"{'this file' if path else loaded.path}?)"
         )
-    return Spool(folder)
+    return loaded, Spool(folder)
 
 
 def _fleet_lines(args: argparse.Namespace) -> list[str]:
@@ -86,11 +91,11 @@ def queue(args: argparse.Namespace) -> int:
             raise UsageError(f"queue {args.action}: --fleet lists only (act on the node)")
         print("\n".join(_fleet_lines(args)))
         return EXIT_OK
-    spool = _spool(args.file)
+    loaded, spool = _loaded_spool(args.file)
     if args.all and args.action != "purge":
         raise UsageError(f"queue {args.action}: --all applies to purge only")
     if args.destination is not None:
-        _known_destination(args.destination, args.file, spool)
+        _known_destination(args.destination, loaded, spool)
     if args.action == "retry":
         # Dead letters go back to the queue; what waits for a later attempt (a backoff, a
         # paused destination) is due now, and the forwarder is told to end the pause.
@@ -143,9 +148,9 @@ def _pause_or_resume(args: argparse.Namespace, spool: Spool) -> int:
     return EXIT_OK
 
 
-def _known_destination(name: str, file: Path | None, spool: Spool) -> None:
+def _known_destination(name: str, loaded: LoadedConfig, spool: Spool) -> None:
     """A destination of the rule file, or one the spool still has deliveries for."""
-    known = set(load_for_run(file).config.destinations or {}) | set(spool.depth())
+    known = set(loaded.config.destinations or {}) | set(spool.depth())
     if name not in known:
         raise UsageError(f"unknown destination {name!r}{did_you_mean(name, known)}")
 
