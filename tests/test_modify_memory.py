@@ -97,29 +97,59 @@ def test_1gb_instance_is_modified_stored_and_forwarded_with_flat_memory(
         assert (digest, copied) == (pixels, size), copy
 
 
-def test_apply_modify_of_a_256mib_file_peaks_under_100mib(tmp_path: Path) -> None:
-    """The function alone, in a fresh interpreter: its peak RSS does not follow the size."""
-    big = tmp_path / "big.dcm"
-    make_multiframe(big, 256 * 1024**2, private_creator="ROUTER TEST")
+def _peak_mib(tmp_path: Path, call: str, big: Path, out: Path) -> int:
+    """Run `call` (which reads sys.argv[1] and writes sys.argv[2]) in a fresh interpreter;
+    its peak resident memory in MiB."""
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from router.config.actions import ModifySpec\n"
-        "from router.actions.modify import apply_modify\n"
-        "spec = ModifySpec(remove=['private'], set={'InstitutionName': 'X'})\n"
-        "apply_modify(Path(sys.argv[1]), spec, Path(sys.argv[2]))\n"
+        f"{call}\n"
         "for line in open('/proc/self/status'):\n"
         "    if line.startswith('VmHWM:'):\n"
         "        print(int(line.split()[1]) // 1024)\n"
     )
-    out = tmp_path / "out.dcm"
     done = subprocess.run(
         [sys.executable, "-c", script, str(big), str(out)],
         capture_output=True,
         text=True,
         check=True,
         timeout=120,
+        cwd=tmp_path,
     )
-    assert int(done.stdout) <= LIMIT_MIB, done.stdout
+    return int(done.stdout)
+
+
+def test_apply_modify_of_a_256mib_file_peaks_under_100mib(tmp_path: Path) -> None:
+    """The function alone, in a fresh interpreter: its peak RSS does not follow the size."""
+    big, out = tmp_path / "big.dcm", tmp_path / "out.dcm"
+    make_multiframe(big, 256 * 1024**2, private_creator="ROUTER TEST")
+    call = (
+        "from router.config.actions import ModifySpec\n"
+        "from router.actions.modify import apply_modify\n"
+        "spec = ModifySpec(remove=['private'], set={'InstitutionName': 'X'})\n"
+        "apply_modify(Path(sys.argv[1]), spec, Path(sys.argv[2]))"
+    )
+    assert _peak_mib(tmp_path, call, big, out) <= LIMIT_MIB
     assert header_and_pixels(out)[1:] == header_and_pixels(big)[1:]
     assert dcmread(out, stop_before_pixels=True) == expected_header(big)
+
+
+def test_deidentify_of_a_256mib_file_peaks_under_100mib_with_pixels_unchanged(
+    tmp_path: Path,
+) -> None:
+    """The deidentify action streams Pixel Data as modify does (issue 17): its peak RSS
+    does not follow the size, and the pixels are the input's, byte for byte."""
+    big, out = tmp_path / "big.dcm", tmp_path / "out.dcm"
+    make_multiframe(
+        big, 256 * 1024**2, private_creator="ROUTER TEST", PatientName="Secret^Patient"
+    )
+    call = (
+        "from router.actions.deidentify import apply\n"
+        "from router.dicom.deid import Profile\n"
+        "apply(Path(sys.argv[1]), Profile(bytes(range(32))), Path(sys.argv[2]))"
+    )
+    assert _peak_mib(tmp_path, call, big, out) <= LIMIT_MIB
+    assert header_and_pixels(out)[1:] == header_and_pixels(big)[1:]
+    header = dcmread(out, stop_before_pixels=True)
+    assert header.PatientIdentityRemoved == "YES"
+    assert "Secret" not in str(header.PatientName)
