@@ -140,9 +140,7 @@ def test_deidentify_of_a_256mib_file_peaks_under_100mib_with_pixels_unchanged(
     """The deidentify action streams Pixel Data as modify does (issue 17): its peak RSS
     does not follow the size, and the pixels are the input's, byte for byte."""
     big, out = tmp_path / "big.dcm", tmp_path / "out.dcm"
-    make_multiframe(
-        big, 256 * 1024**2, private_creator="ROUTER TEST", PatientName="Secret^Patient"
-    )
+    make_multiframe(big, 256 * 1024**2, private_creator="ROUTER TEST", PatientName="Secret^Patient")
     call = (
         "from router.actions.deidentify import apply\n"
         "from router.dicom.deid import Profile\n"
