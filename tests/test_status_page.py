@@ -93,14 +93,18 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("screenshots")
 
 
+def viewport(driver: webdriver.Chrome, size: tuple[int, int]) -> None:
+    """Make the page's own viewport `size` (the window size counts the browser's frame)."""
+    driver.set_window_size(*size)
+    inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
+    driver.set_window_size(2 * size[0] - inner[0], 2 * size[1] - inner[1])
+
+
 def snap(
     driver: webdriver.Chrome, folder: Path, name: str, size: tuple[int, int] = DESKTOP
 ) -> None:
     """Save the page shown as folder/NAME-WIDTH.png, in a window of `size`."""
-    driver.set_window_size(*size)
-    # the window size counts the browser's frame: make the page's own viewport `size`
-    inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
-    driver.set_window_size(2 * size[0] - inner[0], 2 * size[1] - inner[1])
+    viewport(driver, size)
     path = folder / f"{name}-{size[0]}.png"
     assert driver.save_screenshot(str(path)), path
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -155,6 +159,23 @@ def test_each_page_loads_without_console_errors(
     browser.get(f"http://{LOOPBACK}:{site['metrics']}/")
     snap(browser, shots, "overview", PHONE)
     snap(browser, shots, "overview")  # back to the desktop window for the next tests
+
+
+def test_every_page_fits_a_phone_without_scrolling_sideways(
+    site: dict[str, Any], browser: webdriver.Chrome
+) -> None:
+    """At a phone's width the menu wraps and a wide table scrolls in its own box: no page
+    is wider than the screen."""
+    try:
+        for page in PAGES:
+            browser.get(f"http://{LOOPBACK}:{site['metrics']}{page}")
+            viewport(browser, PHONE)
+            widths = browser.execute_script(
+                "return [document.documentElement.scrollWidth, window.innerWidth]"
+            )
+            assert widths[0] <= widths[1], (page, widths)
+    finally:
+        browser.set_window_size(*DESKTOP)
 
 
 def test_a_dead_letter_retried_from_the_page_is_delivered(
