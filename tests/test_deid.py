@@ -207,3 +207,27 @@ def test_the_key_can_be_a_systemd_credential(
     _key(tmp_path)
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     _load(tmp_path, "    key_credential: deid.key")
+
+
+def test_a_listed_class_uid_follows_its_row() -> None:
+    """Manufacturer's Device Class UID is U in the table: replaced, though its name says Class."""
+    ds = _ct()
+    ds.ManufacturerDeviceClassUID = "1.2.3.4.5"
+    _run(ds)
+    assert ds.ManufacturerDeviceClassUID.startswith("2.25.")
+
+
+def test_retain_device_identity_keeps_the_device_uids() -> None:
+    """retain_device_identity: Device UID and Manufacturer's Device Class UID are K."""
+    ds = _ct()
+    ds.DeviceUID, ds.ManufacturerDeviceClassUID = "1.2.3.4.6", "1.2.3.4.5"
+    _run(ds, options=frozenset({"retain_device_identity"}))
+    assert (ds.DeviceUID, ds.ManufacturerDeviceClassUID) == ("1.2.3.4.6", "1.2.3.4.5")
+
+
+def test_clean_gives_a_binary_value_a_dummy() -> None:
+    """C on an OB value (Maker Note under clean_descriptors) cannot clean it: a dummy."""
+    ds = _ct()
+    ds.MakerNote = b"Secret^Camera^Owner!"
+    _run(ds, options=frozenset({"clean_descriptors"}))
+    assert ds.MakerNote == b"\0\0"

@@ -31,7 +31,7 @@ from pydicom.sequence import Sequence
 
 from router.dicom.deid_table import BASIC_CODE, OPTION_CODES, action, table
 
-# UI attributes that name a class, a syntax or a registry, never an instance: kept.
+# UI attributes the table does not list that name a class, a syntax or a registry: kept.
 _KEPT_UID_TAGS = re.compile(r"(Class|TransferSyntax|CodingScheme|Implementation).*UID$")
 _MAX_LENGTH = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "PN": 64, "UC": 64, "ST": 64}
 _TEXT_VRS = {"AE", "CS", "SH", "LO", "PN", "UC", "ST", "LT", "UT"}
@@ -160,12 +160,18 @@ def _clean(ds: Dataset, ctx: Context) -> bool:
             elem.value = _dummy(elem, ctx)
         elif todo == "C":
             elem.value = _cleaned(elem, ctx)
-        elif elem.VR == "UI" and not _retain_uids(ctx) and not _KEPT_UID_TAGS.search(elem.keyword):
+        elif elem.VR == "UI" and not _retain_uids(ctx) and _replaced(todo, row, elem.keyword):
             elem.value = _each(elem, ctx.uid)  # U, and every instance UID not listed
         else:
             continue
         changed = True
     return changed
+
+
+def _replaced(todo: str, row: object, keyword: str) -> bool:
+    """A UI value is replaced when its row says U, or when the table does not list it and
+    it names no class, syntax or registry (a listed UID follows its row: K keeps it)."""
+    return todo == "U" or (row is None and not _KEPT_UID_TAGS.search(keyword))
 
 
 def _empty(elem: DataElement) -> None:
@@ -204,7 +210,9 @@ def _cleaned(elem: DataElement, ctx: Context) -> object:
         return _each(elem, lambda v: _shift(v, ctx.shift_days))
     if vr in _TEXT_VRS:
         return _each(elem, lambda v: _redact(v, ctx.identifying))
-    return elem.value
+    if vr == "TM":
+        return elem.value  # dates move by whole days: the time of day stays
+    return _dummy(elem, ctx)  # binary and numbers cannot be cleaned: a dummy
 
 
 def _shift(value: str, days: int) -> str:
