@@ -55,6 +55,7 @@ class DeidProfile(Strict):
         "video), is withheld from the actions after deidentify; allow: sent",
     )
     _key: bytes = PrivateAttr(b"")
+    _transforms: dict[str, Profile] = PrivateAttr(default_factory=dict)
 
     @field_validator("options")
     @classmethod
@@ -86,8 +87,12 @@ class DeidProfile(Strict):
         return self
 
     def transform(self, name: str) -> Profile:
-        """The pure transform's view of this profile (with its key)."""
-        return Profile(self._key, frozenset(self.options), name)
+        """The pure transform's view of this profile (with its key): one per name, so its
+        UID and date caches serve every instance the loaded rule file de-identifies."""
+        found = self._transforms.get(name)
+        if found is None:
+            found = self._transforms[name] = Profile(self._key, frozenset(self.options), name)
+        return found
 
 
 def _read_key(path: Path) -> bytes:

@@ -22,14 +22,17 @@ decoded, then handled as before.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import hmac
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from pydicom._uid_dict import UID_dictionary
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -47,6 +50,12 @@ from router.dicom.deid_plan import (
 )
 
 _PATIENT_NAME, _PATIENT_ID = 0x00100010, 0x00100020
+_NAMES = ("PatientName", "OtherPatientNames", "ReferringPhysicianName")
+_IDS = ("PatientID", "AccessionNumber", "PatientBirthDate", "OtherPatientIDs")
+_ORIGINAL_TAGS = tuple(
+    int(tag_for_keyword(k) or 0)
+    for k in ("SpecificCharacterSet", *_NAMES, *_IDS, "IssuerOfPatientID")
+)
 _UNDEFINED = 0xFFFFFFFF
 _MAX_LENGTH = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "PN": 64, "UC": 64, "ST": 64}
 _TEXT_VRS = {"AE", "CS", "SH", "LO", "PN", "UC", "ST", "LT", "UT"}
@@ -73,24 +82,36 @@ class Context:
     profile: Profile
     pseudonym: str
     shift_days: int
-    identifying: tuple[str, ...]  # values Clean Descriptors removes from free text
+    original: Dataset = field(repr=False)  # the header's patient elements, as received
 
     @classmethod
     def of(cls, profile: Profile, header: Dataset) -> Context:
         """The context of the instance whose (original, top-level) header is `header`."""
-        patient = f"{header.get('IssuerOfPatientID', '')}\\{header.get('PatientID', '')}"
+        # A copy of the few elements read here, so the header's stay undecoded (raw) and
+        # the values Clean Descriptors needs are the received ones even after Z on them.
+        original = Dataset()
+        for tag in _ORIGINAL_TAGS:
+            elem = header.get_item(tag)
+            if elem is not None:
+                original[tag] = elem if isinstance(elem, RawDataElement) else copy.copy(elem)
+        patient = f"{original.get('IssuerOfPatientID', '')}\\{original.get('PatientID', '')}"
         digest = _hmac(profile.key, "patient", patient)
-        words: list[str] = []
-        for keyword in ("PatientName", "OtherPatientNames", "ReferringPhysicianName"):
-            words += re.split(r"[\^= ,]+", str(header.get(keyword, "")))
-        for keyword in ("PatientID", "AccessionNumber", "PatientBirthDate", "OtherPatientIDs"):
-            words.append(str(header.get(keyword, "")))
         return cls(
             profile,
             pseudonym="DR" + digest.hex()[:14].upper(),
             shift_days=1 + int.from_bytes(digest[16:24]) % MAX_SHIFT_DAYS,
-            identifying=tuple(sorted({w for w in words if len(w) >= 3}, key=len, reverse=True)),
+            original=original,
         )
+
+    @cached_property
+    def identifying(self) -> tuple[str, ...]:
+        """The values Clean Descriptors removes from free text, longest first."""
+        words: list[str] = []
+        for keyword in _NAMES:
+            words += re.split(r"[\^= ,]+", str(self.original.get(keyword, "")))
+        for keyword in _IDS:
+            words.append(str(self.original.get(keyword, "")))
+        return tuple(sorted({w for w in words if len(w) >= 3}, key=len, reverse=True))
 
     @property
     def plan(self) -> Plan:
@@ -188,12 +209,15 @@ def _clean(ds: Dataset, ctx: Context, *, top: bool) -> bool:
             changed = True
             continue
         elem = ds.get_item(tag)
-        vr = _raw_vr(elem)
-        if vr is None:  # decoded already, or a VR only pydicom's decoding settles
+        vr = _raw_vr(elem) if isinstance(elem, RawDataElement) else None
+        if vr is None or not isinstance(elem, RawDataElement):
+            # decoded already, or a VR only pydicom's decoding settles
             changed = _decoded(ds[tag], todo, listed, ctx) or changed
         elif todo == "Z":
             ds[tag] = _emptied(elem, ctx)
             changed = True
+        elif todo == "C" and vr == "TM":
+            changed = True  # kept as it is (see _cleaned): no need to decode it
         elif vr == "SQ" or todo in ("D", "C"):
             changed = _decoded(ds[tag], todo, listed, ctx) or changed
         elif vr == "UI" and not compiled.retain_uids and _replaced(todo, listed, tag):
@@ -202,10 +226,8 @@ def _clean(ds: Dataset, ctx: Context, *, top: bool) -> bool:
     return changed
 
 
-def _raw_vr(elem: DataElement | RawDataElement) -> str | None:
-    """The VR of an undecoded element, None when decoding must settle it (or it is decoded)."""
-    if not isinstance(elem, RawDataElement):
-        return None
+def _raw_vr(elem: RawDataElement) -> str | None:
+    """The VR of an undecoded element, None when only decoding can settle it."""
     if elem.VR is None:
         return implicit_vr(int(elem.tag))
     return None if elem.VR == "UN" else elem.VR

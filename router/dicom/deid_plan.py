@@ -17,7 +17,8 @@ from functools import cache, lru_cache
 from io import BytesIO
 from typing import Generic, TypeVar
 
-from pydicom.datadict import DicomDictionary, dictionary_VR
+from pydicom._dicom_dict import DicomDictionary
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
