@@ -231,3 +231,15 @@ def test_clean_gives_a_binary_value_a_dummy() -> None:
     ds.MakerNote = b"Secret^Camera^Owner!"
     _run(ds, options=frozenset({"clean_descriptors"}))
     assert ds.MakerNote == b"\0\0"
+
+
+def test_overlay_data_and_curves_are_removed_by_their_wildcard_rows() -> None:
+    """(60xx,3000), (60xx,4000) and group 50xx are X; the overlay's other attributes stay."""
+    ds = _ct()
+    ds.add_new(0x60000010, "US", 16)  # Overlay Rows: not in the table
+    ds.add_new(0x60023000, "OW", b"\1\2")
+    ds.add_new(0x60004000, "LT", "overlay by Dr Who")
+    ds.add_new(0x50000005, "US", 2)  # Curve Dimensions
+    _run(ds)
+    assert 0x60000010 in ds
+    assert not {0x60023000, 0x60004000, 0x50000005} & set(ds.keys())

@@ -198,7 +198,9 @@ def _clean(ds: Dataset, ctx: Context, *, top: bool) -> bool:
             del ds[tag]  # private: X (retain_safe_private is refused)
             changed = True
             continue
-        todo = actions.get(tag) or compiled.wildcard(tag, top)
+        todo = actions.get(tag)
+        if todo is None and 0x50000000 <= tag < 0x61000000:
+            todo = compiled.wildcard(tag, top)  # curves (50xx), overlays (60xx)
         listed = todo is not None
         if todo is None:
             todo = "K"

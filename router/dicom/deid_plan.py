@@ -90,8 +90,6 @@ class Plan:
 
     def wildcard(self, tag: int, top: bool) -> str | None:
         """The action of a tag of a wildcard row (groups 50xx, 60xx), or None: not listed."""
-        if not 0x50000000 <= tag < 0x61000000:
-            return None
         for mask, value, row in table().wildcards:
             if tag & mask == value:
                 todo = action(row, self.options)
