@@ -22,7 +22,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from pydicom import dcmread, dcmwrite
+from pydicom import dcmread
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.filebase import DicomBytesIO, DicomFileLike, DicomIO
@@ -32,6 +32,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from router.config.actions import ModifySpec
+from router.dicom.rawwrite import write_part10
 from router.dicom.tags import ITEM, LONG_VRS, PIXEL_DATA, SEQUENCE_END, UNDEFINED_LENGTH
 from router.errors import CannotUnderstand, OutOfResources
 
@@ -110,7 +111,7 @@ def _streamed(source: Path, edit: Edit, target: Path) -> bool:
         edit(header, True)
         tail_changed = edit(tail, False)
         with target.open("wb") as out:
-            dcmwrite(out, header, enforce_file_format=True)
+            write_part10(out, header)  # what dcmwrite writes, raw elements in one go
             fp.seek(pixel_start)
             _copy(fp, out, pixel_end - pixel_start)
             if tail_changed:
