@@ -1,7 +1,8 @@
 """`modify`: rewrite an instance's header, copy its pixel data as raw bytes.
 
 Memory stays flat whatever the instance size (design §7): pydicom parses and rewrites
-only the elements before Pixel Data (7FE0,0010); the Pixel Data element, native or
+only the elements before Pixel Data (7FE0,0010), those the edit leaves undecoded written
+back as their raw bytes (router.dicom.rawwrite); the Pixel Data element, native or
 encapsulated, is copied from the received file in chunks without being parsed, and what
 follows it (normally nothing, or a small trailing padding, signature or private block)
 is parsed and rewritten only when it is small. The slow path (the whole dataset through
