@@ -8,10 +8,9 @@ Modified Dates) move back by a per-patient number of days from the HMAC of the p
 So one key gives one mapping in every worker, after a restart and on another box, and
 nobody without the key can recompute it from the original values.
 
-The conditional actions (X/Z, X/D, Z/D, X/Z/D) depend on the attribute's Type in its
-IOD, which the router does not look up: the one removing most is taken (X, or Z for Z/D).
-X/Z/U* (Referenced/Source Image Sequence) keeps the sequence with its instance UIDs
-replaced, so references still resolve inside the de-identified set.
+The conditional actions (X/Z, X/D, Z/D, X/Z/D, X/Z/U*) take the form the attribute's
+Type in the IOD of the instance's SOP class asks for (deid_iod.resolve); in nested items
+and for an unknown SOP class, the one removing most.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import datetime
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pydicom._uid_dict import UID_dictionary
@@ -29,6 +28,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
+from router.dicom.deid_iod import resolve, types_for
 from router.dicom.deid_table import BASIC_CODE, OPTION_CODES, action, table
 
 # UI attributes that name a class, a syntax or a registry, never an instance: kept.
@@ -58,6 +58,7 @@ class Context:
     pseudonym: str
     shift_days: int
     identifying: tuple[str, ...]  # values Clean Descriptors removes from free text
+    types: Mapping[int, str] | None = None  # {tag: Type} in the IOD of the SOP class
 
     @classmethod
     def of(cls, profile: Profile, header: Dataset) -> Context:
@@ -74,6 +75,7 @@ class Context:
             pseudonym="DR" + digest.hex()[:14].upper(),
             shift_days=1 + int.from_bytes(digest[16:24]) % MAX_SHIFT_DAYS,
             identifying=tuple(sorted({w for w in words if len(w) >= 3}, key=len, reverse=True)),
+            types=types_for(str(header.get("SOPClassUID", ""))),
         )
 
     def uid(self, value: str) -> str:
@@ -116,7 +118,7 @@ def deidentify(ds: Dataset, ctx: Context, *, markers: bool = True) -> bool:
 
     `markers`: add the PS3.15 markers (the top-level header; not a part after Pixel Data).
     """
-    changed = _clean(ds, ctx)
+    changed = _clean(ds, ctx, ctx.types)
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
         changed = _clean(meta, ctx) or changed  # Media Storage SOP Instance UID: U
@@ -130,8 +132,11 @@ def _retain_uids(ctx: Context) -> bool:
     return "retain_uids" in ctx.profile.options
 
 
-def _clean(ds: Dataset, ctx: Context) -> bool:
-    """One dataset (an item at any depth): each element by its table action."""
+def _clean(ds: Dataset, ctx: Context, types: Mapping[int, str] | None = None) -> bool:
+    """One dataset (an item at any depth): each element by its table action.
+
+    `types`: the IOD's Types for the top level; None in items (the form removing most).
+    """
     changed = False
     options = ctx.profile.options
     rows = table()
@@ -141,12 +146,12 @@ def _clean(ds: Dataset, ctx: Context) -> bool:
             del ds[tag]  # a group length would go stale: pydicom recomputes none
             continue
         row = rows.row(tag)
-        todo = "K" if row is None else action(row, options)
-        if tag >> 16 & 1 or todo == "X" or (todo.startswith("X/") and todo != "X/Z/U*"):
-            del ds[tag]  # X, and the conditional forms removing most (Type not looked up)
+        todo = "K" if row is None else resolve(action(row, options), types, tag)
+        if tag >> 16 & 1 or todo == "X":
+            del ds[tag]
             changed = True
             continue
-        if todo in ("Z", "Z/D"):
+        if todo == "Z":
             _empty(elem)
             if elem.keyword in ("PatientName", "PatientID"):
                 elem.value = ctx.pseudonym  # keyed pseudonym: the same patient, one name
