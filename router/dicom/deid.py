@@ -37,7 +37,7 @@ _MAX_LENGTH = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "PN": 64, "UC": 64, "ST":
 _TEXT_VRS = {"AE", "CS", "SH", "LO", "PN", "UC", "ST", "LT", "UT"}
 _NUMBER_VRS = {"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD"}
 _DUMMY = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000D", "DS": "0"}
-_DUMMY.update(IS="0", UR="")
+_DUMMY.update(IS="0", UR="urn:x-dummy")  # D: a value, never empty
 MAX_SHIFT_DAYS = 3650  # a patient's dates move back 1..MAX_SHIFT_DAYS days
 
 
@@ -165,12 +165,17 @@ def _clean(ds: Dataset, ctx: Context, types: Mapping[int, str] | None = None) ->
             elem.value = _dummy(elem, ctx)
         elif todo == "C":
             elem.value = _cleaned(elem, ctx)
-        elif elem.VR == "UI" and not _retain_uids(ctx) and not _KEPT_UID_TAGS.search(elem.keyword):
-            elem.value = _each(elem, ctx.uid)  # U, and every instance UID not listed
+        elif todo == "U" or (row is None and elem.VR == "UI" and not _unlisted_kept(elem, ctx)):
+            elem.value = _each(elem, ctx.uid)  # U as listed, and every instance UID not listed
         else:
             continue
         changed = True
     return changed
+
+
+def _unlisted_kept(elem: DataElement, ctx: Context) -> bool:
+    """A UID the table does not list is kept under Retain UIDs, or when it names a class."""
+    return _retain_uids(ctx) or bool(_KEPT_UID_TAGS.search(elem.keyword))
 
 
 def _empty(elem: DataElement) -> None:
@@ -209,7 +214,8 @@ def _cleaned(elem: DataElement, ctx: Context) -> object:
         return _each(elem, lambda v: _shift(v, ctx.shift_days))
     if vr in _TEXT_VRS:
         return _each(elem, lambda v: _redact(v, ctx.identifying))
-    return elem.value
+    # times stay (dates move by whole days); binary values cannot be cleaned: a dummy
+    return elem.value if vr == "TM" else _dummy(elem, ctx)
 
 
 def _shift(value: str, days: int) -> str:
