@@ -108,7 +108,8 @@ def test_check_shows_the_profile_its_options_and_the_table_edition(
     assert main(["check", str(_rules(tmp_path))]) == 0
     out = capsys.readouterr().out
     assert (
-        "  deid      research: PS3.15 2024b Basic Profile (Table E.1-1, 621 rows), options"
+        "  deid      research: PS3.15 2024b Basic Profile (Table E.1-1, 621 rows; IOD Types"
+        " 2024b, 175 SOP classes), options"
         " retain_longitudinal_modified_dates, retain_device_identity, burned_in refuse,"
         f" key_file {tmp_path / 'deid.key'}"
     ) in out

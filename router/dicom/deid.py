@@ -146,7 +146,9 @@ def _clean(ds: Dataset, ctx: Context, types: Mapping[int, str] | None = None) ->
             del ds[tag]  # a group length would go stale: pydicom recomputes none
             continue
         row = rows.row(tag)
-        todo = "K" if row is None else resolve(action(row, options), types, tag)
+        todo = "K" if row is None else action(row, options)
+        if "/" in todo:  # conditional: by the attribute's Type in the IOD (top level)
+            todo = resolve(todo, types, tag)
         if tag >> 16 & 1 or todo == "X":
             del ds[tag]
             changed = True
