@@ -23,6 +23,7 @@ from router.config.destinations import FilesystemDestination
 from router.config.model import Config
 from router.dicom.deid import Context, deidentify, may_have_burned_in
 from router.dicom.deid_diff import changes
+from router.dicom.deid_iod import iod_types
 from router.dicom.deid_table import table
 from router.dicom.header import tag_values
 from router.dicom.sopclass import sop_class_name
@@ -97,11 +98,12 @@ def _print_summary(cfg: Config, loaded: LoadedConfig) -> None:
             f" -> {', '.join(action_names(rule.actions))}"
         )
     print(f"  default   -> {', '.join(action_names(cfg.default))}")
-    t = table()
+    t, iods = table(), iod_types()
     for name, profile in cfg.deidentify.items():
         key = f"key_file {profile.key_file}" if profile.key_file else "key_credential"
         print(
-            f"  deid      {name}: PS3.15 {t.edition} Basic Profile (Table E.1-1, {t.rows} rows),"
+            f"  deid      {name}: PS3.15 {t.edition} Basic Profile (Table E.1-1, {t.rows} rows;"
+            f" IOD Types {iods.edition}, {len(iods.sop_classes)} SOP classes),"
             f" options {', '.join(profile.options) or 'none'}, burned_in {profile.burned_in},"
             f" {key}"
         )

@@ -31,7 +31,7 @@ def _ct() -> Dataset:
     inner.PatientName = "Deep^Nested"
     inner.ReferringPhysicianName = "Who^Else"
     ref.ReferencedPatientSequence = Sequence([inner])
-    ds.ReferencedImageSequence = Sequence([ref])
+    ds.ReferencedInstanceSequence = Sequence([ref])
     ds.add_new(0x00091010, "LO", "private secret")
     return ds
 
@@ -63,7 +63,7 @@ def test_instance_uids_are_keyed_and_references_follow_them() -> None:
     original = _ct()
     ds = _run(_ct())
     assert ds.SOPInstanceUID.startswith("2.25.") and ds.SOPInstanceUID != original.SOPInstanceUID
-    ref = ds.ReferencedImageSequence[0]
+    ref = ds.ReferencedInstanceSequence[0]
     assert ref.ReferencedSOPInstanceUID == ds.SOPInstanceUID
     assert ref.ReferencedSOPClassUID == original.SOPClassUID
     assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID

@@ -57,7 +57,7 @@ def _instance(tmp_path: Path, **kw: object) -> Path:
     ref = Dataset()
     ref.ReferencedSOPClassUID = ds.SOPClassUID
     ref.ReferencedSOPInstanceUID = "1.2.3.4.5.6.7"
-    ds.ReferencedImageSequence = Sequence([ref])
+    ds.ReferencedInstanceSequence = Sequence([ref])
     ds.save_as(path)
     return path
 
@@ -84,7 +84,7 @@ def test_explain_shows_each_attribute_deidentify_changes(
     assert lines["PatientIdentityRemoved"] == "absent -> 'YES'"
     assert re.fullmatch(
         r"'1\.2\.3\.4\.5\.6\.7' -> '2\.25\.\d+'",
-        lines["ReferencedImageSequence[0].ReferencedSOPInstanceUID"],
+        lines["ReferencedInstanceSequence[0].ReferencedSOPInstanceUID"],
     )
     assert re.fullmatch(rf"'{uid}' -> '2\.25\.\d+'", lines["MediaStorageSOPInstanceUID"])
     assert lines["ImageComments"] == f"'{'x' * 61}...' -> removed"  # cut
@@ -108,7 +108,8 @@ def test_check_shows_the_profile_its_options_and_the_table_edition(
     assert main(["check", str(_rules(tmp_path))]) == 0
     out = capsys.readouterr().out
     assert (
-        "  deid      research: PS3.15 2024b Basic Profile (Table E.1-1, 621 rows), options"
+        "  deid      research: PS3.15 2024b Basic Profile (Table E.1-1, 621 rows; IOD Types"
+        " 2024b, 175 SOP classes), options"
         " retain_longitudinal_modified_dates, retain_device_identity, burned_in refuse,"
         f" key_file {tmp_path / 'deid.key'}"
     ) in out

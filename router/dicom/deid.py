@@ -8,10 +8,9 @@ Modified Dates) move back by a per-patient number of days from the HMAC of the p
 So one key gives one mapping in every worker, after a restart and on another box, and
 nobody without the key can recompute it from the original values.
 
-The conditional actions (X/Z, X/D, Z/D, X/Z/D) depend on the attribute's Type in its
-IOD, which the router does not look up: the one removing most is taken (X, or Z for Z/D;
-`Context.resolve` at the top level). X/Z/U* (Referenced/Source Image Sequence) keeps the
-sequence with its instance UIDs replaced, so references still resolve inside the set.
+The conditional actions (X/Z, X/D, Z/D, X/Z/D, X/Z/U*) take the form the attribute's
+Type in the IOD of the instance's SOP class asks for (deid_iod.resolve, through
+`Context.resolve`); in nested items and for an unknown SOP class, the one removing most.
 
 Speed (issue 17: 2 ms a CT): the table is compiled per option set (deid_plan), elements
 stay raw (pydicom's undecoded bytes, written back as they were) unless their action
@@ -27,7 +26,7 @@ import datetime
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -38,8 +37,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
+from router.dicom.deid_iod import resolve, types_for
 from router.dicom.deid_plan import (
-    MOST_REMOVING,
     Caches,
     Plan,
     implicit_vr,
@@ -61,7 +60,7 @@ _MAX_LENGTH = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "PN": 64, "UC": 64, "ST":
 _TEXT_VRS = {"AE", "CS", "SH", "LO", "PN", "UC", "ST", "LT", "UT"}
 _NUMBER_VRS = {"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD"}
 _DUMMY = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000D", "DS": "0"}
-_DUMMY.update(IS="0", UR="")
+_DUMMY.update(IS="0", UR="urn:x-dummy")  # D: a value, never empty
 MAX_SHIFT_DAYS = 3650  # a patient's dates move back 1..MAX_SHIFT_DAYS days
 
 
@@ -83,6 +82,7 @@ class Context:
     pseudonym: str
     shift_days: int
     original: Dataset = field(repr=False)  # the header's patient elements, as received
+    types: Mapping[int, str] | None = None  # {tag: Type} in the IOD of the SOP class
 
     @classmethod
     def of(cls, profile: Profile, header: Dataset) -> Context:
@@ -101,6 +101,7 @@ class Context:
             pseudonym="DR" + digest.hex()[:14].upper(),
             shift_days=1 + int.from_bytes(digest[16:24]) % MAX_SHIFT_DAYS,
             original=original,
+            types=types_for(str(header.get("SOPClassUID", ""))),
         )
 
     @cached_property
@@ -119,9 +120,9 @@ class Context:
         return plan(self.profile.options)
 
     def resolve(self, todo: str, tag: int) -> str:
-        """The concrete form of a conditional action of a top-level element: the one
-        removing most (X for X/Z, X/D and X/Z/D; Z for Z/D), as the IOD is not looked up."""
-        return MOST_REMOVING.get(todo, todo)
+        """The concrete form of a conditional action of a top-level element, by the
+        attribute's Type in the IOD of the instance's SOP class."""
+        return resolve(todo, self.types, tag)
 
     def uid(self, value: str) -> str:
         """The keyed replacement of one UID (registry UIDs are kept)."""
@@ -222,7 +223,7 @@ def _clean(ds: Dataset, ctx: Context, *, top: bool) -> bool:
             changed = True  # kept as it is (see _cleaned): no need to decode it
         elif vr == "SQ" or todo in ("D", "C"):
             changed = _decoded(ds[tag], todo, listed, ctx) or changed
-        elif vr == "UI" and not compiled.retain_uids and _replaced(todo, listed, tag):
+        elif vr == "UI" and _replaced(todo, listed, tag, ctx):
             ds[tag] = _raw_uids(elem, ctx)
             changed = True
     return changed
@@ -235,10 +236,13 @@ def _raw_vr(elem: RawDataElement) -> str | None:
     return None if elem.VR == "UN" else elem.VR
 
 
-def _replaced(todo: str, listed: bool, tag: int) -> bool:
-    """A UI value is replaced when its row says U, or when the table does not list it and
-    it names no class, syntax or registry (a listed UID follows its row: K keeps it)."""
-    return todo == "U" or (not listed and tag not in kept_uid_tags())
+def _replaced(todo: str, listed: bool, tag: int, ctx: Context) -> bool:
+    """A UI value is replaced when its row says U (some do even under Retain UIDs), or when
+    the table does not list it, Retain UIDs is not chosen and it names no class, syntax or
+    registry (a listed UID follows its row: K keeps it)."""
+    if listed:
+        return todo == "U"
+    return not ctx.plan.retain_uids and tag not in kept_uid_tags()
 
 
 def _emptied(elem: RawDataElement, ctx: Context) -> RawDataElement:
@@ -279,7 +283,7 @@ def _decoded(elem: DataElement, todo: str, listed: bool, ctx: Context) -> bool:
         elem.value = _dummy(elem, ctx)
     elif todo == "C":
         elem.value = _cleaned(elem, ctx)
-    elif elem.VR == "UI" and not ctx.plan.retain_uids and _replaced(todo, listed, elem.tag):
+    elif elem.VR == "UI" and _replaced(todo, listed, elem.tag, ctx):
         elem.value = _each(elem, ctx.uid)  # U, and every instance UID not listed
     else:
         return False

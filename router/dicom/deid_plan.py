@@ -26,16 +26,13 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 
+from router.dicom.deid_iod import resolve
 from router.dicom.deid_table import BASIC_CODE, OPTION_CODES, action, table
 
 CACHE_ENTRIES = 4096  # UIDs (or dates) a profile remembers: a few series' worth
 
 # UI attributes the table does not list that name a class, a syntax or a registry: kept.
 KEPT_UID_KEYWORDS = re.compile(r"(Class|TransferSyntax|CodingScheme|Implementation).*UID$")
-
-# The form removing most of each conditional action (the IOD's Type not looked up);
-# X/Z/U* (Referenced/Source Image Sequence) keeps the sequence with its UIDs replaced.
-MOST_REMOVING = {"X/Z": "X", "X/D": "X", "X/Z/D": "X", "Z/D": "Z", "X/Z/U*": "U"}
 
 _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
@@ -79,7 +76,8 @@ class Plan:
     """The table's actions for one option set, by exact tag.
 
     `top`: as the options give them (conditional forms unresolved: the caller resolves
-    them for the top level); `nested`: conditional forms resolved to the one removing most.
+    them by the IOD's Types); `nested` (items, file meta): conditional forms resolved to
+    the one removing most, as deid_iod.resolve does without Types.
     """
 
     options: frozenset[str]
@@ -93,7 +91,7 @@ class Plan:
         for mask, value, row in table().wildcards:
             if tag & mask == value:
                 todo = action(row, self.options)
-                return todo if top else MOST_REMOVING.get(todo, todo)
+                return todo if top else resolve(todo, None, tag)
         return None
 
 
@@ -101,7 +99,7 @@ class Plan:
 def plan(options: frozenset[str]) -> Plan:
     """The compiled table for `options` (once per option set)."""
     top = {tag: action(row, options) for tag, row in table().exact.items()}
-    nested = {tag: MOST_REMOVING.get(todo, todo) for tag, todo in top.items()}
+    nested = {tag: resolve(todo, None, tag) for tag, todo in top.items()}
     return Plan(
         options,
         top,
