@@ -263,10 +263,8 @@ def _bench(args: argparse.Namespace, fleet_dsn: str | None) -> None:
             + f"  {median(router_cpu[k]):>18.2f}"
         )
     for k, seen in lags.items():
-        print(
-            f"K={k}: the fleet mirror's highest lag while sending, per round:"
-            f" {', '.join(f'{rows} rows / {secs:.1f} s' for rows, secs in seen)}"
-        )
+        print(f"K={k}: the fleet mirror's highest lag while sending, per round:"
+              f" {', '.join(f'{rows} rows / {secs:.1f} s' for rows, secs in seen)}")
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
 
