@@ -41,6 +41,8 @@ class Kind:
 
 def _describe_dicom(dest: DicomDestination) -> str:
     where = f"DICOM {dest.ae_title}@{dest.host}:{dest.port}"
+    if dest.commitment:
+        where += " (asked for storage commitment)"
     if dest.tls is None:
         return where
     if not dest.tls.verify:

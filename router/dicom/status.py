@@ -107,6 +107,7 @@ def listing(codes: Iterable[int], ranges: Iterable[tuple[int, int]] = ()) -> str
     words = [hex_code(lo) if lo == hi else f"{hex_code(lo)}-{hex_code(hi)}" for lo, hi in spans]
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
+
 # --- Storage Commitment (PS3.4 Annex J; PS3.7 C.5) ----------------------------------------
 
 # N-ACTION statuses the router answers to a Storage Commitment request.
