@@ -23,16 +23,9 @@ DICOM_ROUTER = Path(sys.executable).parent / "dicom-router"
 class RouterDaemon:
     """One `dicom-router run` process with its rule file in `workdir`."""
 
-    def __init__(
-        self,
-        workdir: Path,
-        config: str,
-        *,
-        port: int | None = None,
-        args: tuple[str, ...] = (),
-        env: dict[str, str] | None = None,
-        options: tuple[str, ...] = (),
-    ) -> None:
+    def __init__(self, workdir: Path, config: str, *, port: int | None = None,
+                 args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 options: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -57,9 +50,7 @@ class RouterDaemon:
         self.proc = Proc(
             [DICOM_ROUTER, *self.options, "run", "-c", self.config_path, *self.args],
             self.workdir / f"daemon-{self._runs}.log",
-            env=self.env,
-            cwd=self.workdir,
-            name="dicom-router",
+            env=self.env, cwd=self.workdir, name="dicom-router",
         )
         wait_port(self.port, timeout, proc=self.proc)
         return self
@@ -118,9 +109,8 @@ class RouterDaemon:
 
     def log(self) -> str:
         """Everything the daemon logged, over all its runs."""
-        return "".join(
-            p.read_text(errors="replace") for p in sorted(self.workdir.glob("daemon-*.log"))
-        )
+        return "".join(p.read_text(errors="replace")
+                       for p in sorted(self.workdir.glob("daemon-*.log")))
 
     def wait_log(self, fragment: str, timeout: float = 10.0, count: int = 1) -> None:
         """Wait until `fragment` appears `count` times in the log."""

@@ -54,9 +54,8 @@ backend routers
 class HAProxy:
     """One `haproxy -db -f CFG` listening on 127.0.0.1:`port`."""
 
-    def __init__(
-        self, workdir: Path, port: int, backends: list[Backend], send_proxy: str = "send-proxy-v2"
-    ) -> None:
+    def __init__(self, workdir: Path, port: int, backends: list[Backend],
+                 send_proxy: str = "send-proxy-v2") -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port

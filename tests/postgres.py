@@ -52,19 +52,8 @@ class PostgreSQL:
             os.chown(path, entry.pw_uid, entry.pw_gid)
         base.chmod(0o700)
         self._as_postgres(
-            [
-                self.bin / "initdb",
-                "-D",
-                self.data,
-                "-U",
-                USER,
-                "-A",
-                "trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "--locale=C.UTF-8",
-            ]
+            [self.bin / "initdb", "-D", self.data, "-U", USER, "-A", "trust", "--no-sync",
+             "-E", "UTF8", "--locale=C.UTF-8"]
         )
 
     @property
@@ -75,10 +64,7 @@ class PostgreSQL:
     def _as_postgres(self, argv: list[Any]) -> None:
         done = subprocess.run(
             ["setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups", *map(str, argv)],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=60,
+            check=False, capture_output=True, text=True, timeout=60,
         )
         if done.returncode:
             raise RuntimeError(f"{argv[0]} failed: {done.stdout}{done.stderr}")
@@ -88,27 +74,10 @@ class PostgreSQL:
         self._runs += 1
         log = self.base / f"postgres-{self._runs}.log"
         self.proc = Proc(
-            [
-                "setpriv",
-                f"--reuid={USER}",
-                f"--regid={USER}",
-                "--init-groups",
-                self.bin / "postgres",
-                "-D",
-                self.data,
-                "-p",
-                str(self.port),
-                "-k",
-                self.sockets,
-                "-h",
-                "127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "max_connections=50",
-            ],
-            log,
-            name="postgres",
+            ["setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups",
+             self.bin / "postgres", "-D", self.data, "-p", str(self.port), "-k", self.sockets,
+             "-h", "127.0.0.1", "-c", "fsync=off", "-c", "max_connections=50"],
+            log, name="postgres",
         )
         os.chown(log, pwd.getpwnam(USER).pw_uid, -1)
         wait_port(self.port, timeout, proc=self.proc)

@@ -65,7 +65,9 @@ def study(tmp_path: Path, n: int) -> tuple[list[Path], str]:
     return paths, str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
 
 
-def two_nodes(router: Router, tmp_path: Path, pg: PostgreSQL, *names: str) -> list[RouterDaemon]:
+def two_nodes(
+    router: Router, tmp_path: Path, pg: PostgreSQL, *names: str
+) -> list[RouterDaemon]:
     """Start one daemon per node name, each with its own spool, all mirroring to `pg`."""
     return [router(node_file(tmp_path, pg.dsn, name)) for name in names]
 
@@ -139,9 +141,8 @@ def test_postgresql_killed_mid_stream_changes_no_status_and_the_mirror_catches_u
     restarted = time.monotonic()
     wait_until(
         "60 decisions and 60 deliveries mirrored",
-        lambda: (
-            mirrored(pg, "outage", "decisions") == 60 and mirrored(pg, "outage", "deliveries") == 60
-        ),
+        lambda: mirrored(pg, "outage", "decisions") == 60
+        and mirrored(pg, "outage", "deliveries") == 60,
         timeout=10,
     )
     assert time.monotonic() - restarted < 10
@@ -153,12 +154,8 @@ def test_the_mirror_lag_is_a_metric_and_a_readyz_detail_not_a_failure(
     """PostgreSQL unreachable: the lag counts the rows waiting; /readyz stays 200 and says why."""
     metrics = free_port()
     d = router(
-        node_file(
-            tmp_path,
-            f"host=127.0.0.1 port={free_port()} user=nobody",
-            "lagging",
-            f"metrics: {{host: 127.0.0.1, port: {metrics}}}\n",
-        )
+        node_file(tmp_path, f"host=127.0.0.1 port={free_port()} user=nobody", "lagging",
+                  f"metrics: {{host: 127.0.0.1, port: {metrics}}}\n")
     )
     send_study(d, tmp_path, 4)
     wait_value(metrics, "dicom_router_fleet_mirror_lag_rows", lambda v: v == 8)
@@ -174,10 +171,8 @@ def test_a_node_that_stopped_mirroring_is_shown_stale_with_its_stranded_queue(
     """A stopped node: queue --fleet from another says STALE, its last time, stranded pending."""
     gone, viewer = two_nodes(router, tmp_path, pg, "stale-gone", "stale-viewer")
     send_study(gone, tmp_path, 2)
-    wait_until(
-        "2 pending mirrored",
-        lambda: pg.query("SELECT pending FROM queues WHERE node='stale-gone'") == [(2,)],
-    )
+    wait_until("2 pending mirrored", lambda: pg.query(
+        "SELECT pending FROM queues WHERE node='stale-gone'") == [(2,)])
     gone.stop()
 
     def stale() -> str | None:

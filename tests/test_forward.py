@@ -386,7 +386,9 @@ def test_kill9_during_a_stream_loses_no_acknowledged_instance(
     assert not thread.is_alive()
     assert len(kills) == 3, f"the stream ended before the 3rd kill: {kills}"
     assert kills[-1][0] < 1000, kills
-    assert any(pending > 0 for _, pending in kills), f"no kill hit the forwarder mid-queue: {kills}"
+    assert any(pending > 0 for _, pending in kills), (
+        f"no kill hit the forwarder mid-queue: {kills}"
+    )
     assert len(acked) == 1000, f"only {len(acked)} acknowledged within the time budget"
 
     orthanc.wait_count(len(acked), timeout=30)

@@ -165,12 +165,8 @@ def test_every_dataset_dcmtk_finds_damaged_the_oracle_calls_invalid(tmp_path: Pa
         case = make_case(f"dataset:5:{n}")
         if case.kind == "deflate-bomb":
             continue
-        dump = subprocess.run(
-            ["dcmdump", "-q", str(part10(case, tmp_path / f"{n}.dcm"))],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            check=False,
-        )
+        dump = subprocess.run(["dcmdump", "-q", str(part10(case, tmp_path / f"{n}.dcm"))],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
         invalid += case.invalid is not None
         if dump.returncode != 0:
             damaged_by_dcmtk += 1

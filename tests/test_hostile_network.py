@@ -207,7 +207,9 @@ def test_half_received_dataset_is_removed_when_the_association_ends(
 # --------------------------------------------------------------------------- slots and time (row 5)
 
 
-def test_40_half_sent_associate_requests_lock_out_no_sender(plain: RouterDaemon, ct: Path) -> None:
+def test_40_half_sent_associate_requests_lock_out_no_sender(
+    plain: RouterDaemon, ct: Path
+) -> None:
     """With more half-sent A-ASSOCIATE-RQs than max_associations (32), storescu still stores."""
     rq = associate_rq()
     peers = [Peer(plain.port) for _ in range(40)]

@@ -105,11 +105,7 @@ def test_counts_of_worker_processes_add_up_and_survive_a_killed_worker(tmp_path:
 
     done = subprocess.run(
         [sys.executable, "-m", "tests.metrics_workers", tmp_path],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )
     assert done.returncode == 0, done.stderr
     sums = json.loads(done.stdout)
@@ -129,13 +125,8 @@ def test_served_text_passes_promtool_and_carries_no_uid_or_address(
     files = cts(tmp_path / "in", 2)
     assert storescu(d.port, files, calling="CT_1", called="ROUTER").ok
     store_scp.wait_count(2)
-    wait_value(
-        metrics_port,
-        M + "deliveries_total",
-        lambda v: v == 2,
-        destination="pacs",
-        result="delivered",
-    )
+    wait_value(metrics_port, M + "deliveries_total", lambda v: v == 2,
+               destination="pacs", result="delivered")
     text = scrape_text(metrics_port)
     checked = subprocess.run(
         [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, check=False
@@ -166,15 +157,9 @@ def test_every_label_set_the_config_names_is_zero_at_start_up(
     assert value(s, M + "queue_pending", destination="pacs") == 0
     assert value(s, M + "queue_oldest_pending_age_seconds", destination="pacs") == 0
     assert value(s, M + "destination_up", destination="pacs") == 1
-    assert (
-        wait_value(  # created by the forwarder process, once it runs
-            metrics_port,
-            M + "delivery_duration_seconds_count",
-            lambda v: v == 0,
-            destination="pacs",
-        )
-        == 0
-    )
+    assert wait_value(  # created by the forwarder process, once it runs
+        metrics_port, M + "delivery_duration_seconds_count", lambda v: v == 0, destination="pacs"
+    ) == 0
     assert value(s, M + "associations_active") == 0
 
 
@@ -202,7 +187,9 @@ def test_c_stores_are_counted_by_caller_status_and_rule(
     assert value(s, M + "associations_rejected_total", reason="callers") == 1
 
 
-def test_active_associations_count_an_open_association(router: Start, metrics_port: int) -> None:
+def test_active_associations_count_an_open_association(
+    router: Start, metrics_port: int
+) -> None:
     d = router(rule_file(metrics_port, free_port()))
     ae = AE(ae_title="CT_OPEN")
     ae.add_requested_context(Verification)
@@ -271,13 +258,8 @@ def test_delivery_counters_add_up_across_a_forwarder_killed_and_restarted(
     d = router(rule_file(metrics_port, store_scp.port))
     files = cts(tmp_path / "in", 6)
     assert storescu(d.port, files[:3], calling="CT_1", called="ROUTER").ok
-    wait_value(
-        metrics_port,
-        M + "deliveries_total",
-        lambda v: v == 3,
-        destination="pacs",
-        result="delivered",
-    )
+    wait_value(metrics_port, M + "deliveries_total", lambda v: v == 3,
+               destination="pacs", result="delivered")
     before = scrape(metrics_port)
     assert d.proc is not None
     (forwarder,) = forwarders(d.proc.pid)
@@ -290,13 +272,8 @@ def test_delivery_counters_add_up_across_a_forwarder_killed_and_restarted(
         assert value(after_kill, M + name, **labels) == value(before, M + name, **labels)
     assert storescu(d.port, files[3:], calling="CT_1", called="ROUTER").ok
     store_scp.wait_count(6)
-    wait_value(
-        metrics_port,
-        M + "deliveries_total",
-        lambda v: v == 6,
-        destination="pacs",
-        result="delivered",
-    )
+    wait_value(metrics_port, M + "deliveries_total", lambda v: v == 6,
+               destination="pacs", result="delivered")
     (restarted,) = forwarders(d.proc.pid)
     assert restarted != forwarder
     s = scrape(metrics_port)
@@ -319,17 +296,14 @@ def test_dead_letters_are_counted_and_shown_per_destination(
     )
     d = router(config)
     assert storescu(d.port, cts(tmp_path / "in", 1), calling="CT_1", called="ROUTER").ok
-    wait_value(
-        metrics_port,
-        M + "deliveries_total",
-        lambda v: v == 1,
-        destination="pacs",
-        result="dead_letter",
-    )
+    wait_value(metrics_port, M + "deliveries_total", lambda v: v == 1,
+               destination="pacs", result="dead_letter")
     assert value(scrape(metrics_port), M + "queue_dead_letters", destination="pacs") == 1
 
 
-def test_reloads_are_counted_and_the_version_follows(router: Start, metrics_port: int) -> None:
+def test_reloads_are_counted_and_the_version_follows(
+    router: Start, metrics_port: int
+) -> None:
     pacs = free_port()
     d = router(rule_file(metrics_port, pacs))
     first = scrape(metrics_port)
@@ -355,7 +329,9 @@ def test_reloads_are_counted_and_the_version_follows(router: Start, metrics_port
     assert value(s, M + "config_failed_fixtures") == 1
 
 
-def test_healthz_and_readyz_answer_for_load_balancers(router: Start, metrics_port: int) -> None:
+def test_healthz_and_readyz_answer_for_load_balancers(
+    router: Start, metrics_port: int
+) -> None:
     router(rule_file(metrics_port, free_port()))
     assert get(metrics_port, "/healthz") == (200, "ok\n")
     assert get(metrics_port, "/readyz") == (200, "ready\n")
@@ -372,7 +348,9 @@ def test_readyz_is_503_with_the_reason_below_spool_min_free(
     assert get(metrics_port, "/healthz")[0] == 200
 
 
-def test_readyz_is_503_while_draining(router: Start, tmp_path: Path, metrics_port: int) -> None:
+def test_readyz_is_503_while_draining(
+    router: Start, tmp_path: Path, metrics_port: int
+) -> None:
     d = router(rule_file(metrics_port, free_port()))
     ae = AE(ae_title="CT_OPEN")
     ae.add_requested_context(Verification)
@@ -389,7 +367,9 @@ def test_readyz_is_503_while_draining(router: Start, tmp_path: Path, metrics_por
         assoc.release()
 
 
-def test_silent_clients_beyond_the_limit_are_turned_away(router: Start, metrics_port: int) -> None:
+def test_silent_clients_beyond_the_limit_are_turned_away(
+    router: Start, metrics_port: int
+) -> None:
     from router.observe.exporter import MAX_CLIENTS
 
     router(rule_file(metrics_port, free_port()))
@@ -427,7 +407,9 @@ def test_a_real_prometheus_scrapes_the_router_and_queries_a_counter(
     with Prometheus(tmp_path / "prometheus", [f"{LOOPBACK}:{metrics_port}"]) as prom:
         prom.wait_scalar('up{job="dicom-router"}', lambda v: v == 1)
         assert storescu(d.port, cts(tmp_path / "in", 3), calling="CT_1", called="ROUTER").ok
-        got = prom.wait_scalar(M + 'received_instances_total{calling_ae="CT*"}', lambda v: v == 3)
+        got = prom.wait_scalar(
+            M + 'received_instances_total{calling_ae="CT*"}', lambda v: v == 3
+        )
         assert got == 3
         assert prom.wait_scalar(M + 'queue_pending{destination="pacs"}', lambda v: v == 3) == 3
 
@@ -440,9 +422,7 @@ def test_alert_rules_pass_promtool_and_fire_as_documented() -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
     tested = subprocess.run(
         [PROMTOOL, "test", "rules", REPO / "tests" / "data" / "alerts-test.yml"],
-        capture_output=True,
-        text=True,
-        check=False,
+        capture_output=True, text=True, check=False,
     )
     assert tested.returncode == 0, tested.stdout + tested.stderr
 

@@ -216,10 +216,8 @@ IN_ASSOCIATION = {
     "associate-rq-again": (valid_rq(), "unexpected A-ASSOCIATE-RQ during the association"),
     "abort-source": (pdu(ABORT, b"\0\0\x1d\0"), "A-ABORT: source 29 (expected 0, 1 or 2)"),
     "no-command-field": (
-        pdu(
-            P_DATA,
-            pdv(1, 3, command_set(AffectedSOPClassUID=CT, MessageID=1, CommandDataSetType=0x0101)),
-        ),
+        pdu(P_DATA, pdv(1, 3, command_set(AffectedSOPClassUID=CT, MessageID=1,
+                                          CommandDataSetType=0x0101))),
         "command set without Command Field (0000,0100)",
     ),
     "short-release-rq": (pdu(0x05, b"\0\0"), "A-RELEASE-RQ: 2 bytes after the header (expected 4)"),

@@ -47,9 +47,8 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterDaemon]:
 
 def answer(port: int, data: bytes, source: str = "127.0.0.1", timeout: float = 5.0) -> bytes:
     """Connect from `source`, send `data`; the router's first bytes ("" if it just closes)."""
-    with socket.create_connection(
-        ("127.0.0.1", port), timeout=timeout, source_address=(source, 0)
-    ) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                  source_address=(source, 0)) as sock:
         sock.sendall(data)
         try:
             got = sock.recv(1)
@@ -104,7 +103,9 @@ def test_callers_refuses_a_client_address_not_in_its_hosts(proxied: RouterDaemon
 @pytest.mark.parametrize(
     "header", [v2(0, 0x00, b""), b"PROXY UNKNOWN\r\n"], ids=["v2-local", "v1-unknown"]
 )
-def test_local_and_unknown_keep_the_balancers_address(proxied: RouterDaemon, header: bytes) -> None:
+def test_local_and_unknown_keep_the_balancers_address(
+    proxied: RouterDaemon, header: bytes
+) -> None:
     """LOCAL (a health check) and UNKNOWN: the caller is the balancer, 127.0.0.1."""
     assert answer(proxied.port, header + associate_rq(calling=b"BALANCER")) == b"\x02"
     assert answer(proxied.port, header + RQ) == b"\x03"

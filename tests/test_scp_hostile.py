@@ -284,6 +284,7 @@ def tail(path: Path, nbytes: int) -> bytes:
         return fp.read()
 
 
+
 def test_memory_stays_flat_for_a_300_mb_instance(
     router: Callable[..., RouterDaemon], tmp_path: Path
 ) -> None:

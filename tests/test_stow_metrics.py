@@ -82,15 +82,10 @@ def test_stow_destinations_have_every_delivery_series_with_their_values(
     for name in DESTINATIONS:  # created at zero by the config, before any delivery
         for result in ("delivered", "dead_letter"):
             assert series(at_start, "deliveries_total", name, result=result) == 0
-        for counter in (
-            "delivery_retries_total",
-            "destination_unreachable_total",
-            "sent_bytes_total",
-            "queue_pending",
-            "queue_dead_letters",
-            "queue_oldest_pending_age_seconds",
-            "destination_last_delivery_timestamp_seconds",
-        ):
+        for counter in ("delivery_retries_total", "destination_unreachable_total",
+                        "sent_bytes_total", "queue_pending", "queue_dead_letters",
+                        "queue_oldest_pending_age_seconds",
+                        "destination_last_delivery_timestamp_seconds"):
             assert series(at_start, counter, name) == 0, counter
         assert series(at_start, "destination_up", name) == 1
 
@@ -101,13 +96,8 @@ def test_stow_destinations_have_every_delivery_series_with_their_values(
     wait_until("delivered to web", lambda: states(d, "web") == ["delivered"] * N)
     wait_until("dead letters of refusing", lambda: states(d, "refusing") == ["dead"] * N)
     wait_value(metrics_port, M + "destination_up", lambda v: v == 0, destination="down")
-    wait_value(
-        metrics_port,
-        M + "deliveries_total",
-        lambda v: v == N,
-        destination="refusing",
-        result="dead_letter",
-    )
+    wait_value(metrics_port, M + "deliveries_total", lambda v: v == N,
+               destination="refusing", result="dead_letter")
     s = scrape(metrics_port)
     scraped_at = time.time()
 
@@ -130,7 +120,9 @@ def test_stow_destinations_have_every_delivery_series_with_their_values(
     assert series(s, "sent_bytes_total", "refusing") == posted
     assert series(s, "sent_bytes_total", "web") == posted
     assert series(s, "sent_bytes_total", "down") == 0
-    assert series(s, "delivery_duration_seconds_count", "refusing") == len(refusing_server.requests)
+    assert series(s, "delivery_duration_seconds_count", "refusing") == len(
+        refusing_server.requests
+    )
     assert 1 <= series(s, "delivery_duration_seconds_count", "web") <= N
     assert series(s, "delivery_duration_seconds_sum", "web") > 0
     assert series(s, "delivery_duration_seconds_count", "down") == 0

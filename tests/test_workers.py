@@ -89,7 +89,9 @@ def test_parallel_senders_are_stored_by_the_workers(
     assert all(archived(daemon, p).is_file() for p in cts)
 
 
-def test_reload_reaches_every_worker(router: Callable[..., RouterDaemon], cts: list[Path]) -> None:
+def test_reload_reaches_every_worker(
+    router: Callable[..., RouterDaemon], cts: list[Path]
+) -> None:
     """After a reload to a reject rule, every association, whichever worker, is refused."""
     daemon = router(with_workers(2))
     daemon.write_config(with_workers(2, rule_file(default="[{reject: 0xA701}]")))
@@ -169,9 +171,9 @@ def test_sigterm_lets_every_worker_finish_its_transfer(
     results: list[list[int]] = []
     sender = threading.Thread(target=lambda: results.append(storescu(daemon.port, [big]).statuses))
     sender.start()
-    assert wait_until(lambda: any((daemon.workdir / "spool" / "incoming").iterdir()), 10), (
-        "the transfer never started"
-    )
+    assert wait_until(
+        lambda: any((daemon.workdir / "spool" / "incoming").iterdir()), 10
+    ), "the transfer never started"
     start = time.monotonic()
     assert daemon.stop(timeout=40) == 0
     sender.join(30)

@@ -139,7 +139,9 @@ class CommitmentSCP:
             if refs is None or len(refs) == 0:
                 raise Refused(status.MISSING_ATTRIBUTE, "no Referenced SOP Sequence items")
             if len(refs) > MAX_ITEMS:
-                raise Refused(status.RESOURCE_LIMITATION, f"{len(refs)} items: at most {MAX_ITEMS}")
+                raise Refused(
+                    status.RESOURCE_LIMITATION, f"{len(refs)} items: at most {MAX_ITEMS}"
+                )
             items = [_item(ref) for ref in refs]
         except Refused:
             raise

@@ -25,19 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pdus", type=int, help="PDU cases (default: --count)")
     parser.add_argument("--datasets", type=int, help="dataset cases (default: --count)")
     parser.add_argument("--workers", type=int, default=6, help="client threads")
-    parser.add_argument(
-        "--replay",
-        action="append",
-        metavar="CASE",
-        help="run only this case (e.g. dataset:1:42); repeatable",
-    )
+    parser.add_argument("--replay", action="append", metavar="CASE",
+                        help="run only this case (e.g. dataset:1:42); repeatable")
     parser.add_argument("--keep", action="store_true", help="keep the daemon's folder")
-    parser.add_argument(
-        "--log-format",
-        choices=("json", "text"),
-        default="json",
-        help="the daemon's log format (every line must be a record of it)",
-    )
+    parser.add_argument("--log-format", choices=("json", "text"), default="json",
+                        help="the daemon's log format (every line must be a record of it)")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="fuzz-")) / "router"
     pdus = args.count if args.pdus is None else args.pdus
@@ -45,38 +37,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.replay:
         for name in args.replay:
             case = make_case(name)
-            print(
-                f"{name}: {case.family}/{case.kind}"
-                + (
-                    f" base={case.base.name} ts={case.transfer_syntax} {len(case.data)} bytes"
-                    f" oracle={case.invalid or 'valid'}"
-                    if case.base
-                    else ""
-                )
-            )
+            print(f"{name}: {case.family}/{case.kind}"
+                  + (f" base={case.base.name} ts={case.transfer_syntax} {len(case.data)} bytes"
+                     f" oracle={case.invalid or 'valid'}" if case.base else ""))
     else:
-        print(
-            f"fuzz: seed {args.seed}, {pdus} PDU cases, {datasets} dataset cases, "
-            f"{args.workers} workers, daemon in {workdir}",
-            flush=True,
-        )
-    report = run_campaign(
-        workdir,
-        args.seed,
-        pdus,
-        datasets,
-        args.workers,
-        names=args.replay,
-        progress=True,
-        log_format=args.log_format,
-    )
+        print(f"fuzz: seed {args.seed}, {pdus} PDU cases, {datasets} dataset cases, "
+              f"{args.workers} workers, daemon in {workdir}", flush=True)
+    report = run_campaign(workdir, args.seed, pdus, datasets, args.workers,
+                          names=args.replay, progress=True, log_format=args.log_format)
     if args.replay:
         for r in report.results:
-            print(
-                f"{r.name}: outcome={r.outcome} status="
-                f"{'-' if r.status is None else hex(r.status)} violation={r.violation}"
-                f"{r.detail}"
-            )
+            print(f"{r.name}: outcome={r.outcome} status="
+                  f"{'-' if r.status is None else hex(r.status)} violation={r.violation}"
+                  f"{r.detail}")
     print(summary(report))
     for text in report.tracebacks[:3]:
         print("\n--- traceback in the daemon's log ---\n" + text)

@@ -90,8 +90,7 @@ def reply_class(reply: Reply) -> str:
     """Outcome class of a PDU or event that came instead of an answer."""
     if reply.kind == "pdu":
         return {ASSOCIATE_AC: "accepted", ASSOCIATE_RJ: "reject", ABORT: "abort"}.get(
-            reply.pdu_type, f"pdu-0x{reply.pdu_type:02x}"
-        )
+            reply.pdu_type, f"pdu-0x{reply.pdu_type:02x}")
     return {"eof": "closed", "reset": "closed", "timeout": "silent"}.get(reply.kind, reply.kind)
 
 
@@ -105,9 +104,8 @@ def wait_dropped(conn: Connection) -> tuple[str, str | None]:
     try:
         while (reply := conn.read_pdu(max(0.0, deadline - time.monotonic()))).kind == "pdu":
             outcome = outcome or reply_class(reply)
-        return outcome or reply_class(
-            reply
-        ), "stall-not-dropped" if reply.kind == "timeout" else None
+        return outcome or reply_class(reply), "stall-not-dropped" if reply.kind == "timeout" \
+            else None
     finally:
         conn.close()
 
@@ -264,14 +262,14 @@ def purpose_of(case: Case) -> str:
 def run_dataset(case: Case, session: Session) -> Result:
     """A well-framed C-STORE whose dataset is the case's."""
     assert case.base is not None
-    result = Result(case.name, case.family, case.kind, "closed", invalid=case.invalid, uid=case.uid)
+    result = Result(case.name, case.family, case.kind, "closed", invalid=case.invalid,
+                    uid=case.uid)
     # A bomb goes first on a fresh association: after another C-STORE on the same one,
     # the router aborts it before reading it (so its memory would never be measured).
     purpose = purpose_of(case)
     conn = session.association(purpose)
-    context = next(
-        c for c, a, s in contexts() if (a, s) == (case.base.sop_class, case.transfer_syntax)
-    )
+    context = next(c for c, a, s in contexts()
+                   if (a, s) == (case.base.sop_class, case.transfer_syntax))
     message_id = session.next_id()
     command = store_rq(message_id, case.base.sop_class, case.uid)
     conn.send(p_data_message(context, command, case.data, conn.max_pdu))
@@ -282,8 +280,7 @@ def run_dataset(case: Case, session: Session) -> Result:
     if not isinstance(answer, Dataset):
         result.outcome = reply_class(answer)
         result.violation = session.drop(purpose) or (
-            "store-unanswered" if result.outcome == "silent" else None
-        )
+            "store-unanswered" if result.outcome == "silent" else None)
         return result
     if purpose == "bomb":
         session.release(purpose)
@@ -295,10 +292,7 @@ def run_dataset(case: Case, session: Session) -> Result:
 
 
 RUNNERS: dict[str, Callable[[Case, Session], Result]] = {
-    "rq": run_rq,
-    "proxy": run_proxy,
-    "in": run_in,
-    "dataset": run_dataset,
+    "rq": run_rq, "proxy": run_proxy, "in": run_in, "dataset": run_dataset,
 }
 
 
@@ -314,14 +308,8 @@ def run_case(case: Case, session: Session) -> Result:
     except Exception as exc:  # the campaign goes on; the case records what broke
         with contextlib.suppress(Exception):
             session.drop(purpose_of(case))
-        return Result(
-            case.name,
-            case.family,
-            case.kind,
-            "harness-error",
-            violation="harness-error",
-            detail=f"{type(exc).__name__}: {exc}",
-        )
+        return Result(case.name, case.family, case.kind, "harness-error",
+                      violation="harness-error", detail=f"{type(exc).__name__}: {exc}")
 
 
 class RssSampler(threading.Thread):
@@ -379,12 +367,8 @@ class Campaign:
     daemon_cpu_seconds: float = 0.0
 
 
-def run_cases(
-    daemon: RouterDaemon,
-    names: list[str],
-    workers: int,
-    progress: Callable[[int], None] | None = None,
-) -> Campaign:
+def run_cases(daemon: RouterDaemon, names: list[str], workers: int,
+              progress: Callable[[int], None] | None = None) -> Campaign:
     """Run the named cases with `workers` client threads; RSS sampled throughout."""
     assert daemon.proc is not None
     sampler = RssSampler(daemon.proc.pid)
@@ -418,11 +402,8 @@ def run_cases(
     start, cpu = time.monotonic(), sampler.cpu_seconds()
     sampler.start()
     threads = [
-        threading.Thread(
-            target=work,
-            args=(queues["dataset" if n < dataset_workers else "pdu"],),
-            name=f"fuzz-{n}",
-        )
+        threading.Thread(target=work, args=(queues["dataset" if n < dataset_workers else "pdu"],),
+                         name=f"fuzz-{n}")
         for n in range(max(workers, dataset_workers + 1))
     ]
     for thread in threads:

@@ -29,18 +29,9 @@ from tests.fuzz.proxy import PROXY_MUTATIONS
 # Deep nesting and stalls (a client waits up to network_timeout) are costly, so rarer.
 # A deflate bomb costs ~1 s of CPU on each side: not drawn, but every BOMB_EVERY-th
 # dataset case (1 in CI).
-WEIGHTS = {
-    "rq-valid": 0.3,
-    "pdata-valid": 0.3,
-    "valid": 1.5,
-    "deflate-valid": 0.5,
-    "deflate-bomb": 0.0,
-    "deep-nesting": 0.3,
-    "deep-nesting-unclosed": 0.3,
-    "rq-stall": 0.5,
-    "pdata-stall": 0.5,
-    "proxy-stall": 0.3,
-}
+WEIGHTS = {"rq-valid": 0.3, "pdata-valid": 0.3, "valid": 1.5, "deflate-valid": 0.5,
+           "deflate-bomb": 0.0, "deep-nesting": 0.3, "deep-nesting-unclosed": 0.3,
+           "rq-stall": 0.5, "pdata-stall": 0.5, "proxy-stall": 0.3}
 BOMB_EVERY = 1000
 PDU_KINDS = [*RQ_MUTATIONS, *PROXY_MUTATIONS, *IN_MUTATIONS]
 DATASET_KINDS = [*MUTATIONS, *DEFLATE_KINDS, MISLABELLED]
@@ -94,7 +85,7 @@ def case_names(seed: int, pdus: int, datasets: int) -> list[str]:
     step = max(1, len(names) // max(1, len(ds_names)))
     out: list[str] = []
     for n, name in enumerate(ds_names):
-        out += [*names[n * step : (n + 1) * step], name]
+        out += [*names[n * step:(n + 1) * step], name]
     return out + names[len(ds_names) * step :]
 
 

@@ -61,12 +61,8 @@ def spool_leftovers(daemon: RouterDaemon, wait: float) -> list[str]:
     """Files in spool/incoming and spool/work, once `wait` s have passed without change."""
     deadline = time.monotonic() + wait
     while True:
-        found = [
-            str(p.relative_to(daemon.workdir))
-            for name in ("incoming", "work")
-            for p in (daemon.workdir / "spool" / name).rglob("*")
-            if p.is_file()
-        ]
+        found = [str(p.relative_to(daemon.workdir)) for name in ("incoming", "work")
+                 for p in (daemon.workdir / "spool" / name).rglob("*") if p.is_file()]
         if not found or time.monotonic() > deadline:
             return found
         time.sleep(0.1)
@@ -93,10 +89,8 @@ def tracebacks(log: str) -> list[str]:
     lines, out = log.splitlines(), []
     for n, line in enumerate(lines):
         if TRACEBACK.search(line):
-            end = next(
-                (m for m in range(n + 1, len(lines)) if lines[m] and not lines[m].startswith(" ")),
-                len(lines) - 1,
-            )
+            end = next((m for m in range(n + 1, len(lines))
+                        if lines[m] and not lines[m].startswith(" ")), len(lines) - 1)
             out.append("\n".join(lines[max(0, n - 1) : end + 1]))
     return out
 
@@ -145,16 +139,9 @@ def bad_lines(log: str, log_format: str) -> dict[str, list[str]]:
     }
 
 
-def run_campaign(
-    workdir: Path,
-    seed: int,
-    pdus: int,
-    datasets: int,
-    workers: int = 6,
-    names: list[str] | None = None,
-    progress: bool = False,
-    log_format: str = "json",
-) -> Report:
+def run_campaign(workdir: Path, seed: int, pdus: int, datasets: int, workers: int = 6,
+                 names: list[str] | None = None, progress: bool = False,
+                 log_format: str = "json") -> Report:
     """Start a daemon in `workdir` (logging in `log_format`), run the cases, check
     everything, stop it."""
     daemon = RouterDaemon(workdir, RULE_FILE, args=("--log-format", log_format)).start()
@@ -187,20 +174,8 @@ def run_campaign(
     return report
 
 
-COLUMNS = (
-    "abort",
-    "reject",
-    "closed",
-    "silent",
-    "accepted",
-    "survived",
-    "0x0000",
-    "warning",
-    "0xA7xx",
-    "0xA9xx",
-    "0xC2xx",
-    "other",
-)
+COLUMNS = ("abort", "reject", "closed", "silent", "accepted", "survived", "0x0000",
+           "warning", "0xA7xx", "0xA9xx", "0xC2xx", "other")
 
 
 def summary(report: Report) -> str:
@@ -235,22 +210,16 @@ def summary(report: Report) -> str:
         *(f"  {n} x {what}" for what, n in report.exceptions.most_common()),
         f"log lines ({report.log_format}): {report.log_lines}, longest "
         f"{report.longest_line} characters",
-        *(
-            f"  {len(report.bad_lines.get(k, []))} {what}"
-            + (f", e.g. {report.bad_lines[k][0][:200]!r}" if report.bad_lines.get(k) else "")
-            for k, what in LOG_PROPERTIES.items()
-        ),
+        *(f"  {len(report.bad_lines.get(k, []))} {what}"
+          + (f", e.g. {report.bad_lines[k][0][:200]!r}" if report.bad_lines.get(k) else "")
+          for k, what in LOG_PROPERTIES.items()),
         "case violations: " + (", ".join(f"{k} {n}" for k, n in violations.items()) or "none"),
     ]
     for kind in sorted(violations):
         examples = [r for r in report.results if r.violation == kind][:5]
-        lines.append(
-            f"  {kind}: "
-            + ", ".join(
-                f"{r.name} ({r.kind}: {r.outcome}{' ' + r.invalid if r.invalid else ''})"
-                for r in examples
-            )
-        )
+        lines.append(f"  {kind}: " + ", ".join(f"{r.name} ({r.kind}: {r.outcome}"
+                                              f"{' ' + r.invalid if r.invalid else ''})"
+                                              for r in examples))
     return "\n".join(lines)
 
 
@@ -262,14 +231,9 @@ def rss_growth_kib(report: Report) -> int:
 def failed(report: Report) -> bool:
     """True when any property was violated."""
     return bool(
-        any(r.violation for r in report.results)
-        or not report.echo_ok
-        or report.spool_leftovers
-        or report.stray_files
-        or report.tracebacks
+        any(r.violation for r in report.results) or not report.echo_ok
+        or report.spool_leftovers or report.stray_files or report.tracebacks
         or rss_growth_kib(report) > RSS_GROWTH_LIMIT_KIB
-        or report.exit_code != 0
-        or report.stop_seconds > STOP_LIMIT
-        or any(report.bad_lines.values())
-        or report.longest_line > LONGEST_LINE
+        or report.exit_code != 0 or report.stop_seconds > STOP_LIMIT
+        or any(report.bad_lines.values()) or report.longest_line > LONGEST_LINE
     )

@@ -97,11 +97,8 @@ def bases() -> tuple[Base, ...]:
         ("dicomgen-ct-implicit", generated, IMPLICIT_LE),
         ("undefined-length-sq", nested, EXPLICIT_LE),
     ]
-    for name, syntax in (
-        ("CT_small.dcm", EXPLICIT_LE),
-        ("MR_small.dcm", EXPLICIT_LE),
-        ("rtplan.dcm", IMPLICIT_LE),
-    ):
+    for name, syntax in (("CT_small.dcm", EXPLICIT_LE), ("MR_small.dcm", EXPLICIT_LE),
+                         ("rtplan.dcm", IMPLICIT_LE)):
         found = get_testdata_file(name)
         assert found is not None, f"pydicom test file {name} missing"
         bundled = dcmread(found)
@@ -190,9 +187,8 @@ def m_truncate(rng: random.Random, body: bytes, els: list[Element], implicit: bo
     return body[: rng.randrange(len(body))]
 
 
-def m_truncate_in_header(
-    rng: random.Random, body: bytes, els: list[Element], implicit: bool
-) -> bytes:
+def m_truncate_in_header(rng: random.Random, body: bytes, els: list[Element],
+                         implicit: bool) -> bytes:
     e = _pick(rng, els)
     return body[: rng.randrange(e.pos + 1, e.end)]
 
@@ -206,9 +202,8 @@ def m_length_zero(rng: random.Random, body: bytes, els: list[Element], implicit:
     return _set_length(body, _pick(rng, [e for e in els if e.length] or els), 0)
 
 
-def m_length_off_by_one(
-    rng: random.Random, body: bytes, els: list[Element], implicit: bool
-) -> bytes:
+def m_length_off_by_one(rng: random.Random, body: bytes, els: list[Element],
+                        implicit: bool) -> bytes:
     e = _pick(rng, [e for e in els if e.length != UNDEFINED] or els)
     return _set_length(body, e, e.length + rng.choice([-2, -1, 1, 2]))
 
@@ -218,21 +213,15 @@ def m_length_random(rng: random.Random, body: bytes, els: list[Element], implici
     return _set_length(body, e, rng.getrandbits(8 * e.length_size))
 
 
-def m_undefined_length_non_sq(
-    rng: random.Random, body: bytes, els: list[Element], implicit: bool
-) -> bytes:
-    pool = [
-        e
-        for e in els
-        if (e.length_size == 4 and e.vr not in ("SQ", ""))
-        or (implicit and e.vr == "" and e.tag >> 16 != 0xFFFE)
-    ]
+def m_undefined_length_non_sq(rng: random.Random, body: bytes, els: list[Element],
+                              implicit: bool) -> bytes:
+    pool = [e for e in els if (e.length_size == 4 and e.vr not in ("SQ", "")) or
+            (implicit and e.vr == "" and e.tag >> 16 != 0xFFFE)]
     return _set_length(body, rng.choice(pool or els), UNDEFINED)
 
 
-def m_remove_delimiter(
-    rng: random.Random, body: bytes, els: list[Element], implicit: bool
-) -> bytes:
+def m_remove_delimiter(rng: random.Random, body: bytes, els: list[Element],
+                       implicit: bool) -> bytes:
     pool = [e for e in els if e.tag in (0xFFFEE00D, 0xFFFEE0DD)]
     if not pool:
         return m_truncate(rng, body, els, implicit)
@@ -240,20 +229,21 @@ def m_remove_delimiter(
     return body[: e.pos] + body[e.end :]
 
 
-def m_append_garbage(rng: random.Random, body: bytes, els: list[Element], implicit: bool) -> bytes:
+def m_append_garbage(rng: random.Random, body: bytes, els: list[Element],
+                     implicit: bool) -> bytes:
     return body + rng.randbytes(rng.randrange(1, 200))
 
 
-def m_swap_elements(rng: random.Random, body: bytes, els: list[Element], implicit: bool) -> bytes:
+def m_swap_elements(rng: random.Random, body: bytes, els: list[Element],
+                    implicit: bool) -> bytes:
     spans = _top_spans(body, els)
     n = rng.randrange(len(spans) - 1)
     (a0, a1), (b0, b1) = spans[n], spans[n + 1]
     return body[:a0] + body[b0:b1] + body[a0:a1] + body[b1:]
 
 
-def m_duplicate_element(
-    rng: random.Random, body: bytes, els: list[Element], implicit: bool
-) -> bytes:
+def m_duplicate_element(rng: random.Random, body: bytes, els: list[Element],
+                        implicit: bool) -> bytes:
     a0, a1 = rng.choice(_top_spans(body, els))
     return body[:a1] + body[a0:a1] + body[a1:]
 
@@ -274,7 +264,8 @@ def m_bit_flip(rng: random.Random, body: bytes, els: list[Element], implicit: bo
     return bytes(out)
 
 
-def m_header_bit_flip(rng: random.Random, body: bytes, els: list[Element], implicit: bool) -> bytes:
+def m_header_bit_flip(rng: random.Random, body: bytes, els: list[Element],
+                      implicit: bool) -> bytes:
     e = _pick(rng, els)
     out = bytearray(body)
     out[rng.randrange(e.pos, e.end)] ^= 1 << rng.randrange(8)
@@ -293,11 +284,8 @@ def m_byte_delete(rng: random.Random, body: bytes, els: list[Element], implicit:
 
 def _nest(depth: int, implicit: bool, closed: bool) -> bytes:
     group, elem = SEQ_TAG >> 16, SEQ_TAG & 0xFFFF
-    sq = (
-        struct.pack("<HHI", group, elem, UNDEFINED)
-        if implicit
-        else struct.pack("<HH2sHI", group, elem, b"SQ", 0, UNDEFINED)
-    )
+    sq = struct.pack("<HHI", group, elem, UNDEFINED) if implicit else \
+        struct.pack("<HH2sHI", group, elem, b"SQ", 0, UNDEFINED)
     item = struct.pack("<HHI", 0xFFFE, 0xE000, UNDEFINED)
     ends = struct.pack("<HHIHHI", 0xFFFE, 0xE00D, 0, 0xFFFE, 0xE0DD, 0)
     return (sq + item) * depth + (ends * depth if closed else b"")
@@ -318,22 +306,17 @@ def m_deep_nesting(rng: random.Random, body: bytes, els: list[Element], implicit
     return _insert_top(body, els, SEQ_TAG, _nest(depth, implicit, closed=True))
 
 
-def m_deep_nesting_unclosed(
-    rng: random.Random, body: bytes, els: list[Element], implicit: bool
-) -> bytes:
+def m_deep_nesting_unclosed(rng: random.Random, body: bytes, els: list[Element],
+                            implicit: bool) -> bytes:
     depth = rng.choice([64, 500, 2000, 5000])
     return _insert_top(body, els, SEQ_TAG, _nest(depth, implicit, closed=False))
 
 
-def m_trailing_padding_huge(
-    rng: random.Random, body: bytes, els: list[Element], implicit: bool
-) -> bytes:
+def m_trailing_padding_huge(rng: random.Random, body: bytes, els: list[Element],
+                            implicit: bool) -> bytes:
     """Data Set Trailing Padding announcing far more bytes than follow."""
-    header = (
-        struct.pack("<HHI", 0xFFFC, 0xFFFC, 0xFFFFFFF0)
-        if implicit
-        else struct.pack("<HH2sHI", 0xFFFC, 0xFFFC, b"OB", 0, 0xFFFFFFF0)
-    )
+    header = struct.pack("<HHI", 0xFFFC, 0xFFFC, 0xFFFFFFF0) if implicit else \
+        struct.pack("<HH2sHI", 0xFFFC, 0xFFFC, b"OB", 0, 0xFFFFFFF0)
     return _insert_top(body, els, 0xFFFCFFFC, header + rng.randbytes(64))
 
 
@@ -391,14 +374,8 @@ def deflate_bomb(body: bytes, nbytes: int = BOMB_BYTES) -> bytes:
     return head + _deflated_zeros(nbytes)
 
 
-DEFLATE_KINDS = (
-    "deflate-valid",
-    "deflate-inner",
-    "deflate-bit-flip",
-    "deflate-truncate",
-    "deflate-garbage",
-    "deflate-bomb",
-)
+DEFLATE_KINDS = ("deflate-valid", "deflate-inner", "deflate-bit-flip", "deflate-truncate",
+                 "deflate-garbage", "deflate-bomb")
 
 
 # A valid dataset sent on a context of another syntax (issue 22 row 3): Explicit VR bytes

@@ -79,9 +79,8 @@ def _truncate(rng: random.Random, data: bytes) -> bytes:
 
 
 def _length(rng: random.Random, true_length: int) -> int:
-    return rng.choice(
-        [0, 1, true_length - 1, true_length + 1, 0xFFFFFFFF, 0x7FFFFFFF, true_length * 2, 1 << 24]
-    )
+    return rng.choice([0, 1, true_length - 1, true_length + 1, 0xFFFFFFFF, 0x7FFFFFFF,
+                       true_length * 2, 1 << 24])
 
 
 def _pdu_length(rng: random.Random, data: bytes) -> bytes:
@@ -159,17 +158,8 @@ def rq_shuffle_items(rng: random.Random) -> bytes:
 
 def rq_ae_title(rng: random.Random) -> bytes:
     fixed, items = _rq_parts(rng)
-    title = rng.choice(
-        [
-            b"\x00" * 16,
-            b" " * 16,
-            b"A\x01B\x1f\x7fC".ljust(16),
-            b"\xff" * 16,
-            b"ABC\\DEF".ljust(16),
-            b"\n\r\t" * 5 + b"x",
-            rng.randbytes(16),
-        ]
-    )
+    title = rng.choice([b"\x00" * 16, b" " * 16, b"A\x01B\x1f\x7fC".ljust(16), b"\xff" * 16,
+                        b"ABC\\DEF".ljust(16), b"\n\r\t" * 5 + b"x", rng.randbytes(16)])
     at = rng.choice([4, 20])  # called, calling
     fixed = fixed[:at] + title + fixed[at + 16 :]
     return join_rq(fixed, items)
@@ -183,9 +173,8 @@ def rq_protocol_version(rng: random.Random) -> bytes:
 
 def rq_many_contexts(rng: random.Random) -> bytes:
     count = rng.choice([128, 200, 255])
-    contexts = [
-        (2 * n + 1 if n < 128 else (2 * n + 1) % 256, CT, EXPLICIT_LE) for n in range(count)
-    ]
+    contexts = [(2 * n + 1 if n < 128 else (2 * n + 1) % 256, CT, EXPLICIT_LE)
+                for n in range(count)]
     raw = associate_rq(contexts)
     return raw
 
@@ -267,12 +256,8 @@ def command_garbage(rng: random.Random, mid: int) -> bytes:
 
 def command_unknown_field(rng: random.Random, mid: int) -> bytes:
     field = rng.choice([0x0FFF, 0x8001, 0x0020, 0x0021, 0x0010, 0x0000, 0xFFFF])
-    command = command_set(
-        AffectedSOPClassUID=VERIFICATION,
-        CommandField=field,
-        MessageID=mid,
-        CommandDataSetType=0x0101,
-    )
+    command = command_set(AffectedSOPClassUID=VERIFICATION, CommandField=field,
+                          MessageID=mid, CommandDataSetType=0x0101)
     return pdu(P_DATA, pdv(1, MCH_COMMAND | MCH_LAST, command))
 
 
@@ -286,12 +271,8 @@ def command_unknown_element(rng: random.Random, mid: int) -> bytes:
 
 
 def command_missing_element(rng: random.Random, mid: int) -> bytes:
-    elements: dict[str, object] = {
-        "AffectedSOPClassUID": VERIFICATION,
-        "CommandField": 0x0030,
-        "MessageID": mid,
-        "CommandDataSetType": 0x0101,
-    }
+    elements: dict[str, object] = {"AffectedSOPClassUID": VERIFICATION, "CommandField": 0x0030,
+                                   "MessageID": mid, "CommandDataSetType": 0x0101}
     del elements[rng.choice(list(elements))]
     return pdu(P_DATA, pdv(1, MCH_COMMAND | MCH_LAST, command_set(**elements)))
 
@@ -317,8 +298,7 @@ def command_not_last(rng: random.Random, mid: int) -> bytes:
 def store_without_dataset(rng: random.Random, mid: int) -> bytes:
     command = store_rq(mid, CT, "1.2.3.4")
     return pdu(P_DATA, pdv(3, MCH_COMMAND | MCH_LAST, command)) + rng.choice(
-        [_echo_pdu(mid + 1), release_rq(), pdu(P_DATA, b"")]
-    )
+        [_echo_pdu(mid + 1), release_rq(), pdu(P_DATA, b"")])
 
 
 def store_on_echo_context(rng: random.Random, mid: int) -> bytes:
@@ -335,24 +315,13 @@ def many_pdvs(rng: random.Random, mid: int) -> bytes:
 
 
 def release_mutated(rng: random.Random, mid: int) -> bytes:
-    return rng.choice(
-        [
-            pdu(RELEASE_RQ, b""),
-            pdu(RELEASE_RQ, b"\xff" * 4),
-            pdu(RELEASE_RQ, rng.randbytes(64)),
-            _pdu_length(rng, release_rq()),
-        ]
-    )
+    return rng.choice([pdu(RELEASE_RQ, b""), pdu(RELEASE_RQ, b"\xff" * 4),
+                       pdu(RELEASE_RQ, rng.randbytes(64)), _pdu_length(rng, release_rq())])
 
 
 def abort_mutated(rng: random.Random, mid: int) -> bytes:
-    return rng.choice(
-        [
-            abort_pdu(rng.randrange(256), rng.randrange(256)),
-            pdu(ABORT, b""),
-            pdu(ABORT, rng.randbytes(rng.randrange(1, 64))),
-        ]
-    )
+    return rng.choice([abort_pdu(rng.randrange(256), rng.randrange(256)), pdu(ABORT, b""),
+                       pdu(ABORT, rng.randbytes(rng.randrange(1, 64)))])
 
 
 IN_MUTATIONS: dict[str, InMutation] = {

@@ -48,19 +48,13 @@ PROXY_MUTATIONS: dict[str, ProxyMutation] = {
     "proxy-v2-valid": lambda rng: _v2(rng) + valid_rq(),
     "proxy-v2-tlvs": lambda rng: _v2(rng, bytes([0xEE, 0, 8]) + rng.randbytes(8)) + valid_rq(),
     "proxy-bit-flip": lambda rng: _flip(rng, _header(rng)) + valid_rq(),
-    "proxy-v1-random-fields": lambda rng: (
-        b"PROXY " + rng.randbytes(rng.randrange(1, 120)) + b"\r\n" + valid_rq()
-    ),
+    "proxy-v1-random-fields": lambda rng: b"PROXY " + rng.randbytes(rng.randrange(1, 120))
+    + b"\r\n" + valid_rq(),
     "proxy-v1-no-crlf": lambda rng: b"PROXY TCP4 " + b"1" * rng.randrange(97, 300) + valid_rq(),
-    "proxy-v2-too-long": lambda rng: (
-        V2_SIGNATURE
-        + b"\x21\x11"
-        + struct.pack(">H", rng.randrange(513, 65536))
-        + rng.randbytes(64)
-    ),
-    "proxy-v2-random-body": lambda rng: (
-        V2_SIGNATURE + rng.randbytes(4 + rng.randrange(40)) + valid_rq()
-    ),
+    "proxy-v2-too-long": lambda rng: V2_SIGNATURE + b"\x21\x11"
+    + struct.pack(">H", rng.randrange(513, 65536)) + rng.randbytes(64),
+    "proxy-v2-random-body": lambda rng: V2_SIGNATURE + rng.randbytes(4 + rng.randrange(40))
+    + valid_rq(),
     "proxy-missing": lambda rng: valid_rq(),
     "proxy-stall": lambda rng: _header(rng)[: rng.randrange(1, 15)],
     "proxy-untrusted": lambda rng: _header(rng) + valid_rq(),

@@ -103,9 +103,7 @@ def command_set(**elements: object) -> bytes:
 def echo_rq(message_id: int) -> bytes:
     """A C-ECHO-RQ command set."""
     return command_set(
-        AffectedSOPClassUID=VERIFICATION,
-        CommandField=0x0030,
-        MessageID=message_id,
+        AffectedSOPClassUID=VERIFICATION, CommandField=0x0030, MessageID=message_id,
         CommandDataSetType=0x0101,
     )
 
@@ -113,12 +111,8 @@ def echo_rq(message_id: int) -> bytes:
 def store_rq(message_id: int, sop_class: str, sop_instance: str) -> bytes:
     """A C-STORE-RQ command set announcing a dataset."""
     return command_set(
-        AffectedSOPClassUID=sop_class,
-        CommandField=0x0001,
-        MessageID=message_id,
-        Priority=0,
-        CommandDataSetType=0x0000,
-        AffectedSOPInstanceUID=sop_instance,
+        AffectedSOPClassUID=sop_class, CommandField=0x0001, MessageID=message_id,
+        Priority=0, CommandDataSetType=0x0000, AffectedSOPInstanceUID=sop_instance,
     )
 
 
