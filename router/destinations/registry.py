@@ -105,10 +105,10 @@ class Forwarder:
         else:
             self.sweeper.apply(loaded.config.studies)
         if self.committer is None:
-            self.committer = Committer(self.spool, loaded.config)
+            self.committer = Committer(self.spool, loaded.config, loaded.resolve)
             self.committer.start()
         else:
-            self.committer.apply(loaded.config)
+            self.committer.apply(loaded.config, loaded.resolve)
         for name in list(self.workers):
             current = self.workers[name]
             if wanted.get(name) != current.dest or current.calling_ae != calling:

@@ -161,63 +161,30 @@ _TABLE: dict[str, tuple[str, str, str, tuple[str, ...], Any]] = {
         None,
     ),
     # Per worker (the cap is per worker): the highest any worker has reached.
-    "unassociated_peak": (
-        "gauge",
-        "unassociated_connections_peak",
-        "Most connections without an A-ASSOCIATE-RQ held at once, per process",
-        (),
-        "max",
-    ),
-    "suppressed": (
-        "counter",
-        "log_lines_suppressed",
-        "Repeated warnings held back by the rate limit (summed up once per interval)",
-        ("logger",),
-        None,
-    ),
-    "units_completed": (
-        "counter",
-        "units_completed",
-        "Collected series and studies completed, by reason (quiet, released, max_wait, forced)",
-        ("level", "reason"),
-        None,
-    ),
-    "late_instances": (
-        "counter",
-        "late_instances",
-        "Instances of a series or study already complete, by the late: policy applied",
-        ("level", "policy"),
-        None,
-    ),
+    "unassociated_peak": ("gauge", "unassociated_connections_peak",
+                          "Most connections without an A-ASSOCIATE-RQ held at once, per process",
+                          (), "max"),
+    "suppressed": ("counter", "log_lines_suppressed",
+                   "Repeated warnings held back by the rate limit (summed up once per interval)",
+                   ("logger",), None),
+    "units_completed": ("counter", "units_completed",
+                        "Collected series and studies completed, by reason (quiet, released, "
+                        "max_wait, forced)", ("level", "reason"), None),
+    "late_instances": ("counter", "late_instances",
+                       "Instances of a series or study already complete, by the late: policy "
+                       "applied", ("level", "policy"), None),
     # The fleet mirror runs in the forwarder alone; a dead forwarder's values are dropped.
-    "fleet_lag_rows": (
-        "gauge",
-        "fleet_mirror_lag_rows",
-        "Rows of the spool not yet mirrored to the fleet's PostgreSQL",
-        (),
-        "livemostrecent",
-    ),
-    "fleet_lag_seconds": (
-        "gauge",
-        "fleet_mirror_lag_seconds",
-        "Age of the oldest row not yet mirrored; 0 when the mirror is current",
-        (),
-        "livemostrecent",
-    ),
-    "fleet_last_success": (
-        "gauge",
-        "fleet_mirror_last_success_timestamp_seconds",
-        "When the mirror last reached PostgreSQL (Unix time)",
-        (),
-        "max",
-    ),
-    "fleet_failures": (
-        "counter",
-        "fleet_mirror_failures",
-        "Mirror rounds that failed (PostgreSQL slow, down or unreachable)",
-        (),
-        None,
-    ),
+    "fleet_lag_rows": ("gauge", "fleet_mirror_lag_rows",
+                       "Rows of the spool not yet mirrored to the fleet's PostgreSQL",
+                       (), "livemostrecent"),
+    "fleet_lag_seconds": ("gauge", "fleet_mirror_lag_seconds",
+                          "Age of the oldest row not yet mirrored; 0 when the mirror is current",
+                          (), "livemostrecent"),
+    "fleet_last_success": ("gauge", "fleet_mirror_last_success_timestamp_seconds",
+                           "When the mirror last reached PostgreSQL (Unix time)", (), "max"),
+    "fleet_failures": ("counter", "fleet_mirror_failures",
+                       "Mirror rounds that failed (PostgreSQL slow, down or unreachable)",
+                       (), None),
     "deid_withheld": (
         "counter",
         "deidentify_withheld",
@@ -226,27 +193,19 @@ _TABLE: dict[str, tuple[str, str, str, tuple[str, ...], Any]] = {
         None,
     ),
     # Set by the forwarder's commitment timer alone.
-    "commitments_pending": (
-        "gauge",
-        "commitments_pending",
-        "Storage Commitment transactions not yet reported",
-        (),
-        "mostrecent",
-    ),
-    "commitments_oldest": (
-        "gauge",
-        "commitments_oldest_seconds",
-        "Age of the oldest Storage Commitment transaction not yet reported",
-        (),
-        "mostrecent",
-    ),
-    "commitments": (
-        "counter",
-        "commitments",
-        "Storage Commitment transactions finished, by outcome (committed, failed, abandoned)",
-        ("outcome",),
-        None,
-    ),
+    "commitments_pending": ("gauge", "commitments_pending",
+                            "Storage Commitment transactions not yet reported", (), "mostrecent"),
+    "commitments_oldest": ("gauge", "commitments_oldest_seconds",
+                           "Age of the oldest Storage Commitment transaction not yet reported",
+                           (), "mostrecent"),
+    "commitments": ("counter", "commitments",
+                    "Storage Commitment transactions finished, by outcome (committed, failed, "
+                    "abandoned)", ("outcome",), None),
+    # answer: relayed; a report is counted by the process that records it.
+    "commitment_relays": ("counter", "commitment_relays",
+                          "Destinations asked for their own Storage Commitment, by outcome "
+                          "(committed, failed, expired; ask_failed per N-ACTION not accepted)",
+                          ("outcome",), None),
 }
 
 
@@ -291,6 +250,7 @@ class Instruments:
     commitments_pending: Any
     commitments_oldest: Any
     commitments: Any
+    commitment_relays: Any
 
     def __init__(self) -> None:
         for attribute, spec in _TABLE.items():

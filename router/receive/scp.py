@@ -29,6 +29,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from router.actions.pipeline import Outcome, Pipeline, Received
 from router.config.listen import Listen
 from router.config.model import Config
+from router.destinations.relay import destination_of
 from router.dicom.sopclass import sop_class_name
 from router.errors import StartupError
 from router.net import netlayer
@@ -42,6 +43,7 @@ from router.net.admission import (
 from router.observe import metrics
 from router.observe.ratelimit import RateLimitedLog
 from router.receive import commitment as stgcmt
+from router.receive.relay_report import RelayReports
 from router.spool.journal import Journal
 
 log = logging.getLogger("router.scp")
@@ -116,6 +118,7 @@ class StorageSCP:
         budget: Budget | None = None,
         on_release: Callable[[set[tuple[str, str]]], None] | None = None,
         commitment: stgcmt.CommitmentSCP | None = None,
+        relay_reports: RelayReports | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._on_release = on_release  # studies.on_release: the units a released assoc sent
@@ -142,6 +145,8 @@ class StorageSCP:
         if commitment is not None:  # offered to callers with a commitment_port only
             self.ae.add_supported_context(stgcmt.SOP_CLASS)
             handlers.append((evt.EVT_N_ACTION, commitment.on_action))
+        if relay_reports is not None:  # from commitment: true destinations (answer: relayed)
+            handlers.append((evt.EVT_N_EVENT_REPORT, relay_reports.on_report))
         self._commitment = commitment
         try:
             server = self.ae.make_server(
@@ -229,7 +234,9 @@ class StorageSCP:
                 )
                 _reject(event.assoc, reason)
                 return
-        if not caller_allowed(self._current(), calling, peer):
+        config = self._current()
+        # A commitment destination reports on an association of its own (answer: relayed).
+        if not caller_allowed(config, calling, peer) and not destination_of(config, calling, peer):
             # Rate limited per address: a sender retrying in a loop is a burst and a summary.
             _repeats.warning(
                 f"callers {peer}",

@@ -197,6 +197,17 @@ class Relays:
                 (CLOSED, transaction_uid, *OPEN),
             )
 
+    def still_open(self, relay_uids: Sequence[str]) -> set[str]:
+        """Those of these relays still asking or awaiting a report."""
+        marks = ",".join("?" * len(relay_uids))
+        with self._db.queue() as db:
+            rows = db.execute(
+                f"SELECT relay_uid FROM commitment_relays WHERE relay_uid IN ({marks})"
+                " AND state IN (?,?)",
+                (*relay_uids, *OPEN),
+            ).fetchall()
+        return {r[0] for r in rows}
+
     def open_count(self) -> int:
         """Relays asking or awaiting a report."""
         with self._db.queue() as db:
