@@ -23,6 +23,7 @@ from tests.daemon import RouterDaemon
 from tests.peers import LOOPBACK, CommitmentModality, Orthanc, free_port
 from tests.prom import wait_value
 from tests.test_commitment import assert_all_committed, send, study
+from tests.test_studies import cli
 
 RULES = """\
 version: 1
@@ -256,3 +257,20 @@ def test_open_relays_bounded(tmp_path: Path) -> None:
     spool.relays.open("late", [("r-late", "pacs", item)], MAX_OPEN_RELAYS)
     assert spool.relays.open_count() == MAX_OPEN_RELAYS
     spool.close()
+
+
+def test_trace_and_commitments_show_the_relay(tmp_path: Path, modality: CommitmentModality) -> None:
+    """`trace` shows what the PACS said of the instance, `commitments` the relay's state."""
+    daemon, pacs = peers(tmp_path, modality)
+    with pacs:
+        daemon.start()
+        try:
+            uid, refs = request(daemon, modality, tmp_path, 1)
+            modality.wait_report()
+            daemon.wait_log(f"storage commitment {uid} for MODALITY@127.0.0.1 reported")
+            traced = cli(daemon, "trace", refs[0][1]).stdout
+            listed = cli(daemon, "commitments").stdout
+        finally:
+            daemon.stop()
+    assert f"{refs[0][1]} committed, report reported; pacs committed" in traced
+    assert "  relay pacs: answered, 1 asked, 0 failed" in listed
