@@ -52,16 +52,6 @@ default:
 """
 
 
-@pytest.fixture
-def modality() -> Iterator[CommitmentModality]:
-    """A pynetdicom modality listening for reports on its commitment_port."""
-    peer = CommitmentModality()
-    try:
-        yield peer
-    finally:
-        peer.close()
-
-
 def start_router(
     tmp_path: Path,
     modality: CommitmentModality,

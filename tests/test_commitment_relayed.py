@@ -20,7 +20,7 @@ from router.destinations.relay import MAX_OPEN_RELAYS
 from router.spool.commitments import Item, Transaction
 from router.spool.database import Spool
 from tests.daemon import RouterDaemon
-from tests.peers import LOOPBACK, CommitmentModality, Orthanc, free_port
+from tests.peers import LOOPBACK, CommitmentModality, Orthanc, free_port, storescu
 from tests.prom import wait_value
 from tests.test_commitment import assert_all_committed, send, study
 from tests.test_studies import cli
@@ -44,16 +44,6 @@ destinations:
 default:
   - forward: pacs
 """
-
-
-@pytest.fixture
-def modality() -> Iterator[CommitmentModality]:
-    """A pynetdicom modality listening for reports on its commitment_port."""
-    peer = CommitmentModality()
-    try:
-        yield peer
-    finally:
-        peer.close()
 
 
 def peers(
@@ -274,3 +264,13 @@ def test_trace_and_commitments_show_the_relay(tmp_path: Path, modality: Commitme
             daemon.stop()
     assert f"{refs[0][1]} committed, report reported; pacs committed" in traced
     assert "  relay pacs: answered, 1 asked, 0 failed" in listed
+
+
+def test_commitment_destination_not_in_callers_cannot_store(
+    tmp_path: Path, idle_router: RouterDaemon
+) -> None:
+    """The PACS's AE title is admitted for its reports only: its C-STORE gets 0x0124."""
+    study(tmp_path, 1)
+    result = storescu(idle_router.port, [tmp_path / "study"], calling="PACS")
+    assert result.statuses == [0x0124]
+    idle_router.wait_log("C-STORE from PACS@127.0.0.1 refused (0x0124)")

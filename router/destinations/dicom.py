@@ -318,7 +318,7 @@ class Sender:
                 on_answer(uid, _n_action(assoc, uid, refs))
             deadline = time.monotonic() + wait
             while assoc.is_established and not reported() and time.monotonic() < deadline:
-                time.sleep(0.05)
+                time.sleep(0.02)
         finally:
             if assoc.is_established:
                 assoc.release()

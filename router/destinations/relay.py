@@ -326,7 +326,10 @@ class Relayer(Ticker):
 
         def reported() -> bool:  # on this association or on one the destination opened
             if waiting:
-                waiting.intersection_update(self.spool.relays.still_open(list(waiting)))
+                still = self.spool.relays.still_open(list(waiting))
+                if still != waiting:  # recorded by the listener: no need to wait for a tick
+                    waiting.intersection_update(still)
+                    self._on_report()
             return not waiting
 
         sender = Sender(name, dest, self.config.listen.ae_title, resolve=self.resolve)

@@ -30,6 +30,7 @@ from router.actions.pipeline import Outcome, Pipeline, Received
 from router.config.listen import Listen
 from router.config.model import Config
 from router.destinations.relay import destination_of
+from router.dicom import status
 from router.dicom.sopclass import sop_class_name
 from router.errors import StartupError
 from router.net import netlayer
@@ -235,8 +236,12 @@ class StorageSCP:
                 _reject(event.assoc, reason)
                 return
         config = self._current()
-        # A commitment destination reports on an association of its own (answer: relayed).
-        if not caller_allowed(config, calling, peer) and not destination_of(config, calling, peer):
+        allowed = caller_allowed(config, calling, peer)
+        # A commitment destination reports on an association of its own (answer: relayed);
+        # not in callers, it may do only that (its C-STOREs are refused).
+        if not allowed and destination_of(config, calling, peer):
+            event.assoc.router_reports_only = True  # type: ignore[attr-defined]
+        elif not allowed:
             # Rate limited per address: a sender retrying in a loop is a burst and a summary.
             _repeats.warning(
                 f"callers {peer}",
@@ -270,6 +275,15 @@ class StorageSCP:
         assoc = event.assoc
         primitive = assoc.requestor.primitive
         assert isinstance(request, C_STORE) and primitive is not None
+        if getattr(assoc, "router_reports_only", False):
+            _repeats.warning(
+                f"reports only {assoc.requestor.address}",
+                "C-STORE from %s@%s refused (0x0124): a commitment destination not in callers",
+                assoc.requestor.ae_title.strip(),
+                assoc.requestor.address,
+                extra={"event": "caller-rejected"},
+            )
+            return status.NOT_AUTHORIZED
         received = Received(
             path=event.dataset_path,
             sop_class_uid=str(request.AffectedSOPClassUID),
