@@ -53,12 +53,14 @@ def peers(
     lua: str = "",
     report_to: int | None = None,
     extra: str = "",
+    forward: str = "pacs",
 ) -> tuple[RouterDaemon, Orthanc]:
     """The router (answer: relayed, forwarding to the PACS) and Orthanc as the PACS, neither
     started; the PACS knows the router as a modality (the AE it answers N-ACTION from),
     reporting to `report_to` (default: the router's port)."""
     pacs = Orthanc(tmp_path / "pacs", aet="PACS")
     rules = RULES % {"commit": modality.port, "pacs": pacs.dicom_port, "timeout": "4h"}
+    rules = rules.replace("  - forward: pacs\n", f"  - forward: {forward}\n")
     daemon = RouterDaemon(tmp_path / "router", rules + extra)
     pacs.overrides["DicomModalities"] = {
         "router": {"AET": "DICOM_ROUTER", "Host": LOOPBACK, "Port": report_to or daemon.port}
@@ -105,6 +107,22 @@ def test_relayed_study_committed_only_after_the_pacs_reports(
             )  # fmt: skip
         finally:
             daemon.stop()
+
+
+def test_sync_forward_to_the_pacs_is_relayed_too(
+    tmp_path: Path, modality: CommitmentModality
+) -> None:
+    """Forwarded with mode: sync (no queued delivery): the PACS is still asked, then type 1."""
+    daemon, pacs = peers(tmp_path, modality, forward="{to: pacs, mode: sync}")
+    with pacs:
+        daemon.start()
+        try:
+            _, refs = request(daemon, modality, tmp_path, 2)
+            event_type, report = modality.wait_report()
+            daemon.wait_log(": pacs reported on a new association event type 1, 2 committed")
+        finally:
+            daemon.stop()
+    assert_all_committed(event_type, report, refs)
 
 
 def test_no_report_until_the_pacs_is_back(tmp_path: Path, modality: CommitmentModality) -> None:

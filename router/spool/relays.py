@@ -225,11 +225,13 @@ class Relays:
     def delivered_to(
         self, sops: Sequence[str], destinations: Sequence[str]
     ) -> dict[str, list[str]]:
-        """Of these instances, those whose latest spooled copy was delivered to each of
-        `destinations`: destination -> SOP Instance UIDs."""
-        out: dict[str, list[str]] = {}
+        """Of these instances, those delivered to each of `destinations`: queued (the
+        latest spooled copy's delivery is delivered) or forwarded synchronously (its
+        latest decision's actions name `forward:<destination>(sync)`): destination -> SOP
+        Instance UIDs."""
+        found: set[tuple[str, str]] = set()
         if not sops or not destinations:
-            return out
+            return {}
         marks = ",".join("?" * len(destinations))
         with self._db.queue() as db:
             for sop in sops:
@@ -239,7 +241,22 @@ class Relays:
                     " WHERE sop_instance_uid=? ORDER BY received_at DESC LIMIT 1)",
                     (*destinations, sop),
                 ).fetchall()
-                for (destination,) in rows:
+                found.update((destination, sop) for (destination,) in rows)
+        synced = {f"forward:{d}(sync)": d for d in destinations}
+        with self._db.decisions() as db:
+            for sop in sops:
+                row = db.execute(
+                    "SELECT actions FROM decisions WHERE sop_instance_uid=? ORDER BY at DESC"
+                    " LIMIT 1",
+                    (sop,),
+                ).fetchone()
+                for action in str(row[0]).split(",") if row else ():
+                    if action in synced:
+                        found.add((synced[action], sop))
+        out: dict[str, list[str]] = {}
+        for sop in sops:  # in request order
+            for destination in destinations:
+                if (destination, sop) in found:
                     out.setdefault(destination, []).append(sop)
         return out
 
