@@ -105,6 +105,8 @@ class Committer(Ticker):
                     continue
                 event_type = 1 if all(i.failure is None for i in items) else 2
                 self.spool.commitments.decide(txn.transaction_uid, items, event_type)
+                if self.relayer is None:  # relayed no more: what it had opened is asked no more
+                    self.spool.relays.close(txn.transaction_uid)
             else:
                 items = self.spool.commitments.items(txn.transaction_uid)
                 event_type = txn.event_type or 2
