@@ -9,6 +9,7 @@ from datetime import datetime
 from router.dicom.status import hex_code
 from router.spool.commitments import PENDING, Item, Transaction
 from router.spool.database import Spool
+from router.spool.relays import ANSWERED
 
 LISTED = 100  # the newest transactions `commitments` shows
 
@@ -25,6 +26,12 @@ def print_commitments(spool: Spool) -> None:
             f"{'-' if txn.state == PENDING else failed:>6} {now - txn.received_at:>6.0f}s "
             f"{_state(txn)}"
         )
+        for relay in spool.relays.of_transaction(txn.transaction_uid):
+            asked = spool.relays.items(relay.relay_uid)
+            failed = sum(1 for i in asked if i.failure is not None)
+            verdict = f", {failed} failed" if relay.state == ANSWERED else ""
+            error = f" ({relay.last_error})" if relay.last_error and relay.state != ANSWERED else ""
+            print(f"  relay {relay.destination}: {relay.state}{error}, {len(asked)} asked{verdict}")
 
 
 def trace_commitments(spool: Spool, sops: Sequence[str]) -> None:
@@ -34,7 +41,23 @@ def trace_commitments(spool: Spool, sops: Sequence[str]) -> None:
         print(
             f"  commitment {txn.transaction_uid} asked by {txn.calling_ae}@{txn.peer} at {when}:"
             f" {item.sop_instance_uid} {_verdict(txn, item)}, report {_state(txn)}"
+            f"{_relayed(spool, txn, item.sop_instance_uid)}"
         )
+
+
+def _relayed(spool: Spool, txn: Transaction, sop: str) -> str:
+    """`; pacs committed` for each destination asked about this instance (answer: relayed)."""
+    out = []
+    for relay in spool.relays.of_transaction(txn.transaction_uid):
+        for item in spool.relays.items(relay.relay_uid):
+            if item.sop_instance_uid != sop:
+                continue
+            if relay.state != ANSWERED:
+                out.append(f"{relay.destination} {relay.state}")
+            else:
+                said = "committed" if item.failure is None else f"failed {hex_code(item.failure)}"
+                out.append(f"{relay.destination} {said}")
+    return "".join(f"; {o}" for o in out)
 
 
 def _verdict(txn: Transaction, item: Item) -> str:

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from tests.daemon import RouterDaemon
-from tests.peers import DicomWebOrthanc, Orthanc, ScriptedSCP, StoreSCP, WebhookReceiver
+from tests.peers import (
+    CommitmentModality,
+    DicomWebOrthanc,
+    Orthanc,
+    ScriptedSCP,
+    StoreSCP,
+    WebhookReceiver,
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -96,3 +103,13 @@ def webhook() -> Iterator[WebhookReceiver]:
         yield hook
     finally:
         hook.close()
+
+
+@pytest.fixture
+def modality() -> Iterator[CommitmentModality]:
+    """A pynetdicom modality listening for reports on its commitment_port."""
+    peer = CommitmentModality()
+    try:
+        yield peer
+    finally:
+        peer.close()

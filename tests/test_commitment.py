@@ -52,16 +52,6 @@ default:
 """
 
 
-@pytest.fixture
-def modality() -> Iterator[CommitmentModality]:
-    """A pynetdicom modality listening for reports on its commitment_port."""
-    peer = CommitmentModality()
-    try:
-        yield peer
-    finally:
-        peer.close()
-
-
 def start_router(
     tmp_path: Path,
     modality: CommitmentModality,
@@ -377,15 +367,6 @@ def test_check_lists_the_callers_that_may_commit(
     shown = cli(daemon, "check").stdout
     assert "MODALITY from any address, storage commitment reports to port 1104" in shown
     assert "NOCOMMIT from any address\n" in shown
-
-
-def test_relayed_answer_refused_by_check(tmp_path: Path) -> None:
-    """`answer: relayed` is not implemented yet: check fails and says so."""
-    rules = RULES % {"commit": 1104, "timeout": "4h", "pacs": 1}
-    daemon = RouterDaemon(tmp_path / "router", rules.replace("delivered", "relayed"))
-    done = cli(daemon, "check")
-    assert done.returncode != 0
-    assert "answer: relayed is not implemented yet" in done.stdout + done.stderr
 
 
 def test_orthanc_modality_sees_its_study_committed(tmp_path: Path, store_scp: StoreSCP) -> None:

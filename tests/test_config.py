@@ -750,3 +750,51 @@ def test_unverified_destination_tls_is_a_located_warning(tmp_path: Path) -> None
     (warning,) = load_text(tmp_path, text).warnings
     assert (warning.line, warning.column) == (4, 60)
     assert warning.message.startswith("destinations.pacs.tls.verify: false: the destination's")
+
+
+# --- storage commitment: relayed ------------------------------------------------------------
+
+RELAYED = (
+    "version: 1\nlisten: {ae_title: ROUTER}\nstorage_commitment: {answer: relayed}\ndestinations:\n"
+)
+
+
+@pytest.mark.parametrize(
+    "dest",
+    [
+        "{url: 'http://127.0.0.1:8042/dicom-web', commitment: true}",
+        "{webhook: {url: 'http://127.0.0.1:9/h'}, commitment: true}",
+        "{path: 'out/{SOPInstanceUID}.dcm', commitment: true}",
+    ],
+)
+def test_commitment_on_a_destination_that_is_not_dicom_is_refused(
+    tmp_path: Path, dest: str
+) -> None:
+    """commitment: true on a STOW-RS service, webhook or folder: one error saying why."""
+    text = (
+        RELAYED
+        + f"  pacs: {{ae_title: P, host: h, port: 1}}\n  other: {dest}\ndefault: [discard]\n"
+    )
+    (problem,) = problems_of(tmp_path, text)
+    assert problem.message.startswith("destinations.other")
+    assert ": commitment: true is for DICOM destinations" in problem.message
+
+
+def test_relayed_with_a_commitment_destination_loads_without_warning(tmp_path: Path) -> None:
+    """answer: relayed and a DICOM destination with commitment: true: accepted as it is."""
+    text = (
+        RELAYED
+        + "  pacs: {ae_title: P, host: h, port: 1, commitment: true}\ndefault: [forward: pacs]\n"
+    )
+    loaded = load_text(tmp_path, text)
+    assert loaded.config.storage_commitment is not None
+    assert loaded.config.storage_commitment.answer == "relayed"
+    assert loaded.warnings == []
+
+
+def test_relayed_without_a_commitment_destination_warns(tmp_path: Path) -> None:
+    """answer: relayed with no destination to ask: a warning at the answer key."""
+    text = RELAYED + "  pacs: {ae_title: P, host: h, port: 1}\ndefault: [forward: pacs]\n"
+    (warning,) = load_text(tmp_path, text).warnings
+    assert (warning.line, warning.column) == (3, 30)
+    assert "no destination has commitment: true" in warning.message

@@ -181,3 +181,33 @@ def test_a_spool_of_schema_3_gains_the_commitment_tables_and_keeps_its_rows(
     spool.commitments.record(txn, [Item(CTImageStorage, "1.2.3")], max_open=1)
     assert spool.commitments.open_counts()[0] == 1
     spool.close()
+
+
+def test_a_spool_of_schema_6_gains_the_relay_tables_and_keeps_its_rows(tmp_path: Path) -> None:
+    """A queue.db at version 6 (frozen) with an open commitment: migrated, the transaction
+    and its item intact, relays recorded and answered afterwards."""
+    from router.spool.commitments import Item
+
+    now = time.time()
+    with sqlite3.connect(tmp_path / "queue.db") as db:
+        db.executescript((FROZEN.with_name("spool_v6") / "queue.sql").read_text())
+        db.execute(
+            "INSERT INTO commitments (transaction_uid, calling_ae, called_ae, peer, received_at,"
+            " deadline, next_attempt_at) VALUES ('9.9', 'CT_1', 'ROUTER', '127.0.0.1', ?, ?, ?)",
+            (now, now + 60, now),
+        )
+        db.execute(
+            "INSERT INTO commitment_items (transaction_uid, position, sop_class_uid,"
+            " sop_instance_uid) VALUES ('9.9', 0, ?, '1.2.3')",
+            (CTImageStorage,),
+        )
+    assert version(tmp_path / "queue.db") == 6
+    spool = Spool(tmp_path)
+    assert version(tmp_path / "queue.db") == len(QUEUE_MIGRATIONS) == 7
+    (txn,) = spool.commitments.due(now)
+    assert (txn.transaction_uid, txn.calling_ae, txn.state) == ("9.9", "CT_1", "pending")
+    assert spool.commitments.items("9.9") == [Item(CTImageStorage, "1.2.3")]
+    spool.relays.open("9.9", [("8.8", "pacs", [Item(CTImageStorage, "1.2.3")])], max_open=1)
+    assert spool.relays.answer("8.8", 2, {"1.2.3": 0x0112})
+    assert spool.relays.items("8.8") == [Item(CTImageStorage, "1.2.3", 0x0112)]
+    spool.close()

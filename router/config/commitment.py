@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from router.config.base import Strict
 from router.config.fields import Seconds
@@ -15,13 +15,15 @@ class StorageCommitment(Strict):
 
     Only callers with a `commitment_port` may ask; an instance is committed once every
     durable action of its rule is done (stored with fsync, delivered to every forward
-    destination), never merely because it sits in the spool.
+    destination), never merely because it sits in the spool. With `relayed`, each DICOM
+    destination marked `commitment: true` that got it must also have committed it.
     """
 
     answer: Literal["delivered", "relayed"] = Field(
         "delivered",
         description="delivered: commit an instance once every forward destination has it; "
-        "relayed (not implemented yet): also ask the destinations for their own commitment",
+        "relayed: also ask each DICOM destination with commitment: true for its own commitment "
+        "(N-ACTION) and commit only what every one of them committed",
     )
     timeout: Seconds = Field(
         4 * 3600.0,
@@ -29,13 +31,3 @@ class StorageCommitment(Strict):
         description="a duration: instances still not delivered this long after the request "
         "are reported as failed (the modality keeps its copy)",
     )
-
-    @field_validator("answer")
-    @classmethod
-    def _implemented(cls, value: str) -> str:
-        if value == "relayed":
-            raise ValueError(
-                "answer: relayed is not implemented yet (asking destinations for their own "
-                "commitment): use answer: delivered"
-            )
-        return value

@@ -123,6 +123,13 @@ StatusKey = Annotated[str, BeforeValidator(_status_key)]
 # --- the bases -------------------------------------------------------------------------
 
 
+# Storage Commitment is a DICOM service: only a DICOM node can be asked for its own.
+_COMMITMENT_DICOM_ONLY = {
+    "commitment": "commitment: true is for DICOM destinations (ae_title, host, port) only: "
+    "a STOW-RS service, webhook or folder cannot be asked for Storage Commitment"
+}
+
+
 class BaseDestination(Strict):
     """What every destination answers, whatever its kind."""
 
@@ -206,6 +213,13 @@ class DicomDestination(QueuedDestination):
         262144, ge=0, description="the maximum PDU length (bytes) we receive from it; 0 = unlimited"
     )
     tls: DestinationTLS | None = Field(None, description="TLS 1.2+ (BCP 195) to the destination")
+    commitment: bool = Field(
+        False,
+        description="with storage_commitment answer: relayed, ask this destination for its own "
+        "Storage Commitment (N-ACTION) of what it was sent, and commit to the modality only "
+        "what it committed; its report is accepted on the N-ACTION's association or on a new "
+        "one it opens to the router's listener",
+    )
 
     @property
     def parallel(self) -> int:
@@ -241,6 +255,8 @@ class StowBatch(Strict):
 
 class StowDestination(QueuedDestination):
     """A DICOMweb STOW-RS service: instances are POSTed to `{url}/studies`."""
+
+    refused_keys = _COMMITMENT_DICOM_ONLY
 
     url: Annotated[str, AfterValidator(http.url)] = Field(
         description="the DICOMweb root, e.g. http://pacs:8042/dicom-web"
@@ -315,6 +331,8 @@ def _template(value: str) -> str:
 class FilesystemDestination(BaseDestination):
     """A folder; `path` is a template of DICOM keywords below it."""
 
+    refused_keys = _COMMITMENT_DICOM_ONLY
+
     path: Annotated[str, AfterValidator(_template)] = Field(
         description="e.g. archive/{PatientID}/{StudyInstanceUID}/{SOPInstanceUID}.dcm"
     )
@@ -351,6 +369,8 @@ class WebhookSpec(Strict):
 
 class WebhookDestination(QueuedDestination):
     """An HTTP endpoint told, by one JSON POST, that a series or study is complete."""
+
+    refused_keys = _COMMITMENT_DICOM_ONLY
 
     webhook: WebhookSpec = Field(description="{url: ..., auth: {type: bearer, token_file: ...}}")
 

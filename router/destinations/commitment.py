@@ -6,7 +6,9 @@ failed with its Failure Reason, or still undone at the deadline: 0x0110), the ve
 stored. While the request's association is open, its receiving process holds a lease on
 the transaction and sends the N-EVENT-REPORT there (`router.receive.commitment`);
 otherwise this timer sends it on a new association to the caller's address and
-`commitment_port`, the router as requestor proposing the SCP role (role selection). A
+`commitment_port`, the router as requestor proposing the SCP role (role selection). With
+`answer: relayed` an instance's verdict also waits for the destinations asked for their
+own commitment (`router.destinations.relay`, whose timer runs beside this one). A
 report that does not get through is retried with backoff until as long again as
 `timeout` after the deadline, then abandoned (logged). Its state is the spool's: after a
 restart or a kill -9 the same transactions are found and answered.
@@ -16,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -27,6 +30,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from router.config.model import Config
+from router.destinations.relay import Relayer, commitment_destinations, settle
 from router.destinations.ticker import Ticker
 from router.observe import metrics
 from router.rules.engine import commitment_port
@@ -47,14 +51,45 @@ LEASE = 3.0
 class Committer(Ticker):
     """Decides and reports due transactions every second; `apply` follows reloads."""
 
-    def __init__(self, spool: Spool, config: Config) -> None:
+    def __init__(self, spool: Spool, config: Config, resolve: Callable[[str], Path] = Path) -> None:
         super().__init__("commitment", log)
         self.spool = spool
         self.config = config
+        self.resolve = resolve  # the rule file's relative paths (a destination's TLS files)
+        self.relayer: Relayer | None = None  # with answer: relayed only
+        self._follow()
 
-    def apply(self, config: Config) -> None:
+    def apply(self, config: Config, resolve: Callable[[str], Path] | None = None) -> None:
         """Use a reloaded rule file (callers' commitment_port, AE title) from the next tick."""
         self.config = config
+        self.resolve = resolve or self.resolve
+        self._follow()
+
+    def _follow(self) -> None:
+        """Run the relay timer while some destination is to be asked, with the same config."""
+        if not commitment_destinations(self.config):
+            if self.relayer is not None:
+                self.relayer.stop()
+                self.relayer = None
+            return
+        if self.relayer is None:
+            self.relayer = Relayer(self.spool, self.config, self.wake, self.resolve)
+            if not self.stopping and self.started:
+                self.relayer.start()
+        self.relayer.config = self.config
+        self.relayer.resolve = self.resolve
+
+    def start(self) -> None:
+        """Start the timer, and the relay timer if there is one."""
+        super().start()
+        if self.relayer is not None:
+            self.relayer.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop both timers after their tick under way."""
+        if self.relayer is not None:
+            self.relayer.stop(timeout)
+        super().stop(timeout)
 
     def tick(self) -> None:
         """Decide what can be decided, send the reports due; update the gauges."""
@@ -64,10 +99,14 @@ class Committer(Ticker):
                 break
             if txn.state == "pending":
                 items = self.spool.commitments.verdicts(txn, now)
+                if items is not None and self.relayer is not None:
+                    items = settle(self.spool, self.config, txn, items, now)
                 if items is None:
                     continue
                 event_type = 1 if all(i.failure is None for i in items) else 2
                 self.spool.commitments.decide(txn.transaction_uid, items, event_type)
+                if self.relayer is None:  # relayed no more: what it had opened is asked no more
+                    self.spool.relays.close(txn.transaction_uid)
             else:
                 items = self.spool.commitments.items(txn.transaction_uid)
                 event_type = txn.event_type or 2

@@ -22,7 +22,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Set
+from collections.abc import Callable, Iterable, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +37,11 @@ from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StorageCommitmentPushModel,
+    StorageCommitmentPushModelInstance,
+    Verification,
+)
 
 from router.config.destinations import DicomDestination
 from router.destinations import transcode
@@ -284,6 +288,41 @@ class Sender:
         finally:
             plain.unlink(missing_ok=True)
 
+    def request_commitment(
+        self,
+        requests: Sequence[tuple[str, Sequence[tuple[str, str]]]],
+        on_answer: Callable[[str, str | None], None],
+        on_report: Callable[[Event], tuple[Dataset, None]],
+        reported: Callable[[], bool],
+        wait: float,
+    ) -> None:
+        """Ask for Storage Commitment (N-ACTION, Action Type 1) of each (Transaction UID,
+        [(SOP Class, SOP Instance)]) on one association of its own, calling
+        `on_answer(uid, None)` on 0x0000, else with why not; then keep the association up
+        to `wait` s (or until `reported()`) for N-EVENT-REPORTs, each handed to
+        `on_report`. Unreachable when there is no association."""
+        assoc = self.ae.associate(
+            self.dest.host,
+            self.dest.port,
+            contexts=[build_context(StorageCommitmentPushModel)],
+            ae_title=self.dest.ae_title,
+            max_pdu=self.dest.max_pdu,
+            evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_N_EVENT_REPORT, on_report)],
+            tls_args=self._tls_args(),
+        )
+        where = f"{self.dest.ae_title}@{self.dest.host}:{self.dest.port}"
+        if not assoc.is_established:
+            raise Unreachable(f"no association with {where} for storage commitment")
+        try:
+            for uid, refs in requests:
+                on_answer(uid, _n_action(assoc, uid, refs))
+            deadline = time.monotonic() + wait
+            while assoc.is_established and not reported() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
     def close(self) -> None:
         """Release the association, if any."""
         if self.assoc is not None:
@@ -291,6 +330,29 @@ class Sender:
                 self.assoc.release()
             self.assoc = None
         self._classes = set()
+
+
+def _n_action(assoc: Association, uid: str, refs: Sequence[tuple[str, str]]) -> str | None:
+    """One Request Storage Commitment; None when answered 0x0000, else why not."""
+    ds = Dataset()
+    ds.TransactionUID = uid
+    items = []
+    for sop_class, sop_instance in refs:
+        item = Dataset()
+        item.ReferencedSOPClassUID = sop_class
+        item.ReferencedSOPInstanceUID = sop_instance
+        items.append(item)
+    ds.ReferencedSOPSequence = items
+    try:
+        rsp, _ = assoc.send_n_action(
+            ds, 1, StorageCommitmentPushModel, StorageCommitmentPushModelInstance
+        )
+    except (OSError, RuntimeError, ValueError) as exc:  # no accepted context, a broken link
+        return f"N-ACTION not sent: {exc}"
+    code = getattr(rsp, "Status", None)
+    if code is None:
+        return "no N-ACTION response"
+    return None if code == 0 else f"N-ACTION status 0x{int(code):04X}"
 
 
 def _converted(path: Path) -> Dataset:

@@ -41,6 +41,8 @@ class Kind:
 
 def _describe_dicom(dest: DicomDestination) -> str:
     where = f"DICOM {dest.ae_title}@{dest.host}:{dest.port}"
+    if dest.commitment:
+        where += " (asked for storage commitment)"
     if dest.tls is None:
         return where
     if not dest.tls.verify:
@@ -103,10 +105,10 @@ class Forwarder:
         else:
             self.sweeper.apply(loaded.config.studies)
         if self.committer is None:
-            self.committer = Committer(self.spool, loaded.config)
+            self.committer = Committer(self.spool, loaded.config, loaded.resolve)
             self.committer.start()
         else:
-            self.committer.apply(loaded.config)
+            self.committer.apply(loaded.config, loaded.resolve)
         for name in list(self.workers):
             current = self.workers[name]
             if wanted.get(name) != current.dest or current.calling_ae != calling:

@@ -1,4 +1,8 @@
-"""A timer thread of the forwarder process: runs `tick()` until stopped, surviving its errors."""
+"""A timer thread of the forwarder process: runs `tick()` until stopped, surviving its errors.
+
+`wake()` makes the next tick come now rather than after `interval()`: news that another
+thread found (a commitment report recorded) is acted on at once.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ class Ticker:
     def __init__(self, name: str, log: logging.Logger) -> None:
         self._log = log
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by wake() and stop(): the wait ends early
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def tick(self) -> object:
@@ -22,6 +27,10 @@ class Ticker:
         """Seconds until the next tick."""
         return 1.0
 
+    def wake(self) -> None:
+        """Tick now (after the tick under way, if any), not after the interval."""
+        self._wake.set()
+
     def start(self) -> None:
         """Start the timer thread."""
         self._thread.start()
@@ -29,7 +38,14 @@ class Ticker:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop after the tick under way."""
         self._stop.set()
-        self._thread.join(timeout)
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def started(self) -> bool:
+        """True once start() was called."""
+        return self._thread.ident is not None
 
     @property
     def stopping(self) -> bool:
@@ -42,4 +58,5 @@ class Ticker:
                 self.tick()
             except Exception:  # a bug or a locked database must not end the timer
                 self._log.exception("%s: tick failed", self._thread.name)
-            self._stop.wait(self.interval())
+            self._wake.wait(self.interval())
+            self._wake.clear()

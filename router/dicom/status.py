@@ -107,6 +107,7 @@ def listing(codes: Iterable[int], ranges: Iterable[tuple[int, int]] = ()) -> str
     words = [hex_code(lo) if lo == hi else f"{hex_code(lo)}-{hex_code(hi)}" for lo, hi in spans]
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
+
 # --- Storage Commitment (PS3.4 Annex J; PS3.7 C.5) ----------------------------------------
 
 # N-ACTION statuses the router answers to a Storage Commitment request.
@@ -119,3 +120,22 @@ RESOURCE_LIMITATION = 0x0213  # more items, or open transactions, than the route
 NO_SUCH_OBJECT = 0x0112  # never received
 CLASS_INSTANCE_CONFLICT = 0x0119  # received, with another SOP Class
 # PROCESSING_FAILURE (0x0110): rejected, dead-lettered, or not done before the timeout.
+
+# N-EVENT-REPORT statuses the router answers to a destination's own Storage Commitment
+# report (`answer: relayed`), besides INVALID_ARGUMENT (an unknown Transaction UID),
+# PROCESSING_FAILURE and RESOURCE_LIMITATION.
+NO_SUCH_EVENT_TYPE = 0x0113  # an Event Type ID other than 1 or 2
+INVALID_OBJECT_INSTANCE = 0x0117  # not the well-known instance 1.2.840.10008.1.20.1.1
+UNRECOGNIZED_OPERATION = 0x0211  # from a peer that is not a commitment: true destination
+# Failure Reasons a destination may report, passed on to the modality as they are (PS3.4
+# J.3.2.1.1.1); any other is passed on as PROCESSING_FAILURE.
+REFERENCED_CLASS_NOT_SUPPORTED = 0x0122
+RELAYED_REASONS = frozenset(
+    {
+        PROCESSING_FAILURE,
+        NO_SUCH_OBJECT,
+        CLASS_INSTANCE_CONFLICT,
+        REFERENCED_CLASS_NOT_SUPPORTED,
+        RESOURCE_LIMITATION,
+    }
+)

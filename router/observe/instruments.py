@@ -201,6 +201,11 @@ _TABLE: dict[str, tuple[str, str, str, tuple[str, ...], Any]] = {
     "commitments": ("counter", "commitments",
                     "Storage Commitment transactions finished, by outcome (committed, failed, "
                     "abandoned)", ("outcome",), None),
+    # answer: relayed; a report is counted by the process that records it.
+    "commitment_relays": ("counter", "commitment_relays",
+                          "Destinations asked for their own Storage Commitment, by outcome "
+                          "(committed, failed, expired; ask_failed per N-ACTION not accepted)",
+                          ("outcome",), None),
 }
 
 
@@ -245,6 +250,7 @@ class Instruments:
     commitments_pending: Any
     commitments_oldest: Any
     commitments: Any
+    commitment_relays: Any
 
     def __init__(self) -> None:
         for attribute, spec in _TABLE.items():

@@ -255,3 +255,12 @@ def commitment_finished(outcome: str) -> None:
     m = instruments.active
     if m is not None:
         m.commitments.labels(outcome).inc()
+
+
+def commitment_relay(outcome: str) -> None:
+    """A destination asked for its own commitment (answer: relayed): its report recorded
+    (committed, failed), none by the deadline (expired), or an N-ACTION not accepted
+    (ask_failed)."""
+    m = instruments.active
+    if m is not None:
+        m.commitment_relays.labels(outcome).inc()

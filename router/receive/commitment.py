@@ -31,9 +31,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from router.config.model import Config
 from router.destinations.commitment import reported, send_report
+from router.destinations.relay import destination_of
 from router.dicom import status
 from router.net import netlayer
 from router.observe.ratelimit import RateLimitedLog
+from router.receive.relay_report import grant_scp_role
 from router.rules.engine import commitment_port
 from router.spool.commitments import DuplicateTransaction, Item, Transaction
 from router.spool.database import Spool
@@ -60,7 +62,11 @@ class Refused(Exception):
 
 def admit_context(assoc: Any, config: Config, calling: str, peer: str) -> None:
     """In EVT_REQUESTED: drop the Storage Commitment context for a caller without a
-    commitment_port (or with no storage_commitment section), logging one line."""
+    commitment_port (or with no storage_commitment section), logging one line; grant a
+    commitment destination the SCP role it proposes, for its report."""
+    if destination_of(config, calling, peer) is not None:
+        grant_scp_role(assoc, SOP_CLASS)  # it reports on this association (answer: relayed)
+        return
     if commitment_port(config, calling, peer) is not None:
         return
     requested = assoc.requestor.primitive.presentation_context_definition_list
@@ -127,7 +133,10 @@ class CommitmentSCP:
         request = event.request
         assert isinstance(request, N_ACTION)  # the only event this handles
         if str(request.RequestedSOPInstanceUID) != str(StorageCommitmentPushModelInstance):
-            raise Refused(0x0117, "Requested SOP Instance is not the well-known instance")
+            raise Refused(
+                status.INVALID_OBJECT_INSTANCE,
+                "Requested SOP Instance is not the well-known instance",
+            )
         if request.ActionTypeID != REQUEST_ACTION_TYPE:
             raise Refused(status.NO_SUCH_ACTION, f"Action Type ID {request.ActionTypeID}")
         try:
@@ -139,9 +148,7 @@ class CommitmentSCP:
             if refs is None or len(refs) == 0:
                 raise Refused(status.MISSING_ATTRIBUTE, "no Referenced SOP Sequence items")
             if len(refs) > MAX_ITEMS:
-                raise Refused(
-                    status.RESOURCE_LIMITATION, f"{len(refs)} items: at most {MAX_ITEMS}"
-                )
+                raise Refused(status.RESOURCE_LIMITATION, f"{len(refs)} items: at most {MAX_ITEMS}")
             items = [_item(ref) for ref in refs]
         except Refused:
             raise

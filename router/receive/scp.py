@@ -29,6 +29,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from router.actions.pipeline import Outcome, Pipeline, Received
 from router.config.listen import Listen
 from router.config.model import Config
+from router.destinations.relay import destination_of
+from router.dicom import status
 from router.dicom.sopclass import sop_class_name
 from router.errors import StartupError
 from router.net import netlayer
@@ -42,6 +44,7 @@ from router.net.admission import (
 from router.observe import metrics
 from router.observe.ratelimit import RateLimitedLog
 from router.receive import commitment as stgcmt
+from router.receive.relay_report import RelayReports
 from router.spool.journal import Journal
 
 log = logging.getLogger("router.scp")
@@ -116,6 +119,7 @@ class StorageSCP:
         budget: Budget | None = None,
         on_release: Callable[[set[tuple[str, str]]], None] | None = None,
         commitment: stgcmt.CommitmentSCP | None = None,
+        relay_reports: RelayReports | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._on_release = on_release  # studies.on_release: the units a released assoc sent
@@ -142,6 +146,8 @@ class StorageSCP:
         if commitment is not None:  # offered to callers with a commitment_port only
             self.ae.add_supported_context(stgcmt.SOP_CLASS)
             handlers.append((evt.EVT_N_ACTION, commitment.on_action))
+        if relay_reports is not None:  # from commitment: true destinations (answer: relayed)
+            handlers.append((evt.EVT_N_EVENT_REPORT, relay_reports.on_report))
         self._commitment = commitment
         try:
             server = self.ae.make_server(
@@ -229,7 +235,13 @@ class StorageSCP:
                 )
                 _reject(event.assoc, reason)
                 return
-        if not caller_allowed(self._current(), calling, peer):
+        config = self._current()
+        allowed = caller_allowed(config, calling, peer)
+        # A commitment destination reports on an association of its own (answer: relayed);
+        # not in callers, it may do only that (its C-STOREs are refused).
+        if not allowed and destination_of(config, calling, peer):
+            event.assoc.router_reports_only = True  # type: ignore[attr-defined]
+        elif not allowed:
             # Rate limited per address: a sender retrying in a loop is a burst and a summary.
             _repeats.warning(
                 f"callers {peer}",
@@ -263,6 +275,15 @@ class StorageSCP:
         assoc = event.assoc
         primitive = assoc.requestor.primitive
         assert isinstance(request, C_STORE) and primitive is not None
+        if getattr(assoc, "router_reports_only", False):
+            _repeats.warning(
+                f"reports only {assoc.requestor.address}",
+                "C-STORE from %s@%s refused (0x0124): a commitment destination not in callers",
+                assoc.requestor.ae_title.strip(),
+                assoc.requestor.address,
+                extra={"event": "caller-rejected"},
+            )
+            return status.NOT_AUTHORIZED
         received = Received(
             path=event.dataset_path,
             sop_class_uid=str(request.AffectedSOPClassUID),

@@ -16,6 +16,7 @@ from router.net.admission import Budget
 from router.net.setup import configure_pynetdicom
 from router.net.tls import tls_context
 from router.receive.commitment import CommitmentSCP
+from router.receive.relay_report import RelayReports
 from router.receive.scp import StorageSCP
 from router.rules.ruleset import LoadedConfig
 from router.spool.database import Spool
@@ -68,6 +69,7 @@ class ReceiveStack:
                 budget=budget,
                 on_release=self.forwarding.released,
                 commitment=CommitmentSCP(spool, lambda: current().config),
+                relay_reports=RelayReports(spool, lambda: current().config),
             )
         except BaseException:
             self._close()

@@ -156,6 +156,22 @@ def _secret_files(source: Source, config: Config, base_dir: Path) -> list[Locate
     return out
 
 
+def _relayed_without_destination(source: Source, config: Config) -> list[Located]:
+    """`answer: relayed` with no destination to ask: it commits like `delivered`."""
+    commitment = config.storage_commitment
+    if commitment is None or commitment.answer != "relayed":
+        return []
+    if any(getattr(d, "commitment", False) for d in config.destinations.values()):
+        return []
+    return [
+        source.at(
+            ["storage_commitment", "answer"],
+            "storage_commitment.answer: relayed, but no destination has commitment: true, so"
+            " nothing is asked and it commits like delivered",
+        )
+    ]
+
+
 def _warnings(source: Source, config: Config, base_dir: Path) -> list[Located]:
     """Things `check` points out without refusing the file."""
     out: list[Located] = _secret_files(source, config, base_dir)
@@ -180,6 +196,7 @@ def _warnings(source: Source, config: Config, base_dir: Path) -> list[Located]:
                         + ("" if sopclass.is_known_uid(uid) else " (fine for a private class)"),
                     )
                 )
+    out.extend(_relayed_without_destination(source, config))
     for dname, dest in config.destinations.items():
         for keys, message in dest.cautions():
             where = ".".join(("destinations", dname, *keys))

@@ -21,6 +21,7 @@ from router.spool.decisions import DecisionLog, DecisionRecord, trace
 from router.spool.layout import OBJECTS
 from router.spool.pauses import Pause, Pauses
 from router.spool.queue import DEAD_LETTER, PENDING, Delivery, Instance, Queue
+from router.spool.relays import Relays
 from router.spool.studies import Units
 
 __all__ = ["Spool"]
@@ -42,6 +43,7 @@ class Spool:
         self.activity = Activity(self._db)
         self.units = Units(self._db, self.queue.path_of)
         self.commitments = Commitments(self._db)
+        self.relays = Relays(self._db)  # answer: relayed, the destinations' own commitment
         self.pauses = Pauses(self._db)
 
     def close(self) -> None:

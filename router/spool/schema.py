@@ -130,7 +130,45 @@ _QUEUE_6 = """
 CREATE INDEX IF NOT EXISTS deliveries_changed ON deliveries (updated_at, id);
 """
 
-QUEUE_MIGRATIONS: tuple[str, ...] = (_QUEUE_1, _QUEUE_2, _QUEUE_3, _QUEUE_4, _QUEUE_5, _QUEUE_6)
+# queue.db, migration 7: `answer: relayed` (`router.spool.relays`): the router's own Storage
+# Commitment request to each `commitment: true` destination, per modality transaction, and
+# the destination's verdict on each instance it was asked about.
+_QUEUE_7 = """
+CREATE TABLE commitment_relays (
+    relay_uid TEXT PRIMARY KEY,     -- our own Transaction UID in the N-ACTION to the destination
+    transaction_uid TEXT NOT NULL REFERENCES commitments(transaction_uid),  -- the modality's
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'asking',  -- asking | asked | answered | closed
+    created_at REAL NOT NULL,
+    asked_at REAL,                  -- the destination answered the N-ACTION 0x0000
+    next_attempt_at REAL NOT NULL,  -- when asking: the next N-ACTION
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    answered_at REAL,               -- its N-EVENT-REPORT recorded
+    event_type INTEGER,
+    UNIQUE (transaction_uid, destination)
+);
+CREATE TABLE commitment_relay_items (
+    relay_uid TEXT NOT NULL REFERENCES commitment_relays(relay_uid),
+    position INTEGER NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    failure INTEGER,                -- once answered: NULL committed, else its Failure Reason
+    PRIMARY KEY (relay_uid, position)
+);
+CREATE INDEX commitment_relays_due ON commitment_relays (state, next_attempt_at);
+CREATE INDEX commitment_relays_answered ON commitment_relays (answered_at);
+"""
+
+QUEUE_MIGRATIONS: tuple[str, ...] = (
+    _QUEUE_1,
+    _QUEUE_2,
+    _QUEUE_3,
+    _QUEUE_4,
+    _QUEUE_5,
+    _QUEUE_6,
+    _QUEUE_7,
+)
 
 DECISION_MIGRATIONS: tuple[str, ...] = (
     """
