@@ -9,7 +9,8 @@ random pause (0-1 s) between rounds keeps them from falling into step with the o
 commitment timer (each would otherwise start just after a tick and wait a whole one).
 
 answer: delivered (default): the PACS is storescp; the moment it has the last instance is
-polled. The forwarder's commitment timer ticks once a second, so ~0.5 s on average.
+polled. The forwarder's commitment timer looks when a delivery finishes (and once a
+second).
 
 --relayed: the PACS is Orthanc with `commitment: true`: the router asks it (N-ACTION) once
 the study is delivered and Orthanc reports on a new association to the router. The

@@ -1400,11 +1400,20 @@ class CommitmentModality:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
         ae.add_requested_context(StorageCommitmentPushModel)
         ae.add_requested_context(Verification)  # so a refused commitment still associates
+        answered = threading.Event()  # our N-EVENT-REPORT response is on the wire
+
+        def sent(event: Event) -> None:
+            if type(event.message).__name__ == "N_EVENT_REPORT_RSP":
+                answered.set()
+
         assoc = ae.associate(
             LOOPBACK,
             router_port,
             ae_title="DICOM_ROUTER",
-            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_same_association)],
+            evt_handlers=[
+                (evt.EVT_N_EVENT_REPORT, self._on_same_association),
+                (evt.EVT_DIMSE_SENT, sent),
+            ],
         )
         if not assoc.is_established:
             raise AssociationFailed("no association")
@@ -1419,6 +1428,8 @@ class CommitmentModality:
             deadline = time.monotonic() + keep_open
             while not self.same_association and time.monotonic() < deadline:
                 time.sleep(0.05)
+            if self.same_association:  # released before the response went out, the router
+                answered.wait(10)  # would see no answer and report again on a new association
             return status
         finally:
             if assoc.is_established:

@@ -46,10 +46,12 @@ CONNECT_TIMEOUT = 10.0  # the TCP connection to the modality's commitment_port
 # A transaction whose request's association renewed its lease this recently is reported
 # on that association by the receiving process (router.receive.commitment), not here.
 LEASE = 3.0
+MIN_GAP = 0.05  # seconds between two looks when deliveries wake the timer
 
 
 class Committer(Ticker):
-    """Decides and reports due transactions every second; `apply` follows reloads."""
+    """Decides and reports due transactions every second and when a delivery finishes;
+    `apply` follows reloads."""
 
     def __init__(self, spool: Spool, config: Config, resolve: Callable[[str], Path] = Path) -> None:
         super().__init__("commitment", log)
@@ -57,7 +59,21 @@ class Committer(Ticker):
         self.config = config
         self.resolve = resolve  # the rule file's relative paths (a destination's TLS files)
         self.relayer: Relayer | None = None  # with answer: relayed only
+        spool.on_finished = self.nudge
         self._follow()
+
+    def nudge(self) -> None:
+        """A delivery finished: decide now (a transaction may wait for it), not at the tick.
+
+        Asked of every delivery while storage commitment is on (another process records
+        the transactions, so this one cannot tell cheaply which deliveries matter);
+        `min_gap` bounds the looks."""
+        if self.config.storage_commitment is not None:
+            self.wake()
+
+    def min_gap(self) -> float:
+        """Woken by every delivery, the timer still looks at most 20 times a second."""
+        return MIN_GAP
 
     def apply(self, config: Config, resolve: Callable[[str], Path] | None = None) -> None:
         """Use a reloaded rule file (callers' commitment_port, AE title) from the next tick."""

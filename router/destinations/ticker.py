@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 
 class Ticker:
@@ -26,6 +27,10 @@ class Ticker:
     def interval(self) -> float:
         """Seconds until the next tick."""
         return 1.0
+
+    def min_gap(self) -> float:
+        """Seconds at least between the starts of two ticks, however often `wake` is called."""
+        return 0.0
 
     def wake(self) -> None:
         """Tick now (after the tick under way, if any), not after the interval."""
@@ -53,7 +58,12 @@ class Ticker:
         return self._stop.is_set()
 
     def _run(self) -> None:
+        started = 0.0
         while not self._stop.is_set():
+            gap = started + self.min_gap() - time.monotonic()
+            if gap > 0 and self._stop.wait(gap):
+                break
+            started = time.monotonic()
             try:
                 self.tick()
             except Exception:  # a bug or a locked database must not end the timer

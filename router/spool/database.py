@@ -10,7 +10,7 @@ page's look at what the queue did lately (`activity`) and the paused destination
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from router.errors import OutOfResources
@@ -45,6 +45,9 @@ class Spool:
         self.commitments = Commitments(self._db)
         self.relays = Relays(self._db)  # answer: relayed, the destinations' own commitment
         self.pauses = Pauses(self._db)
+        # Called after this process finished a delivery (delivered or dead-lettered): the
+        # commitment timer of the forwarder decides at once instead of at its next tick.
+        self.on_finished: Callable[[], None] | None = None
 
     def close(self) -> None:
         """Close the idle connections; borrowed ones close when given back."""
@@ -71,10 +74,14 @@ class Spool:
     def delivered(self, delivery_id: int, status: int) -> None:
         """Record a delivery as done; drop the file once no destination needs it."""
         self.queue.delivered(delivery_id, status)
+        if self.on_finished is not None:
+            self.on_finished()
 
     def dead_letter(self, delivery_id: int, status: int | None, error: str) -> None:
         """Move a delivery to the dead letters (kept, with its file, for `queue retry`)."""
         self.queue.dead_letter(delivery_id, status, error)
+        if self.on_finished is not None:
+            self.on_finished()
 
     def retry_later(
         self, delivery_id: int, at: float, status: int | None, error: str, count: bool = True
