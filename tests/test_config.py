@@ -798,3 +798,20 @@ def test_relayed_without_a_commitment_destination_warns(tmp_path: Path) -> None:
     (warning,) = load_text(tmp_path, text).warnings
     assert (warning.line, warning.column) == (3, 30)
     assert "no destination has commitment: true" in warning.message
+
+
+def test_a_deidentified_copy_to_a_commitment_destination_warns(tmp_path: Path) -> None:
+    """relayed, and a forward after deidentify to a commitment: true destination: a warning
+    at that forward (the destination holds other UIDs than the modality asks about)."""
+    key = tmp_path / "deid.key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o600)
+    text = (
+        RELAYED
+        + "  pacs: {ae_title: P, host: h, port: 1, commitment: true}\n"
+        + f"deidentify:\n  research: {{profile: basic, key_file: {key}}}\n"
+        + "default: [forward: pacs, deidentify: research, forward: pacs]\n"
+    )
+    (warning,) = load_text(tmp_path, text).warnings
+    assert (warning.line, warning.column) == (8, 48)  # the second forward: pacs
+    assert warning.message.startswith("default.3: a de-identified copy goes to pacs")

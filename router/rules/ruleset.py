@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
+from router.config.actions import DeidentifyAction, ForwardAction
 from router.config.fleet import cautions as fleet_cautions
 from router.config.model import Config, validation_context
 from router.config.source import Source, key_path, parse
@@ -172,6 +173,35 @@ def _relayed_without_destination(source: Source, config: Config) -> list[Located
     ]
 
 
+def _deidentified_to_commitment(source: Source, config: Config) -> list[Located]:
+    """A forward after `deidentify` to a `commitment: true` destination under `relayed`:
+    asked with the modality's UIDs, the destination (holding other UIDs) would fail them."""
+    commitment = config.storage_commitment
+    if commitment is None or commitment.answer != "relayed":
+        return []
+    out = []
+    chains: list[tuple[list[str | int], list[Any]]] = [
+        (["rules", i, "actions"], rule.actions) for i, rule in enumerate(config.rules)
+    ]
+    chains.append((["default"], config.default))
+    for keys, actions in chains:
+        deidentified = False
+        for j, action in enumerate(actions):
+            deidentified = deidentified or isinstance(action, DeidentifyAction)
+            name = action.forward.to if isinstance(action, ForwardAction) else ""
+            if deidentified and getattr(config.destinations.get(name), "commitment", False):
+                where = [*keys, j]
+                out.append(
+                    source.at(
+                        where,
+                        f"{key_path(tuple(where))}: a de-identified copy goes to {name}, which has"
+                        " commitment: true: asked about the modality's UIDs it would fail them"
+                        " (the modality keeps its copy); set commitment: false on it",
+                    )
+                )
+    return out
+
+
 def _warnings(source: Source, config: Config, base_dir: Path) -> list[Located]:
     """Things `check` points out without refusing the file."""
     out: list[Located] = _secret_files(source, config, base_dir)
@@ -197,6 +227,7 @@ def _warnings(source: Source, config: Config, base_dir: Path) -> list[Located]:
                     )
                 )
     out.extend(_relayed_without_destination(source, config))
+    out.extend(_deidentified_to_commitment(source, config))
     for dname, dest in config.destinations.items():
         for keys, message in dest.cautions():
             where = ".".join(("destinations", dname, *keys))
