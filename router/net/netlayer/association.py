@@ -246,7 +246,8 @@ class RouterServer(ThreadedAssociationServer):
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             request.settimeout(self.stall_timeout)
             if self.tls is not None:
-                request.settimeout(limits.PDU_DEADLINE)
+                # The handshake is what comes before an A-ASSOCIATE-RQ: the same limit.
+                request.settimeout(min(limits.PDU_DEADLINE, self.stall_timeout))
                 raw = request
                 request = self.tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
                 if not self.unassociated.rewrap(raw, request):
