@@ -19,7 +19,7 @@ from pydicom import dcmwrite
 from pydicom.charset import default_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomFileLike, DicomIO
+from pydicom.filebase import DicomBytesIO, DicomFileLike, DicomIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.uid import UID
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
@@ -50,7 +50,8 @@ def write_part10(out: BinaryIO, ds: Dataset) -> None:
     fp = DicomFileLike(out)
     fp.is_implicit_VR, fp.is_little_endian = False, True
     fp.write(preamble + b"DICM")
-    write_file_meta_info(fp, meta, enforce_standard=True)
+    if not _write_meta(fp, meta):
+        write_file_meta_info(fp, meta, enforce_standard=True)
     fp.is_implicit_VR, fp.is_little_endian = ds.original_encoding  # type: ignore[assignment]
     write_elements(fp, ds)
 
@@ -67,8 +68,33 @@ def _plain(ds: Dataset, syntax: UID | None) -> bool:
     return not any(tag >> 16 in (0, 2) for tag in ds.keys())  # noqa: SIM118 (raw)
 
 
-def write_elements(fp: DicomIO, ds: Dataset) -> None:
-    """pydicom's `write_dataset` for `ds` in the encoding it was read in (set on `fp`)."""
+# What `write_file_meta_info(enforce_standard=True)` would add when missing or empty.
+_META_NEEDED = (0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013)
+_GROUP_LENGTH = struct.Struct("<HH2sHI")
+
+
+def _write_meta(fp: DicomIO, meta: Dataset) -> bool:
+    """`write_file_meta_info(fp, meta, enforce_standard=True)` for a meta it would leave
+    as it is (the usual one, read from a file): the group length and the raw elements.
+    False, having written nothing, for any other."""
+    if any(tag >> 16 != 2 for tag in meta.keys()):  # noqa: SIM118 (raw)
+        return False
+    for tag in _META_NEEDED:
+        elem = meta.get_item(tag) if tag in meta else None
+        if elem is None or (not elem.length if isinstance(elem, RawDataElement) else elem.is_empty):
+            return False
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_elements(body, meta, group_lengths=False)
+    data = body.getvalue()
+    meta.FileMetaInformationGroupLength = len(data)
+    fp.write(_GROUP_LENGTH.pack(2, 0, b"UL", 4, len(data)) + data)
+    return True
+
+
+def write_elements(fp: DicomIO, ds: Dataset, *, group_lengths: bool = True) -> None:
+    """pydicom's `write_dataset` for `ds` in the encoding it was read in (set on `fp`);
+    `group_lengths` False leaves out every group length (the file meta's is written first)."""
     order = "<" if fp.is_little_endian else ">"
     implicit = fp.is_implicit_VR
     plain = struct.Struct(f"{order}HHI").pack  # implicit: tag, 4-byte length
@@ -76,7 +102,7 @@ def write_elements(fp: DicomIO, ds: Dataset) -> None:
     long = struct.Struct(f"{order}HH2s2xI").pack  # explicit: tag, VR, 0000, 4-byte length
     charset = ds.get("SpecificCharacterSet", default_encoding)
     for tag in sorted(ds.keys()):
-        if tag & 0xFFFF == 0 and tag >> 16 > 6:
+        if tag & 0xFFFF == 0 and (tag >> 16 > 6 or not group_lengths):
             continue  # retired group lengths are not written (as pydicom does)
         elem = ds.get_item(tag)
         value = elem.value if isinstance(elem, RawDataElement) else None
