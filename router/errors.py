@@ -80,6 +80,15 @@ class ProtocolError(RouterError):
     """A peer broke the upper layer or DIMSE protocol: the association is aborted."""
 
 
+class DimseRefused(RouterError):
+    """A DIMSE-N request (a storage commitment N-ACTION or N-EVENT-REPORT) answered with
+    the failure status `code`; the message is its Error Comment."""
+
+    def __init__(self, code: int, comment: str) -> None:
+        super().__init__(comment)
+        self.code = code
+
+
 class ActionError(RouterError):
     """An action failed; `status` is the failure status the sender gets."""
 

@@ -26,10 +26,11 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from router.actions.modify import _peeked_syntax, apply_modify
+from router.actions.modify import apply_modify
 from router.config.actions import ModifySpec
 from router.dicom.tags import PIXEL_DATA
-from router.errors import CannotUnderstand
+from router.dicom.walk import transfer_syntax
+from router.errors import CannotUnderstand, InvalidStructure
 from tests.dicomgen import make_ct
 
 SPEC = ModifySpec(remove=["private"], set={"InstitutionName": "X"})
@@ -203,17 +204,17 @@ def test_deflated_takes_the_slow_path_and_works(tmp_path: Path) -> None:
 def test_the_syntax_is_peeked_from_the_meta_bytes_and_an_unusual_meta_left_to_pydicom(
     tmp_path: Path,
 ) -> None:
-    """The deflate check reads the meta's bytes (no dataset); no preamble or no group
-    length: None, so pydicom reads the meta instead."""
+    """The deflate check reads the meta's bytes (no dataset); no preamble or a meta cut
+    short: InvalidStructure, so pydicom reads the meta instead."""
     deflated = build(tmp_path / "in.dcm", DeflatedExplicitVRLittleEndian)
     with deflated.open("rb") as fp:
-        assert _peeked_syntax(fp) == DeflatedExplicitVRLittleEndian
+        assert transfer_syntax(fp) == DeflatedExplicitVRLittleEndian
     data = deflated.read_bytes()
     for name, broken in [("no-dicm", data[:128] + b"XXXX" + data[132:]), ("short", data[:140])]:
         path = tmp_path / f"{name}.dcm"
         path.write_bytes(broken)
-        with path.open("rb") as fp:
-            assert _peeked_syntax(fp) is None
+        with path.open("rb") as fp, pytest.raises(InvalidStructure):
+            transfer_syntax(fp)
 
 
 def test_truncated_pixel_data_is_refused_and_nothing_is_left(tmp_path: Path) -> None:

@@ -35,7 +35,8 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from router.config.actions import ModifySpec
 from router.dicom.rawwrite import write_part10
 from router.dicom.tags import ITEM, LONG_VRS, PIXEL_DATA, SEQUENCE_END, UNDEFINED_LENGTH
-from router.errors import CannotUnderstand, OutOfResources
+from router.dicom.walk import transfer_syntax
+from router.errors import CannotUnderstand, InvalidStructure, OutOfResources
 
 CHUNK = 1 << 20  # the copy's buffer: all the memory a gigabyte of pixel data costs
 TAIL_LIMIT = 16 << 20  # elements after Pixel Data above this take the slow path
@@ -96,8 +97,9 @@ def _streamed(source: Path, edit: Edit, target: Path) -> bool:
     """The flat-memory rewrite; False when the slow path must do it instead."""
     with source.open("rb") as fp:
         # Checked first: pydicom would inflate a deflated dataset whole into memory.
-        syntax = _peeked_syntax(fp)
-        if syntax is None:  # not the usual meta: pydicom reads it
+        try:
+            syntax = transfer_syntax(fp)  # from the meta's bytes: no dataset built twice
+        except InvalidStructure:  # not the usual meta: pydicom reads it (or says why not)
             syntax = _parsed(lambda: read_file_meta_info(source)).get("TransferSyntaxUID")
         if syntax == DeflatedExplicitVRLittleEndian:
             return False
@@ -124,29 +126,6 @@ def _streamed(source: Path, edit: Edit, target: Path) -> bool:
             else:
                 out.write(tail_bytes)
     return True
-
-
-_META_HEAD = struct.Struct("<4sHH2sHL")  # "DICM", (0002,0000) UL 4, the group's length
-_SYNTAX_ELEMENT = b"\x02\x00\x10\x00UI"  # (0002,0010) Transfer Syntax UID, explicit VR LE
-_MAX_META = 64 * 1024
-
-
-def _peeked_syntax(fp: BinaryIO) -> str | None:
-    """The Transfer Syntax UID from the file meta's bytes (no dataset built), None when the
-    meta is not the usual one (no preamble, no group length, longer than 64 KiB)."""
-    fp.seek(128)
-    head = fp.read(_META_HEAD.size)
-    if len(head) < _META_HEAD.size:
-        return None
-    magic, group, element, vr, length, size = _META_HEAD.unpack(head)
-    if (magic, group, element, vr, length) != (b"DICM", 2, 0, b"UL", 4) or size > _MAX_META:
-        return None
-    meta = fp.read(size)
-    at = meta.find(_SYNTAX_ELEMENT)
-    if at < 0 or at + 8 > len(meta):
-        return None
-    (value_length,) = struct.unpack_from("<H", meta, at + 6)
-    return meta[at + 8 : at + 8 + value_length].decode("ascii", "replace").rstrip("\0 ")
 
 
 def _parsed(read: Callable[[], _T]) -> _T:

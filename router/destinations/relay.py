@@ -39,7 +39,7 @@ from router.destinations.dicom import Sender
 from router.destinations.policy import backoff
 from router.destinations.ticker import Ticker
 from router.dicom import status
-from router.errors import ForwardError
+from router.errors import DimseRefused, ForwardError
 from router.observe import metrics
 from router.observe.ratelimit import RateLimitedLog
 from router.spool.commitments import Item, Transaction
@@ -144,14 +144,6 @@ def _failed(item: Item) -> Item:
 # --- the reports, wherever they arrive -----------------------------------------------------
 
 
-class Refused(Exception):
-    """A report answered with a failure status; the message is the ErrorComment."""
-
-    def __init__(self, code: int, comment: str) -> None:
-        super().__init__(comment)
-        self.code = code
-
-
 def take_report(spool: Spool, event: Event, destination: str | None, via: str) -> Dataset:
     """Record a destination's N-EVENT-REPORT (committed to the spool database before the
     response) and return the response; `destination`: the one the association is from
@@ -164,13 +156,13 @@ def take_report(spool: Spool, event: Event, destination: str | None, via: str) -
     rsp = Dataset()
     try:
         if destination is None:
-            raise Refused(status.UNRECOGNIZED_OPERATION, "not a commitment destination")
+            raise DimseRefused(status.UNRECOGNIZED_OPERATION, "not a commitment destination")
         uid, event_type, verdicts = _parse(event)
         relay = spool.relays.find(uid)
         if relay is None or relay.destination != destination:
-            raise Refused(status.INVALID_ARGUMENT, "unknown Transaction UID")
+            raise DimseRefused(status.INVALID_ARGUMENT, "unknown Transaction UID")
         fresh = spool.relays.answer(uid, event_type, verdicts)
-    except Refused as exc:
+    except DimseRefused as exc:
         _repeats.warning(
             f"n-event-report {who} 0x{exc.code:04X}",
             "N-EVENT-REPORT storage commitment from %s on %s transaction=%s status=0x%04X (%s)",
@@ -211,17 +203,17 @@ def _parse(event: Event) -> tuple[str, int, dict[str, int | None]]:
     request = event.request
     assert isinstance(request, N_EVENT_REPORT)  # the only event this handles
     if str(request.AffectedSOPInstanceUID) != str(StorageCommitmentPushModelInstance):
-        raise Refused(status.INVALID_OBJECT_INSTANCE, "not the well-known instance")
+        raise DimseRefused(status.INVALID_OBJECT_INSTANCE, "not the well-known instance")
     event_type = int(request.EventTypeID or 0)
     if event_type not in (1, 2):
-        raise Refused(status.NO_SUCH_EVENT_TYPE, f"Event Type ID {event_type}")
+        raise DimseRefused(status.NO_SUCH_EVENT_TYPE, f"Event Type ID {event_type}")
     try:
         ds = event.event_information
         uid = str(ds.get("TransactionUID", "") or "")[:64]
         done = ds.get("ReferencedSOPSequence") or []
         failed = ds.get("FailedSOPSequence") or []
         if len(done) + len(failed) > MAX_REPORT_ITEMS:
-            raise Refused(status.RESOURCE_LIMITATION, f"more than {MAX_REPORT_ITEMS} items")
+            raise DimseRefused(status.RESOURCE_LIMITATION, f"more than {MAX_REPORT_ITEMS} items")
         verdicts: dict[str, int | None] = {}
         for item in failed:
             reason = int(item.get("FailureReason", status.PROCESSING_FAILURE) or 0)
@@ -229,12 +221,12 @@ def _parse(event: Event) -> tuple[str, int, dict[str, int | None]]:
             verdicts[str(item.get("ReferencedSOPInstanceUID", ""))] = reason
         for item in done:
             verdicts.setdefault(str(item.get("ReferencedSOPInstanceUID", "")), None)
-    except Refused:
+    except DimseRefused:
         raise
     except Exception as exc:
-        raise Refused(status.PROCESSING_FAILURE, f"cannot decode: {exc}") from exc
+        raise DimseRefused(status.PROCESSING_FAILURE, f"cannot decode: {exc}") from exc
     if not uid:
-        raise Refused(status.INVALID_ARGUMENT, "no Transaction UID")
+        raise DimseRefused(status.INVALID_ARGUMENT, "no Transaction UID")
     return uid, event_type, verdicts
 
 

@@ -262,6 +262,12 @@ def _meta(fp: BinaryIO) -> tuple[str, int, bytes, dict[int, Raw]]:
     return ts, pos, head, elements
 
 
+def transfer_syntax(fp: BinaryIO) -> str:
+    """The Transfer Syntax UID of the Part 10 file at `fp`'s start, read from the meta's
+    bytes (no dataset built); InvalidStructure when its meta cannot be read so."""
+    return _meta(fp)[0]
+
+
 def walk(path: Path, collect: Collection[int] = ()) -> Walked:
     """Walk a Part-10 file's structure; raise InvalidStructure or InflateLimit.
 

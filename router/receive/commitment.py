@@ -33,6 +33,7 @@ from router.config.model import Config
 from router.destinations.commitment import reported, send_report
 from router.destinations.relay import destination_of
 from router.dicom import status
+from router.errors import DimseRefused
 from router.net import netlayer
 from router.observe.ratelimit import RateLimitedLog
 from router.receive.relay_report import grant_scp_role
@@ -50,14 +51,6 @@ MAX_ITEMS = 5000
 MAX_OPEN_PER_CALLER = 64  # transactions not yet reported, per calling AE title
 REQUEST_ACTION_TYPE = 1  # PS3.4 J.3.2: Request Storage Commitment
 WATCH_EVERY = 0.5  # seconds between two looks for the verdicts of an open association
-
-
-class Refused(Exception):
-    """A request answered with a failure status; the message is the ErrorComment."""
-
-    def __init__(self, code: int, comment: str) -> None:
-        super().__init__(comment)
-        self.code = code
 
 
 def admit_context(assoc: Any, config: Config, calling: str, peer: str) -> None:
@@ -104,7 +97,7 @@ class CommitmentSCP:
             uid = txn.transaction_uid
             self._record(txn, items)
             _watcher(self._spool, assoc).add(uid)
-        except Refused as exc:
+        except DimseRefused as exc:
             _repeats.warning(
                 f"n-action {calling}@{peer} 0x{exc.code:04X}",
                 "N-ACTION storage commitment from %s@%s transaction=%s status=0x%04X (%s)",
@@ -133,27 +126,29 @@ class CommitmentSCP:
         request = event.request
         assert isinstance(request, N_ACTION)  # the only event this handles
         if str(request.RequestedSOPInstanceUID) != str(StorageCommitmentPushModelInstance):
-            raise Refused(
+            raise DimseRefused(
                 status.INVALID_OBJECT_INSTANCE,
                 "Requested SOP Instance is not the well-known instance",
             )
         if request.ActionTypeID != REQUEST_ACTION_TYPE:
-            raise Refused(status.NO_SUCH_ACTION, f"Action Type ID {request.ActionTypeID}")
+            raise DimseRefused(status.NO_SUCH_ACTION, f"Action Type ID {request.ActionTypeID}")
         try:
             ds = event.action_information
             uid = str(ds.get("TransactionUID", "") or "")
             refs = ds.get("ReferencedSOPSequence")
             if not uid:
-                raise Refused(status.MISSING_ATTRIBUTE, "no Transaction UID")
+                raise DimseRefused(status.MISSING_ATTRIBUTE, "no Transaction UID")
             if refs is None or len(refs) == 0:
-                raise Refused(status.MISSING_ATTRIBUTE, "no Referenced SOP Sequence items")
+                raise DimseRefused(status.MISSING_ATTRIBUTE, "no Referenced SOP Sequence items")
             if len(refs) > MAX_ITEMS:
-                raise Refused(status.RESOURCE_LIMITATION, f"{len(refs)} items: at most {MAX_ITEMS}")
+                raise DimseRefused(
+                    status.RESOURCE_LIMITATION, f"{len(refs)} items: at most {MAX_ITEMS}"
+                )
             items = [_item(ref) for ref in refs]
-        except Refused:
+        except DimseRefused:
             raise
         except Exception as exc:  # pydicom decodes lazily: any malformed element lands here
-            raise Refused(status.PROCESSING_FAILURE, f"cannot decode: {exc}") from exc
+            raise DimseRefused(status.PROCESSING_FAILURE, f"cannot decode: {exc}") from exc
         config = self._current()
         timeout = config.storage_commitment.timeout if config.storage_commitment else 0.0
         now, called = time.time(), assoc_called(event)
@@ -167,21 +162,23 @@ class CommitmentSCP:
         try:
             self._spool.commitments.record(txn, items, MAX_OPEN_PER_CALLER)
         except DuplicateTransaction:
-            raise Refused(status.INVALID_ARGUMENT, "duplicate Transaction UID") from None
+            raise DimseRefused(status.INVALID_ARGUMENT, "duplicate Transaction UID") from None
         except OverflowError:
-            raise Refused(
+            raise DimseRefused(
                 status.RESOURCE_LIMITATION,
                 f"{MAX_OPEN_PER_CALLER} transactions of this caller still open",
             ) from None
         except sqlite3.Error as exc:
-            raise Refused(status.PROCESSING_FAILURE, f"cannot record: {exc}") from exc
+            raise DimseRefused(status.PROCESSING_FAILURE, f"cannot record: {exc}") from exc
 
 
 def _item(ref: Dataset) -> Item:
     sop_class = str(ref.get("ReferencedSOPClassUID", "") or "")
     sop_instance = str(ref.get("ReferencedSOPInstanceUID", "") or "")
     if not sop_class or not sop_instance:
-        raise Refused(status.MISSING_ATTRIBUTE_VALUE, "an item without its SOP Class/Instance UID")
+        raise DimseRefused(
+            status.MISSING_ATTRIBUTE_VALUE, "an item without its SOP Class/Instance UID"
+        )
     return Item(sop_class[:64], sop_instance[:64])
 
 
